@@ -1,0 +1,1 @@
+"""Sub-commands of the ``compatkit`` command line (see ``compatkit.cli``)."""

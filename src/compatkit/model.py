@@ -1,0 +1,109 @@
+"""A compatible model: backbone -> bias-free junction layer -> head.
+
+Follows the reference architecture of Biondi et al., CVPR 2024 (METHOD.md
+Sec. 2): the junction layer's output is the feature used for retrieval, and
+the classifier head (d-Simplex, ETF or learnable) sits on top of it. The
+model also carries its class-to-row map, so that its contract (backbone,
+feature dimension, head kind, K, class map) travels with it into checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .backbones import build_backbone
+from .heads import Head, build_head
+from .simplex import ClassMap
+
+__all__ = ["CompatModel", "ModelOutput", "ModelSpec", "build_model"]
+
+
+class ModelOutput(NamedTuple):
+    features: torch.Tensor
+    """Junction-layer output ``(B, d)``, un-normalised: the retrieval feature."""
+    logits: torch.Tensor
+    """Head output ``(B, rows)``."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What decides whether two models' features live in the same space."""
+
+    backbone: str
+    in_channels: int
+    feat_dim: int
+    head: str
+    num_classes: int
+    """K: fixed rows of a simplex/ETF head, or the initial rows of a learnable head."""
+    etf_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class CompatModel(nn.Module):
+    def __init__(self, spec: ModelSpec, class_map: ClassMap | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone = build_backbone(spec.backbone, spec.in_channels)
+        self.junction = nn.Linear(self.backbone.out_dim, spec.feat_dim, bias=False)
+        kw = {"seed": spec.etf_seed} if spec.head == "etf" else {}
+        self.head: Head = build_head(spec.head, spec.num_classes, spec.feat_dim, **kw)
+        fixed_rows = spec.num_classes if self.head.fixed else None
+        self.class_map = class_map or ClassMap(fixed_rows)
+        if self.class_map.num_rows != fixed_rows:
+            raise ValueError(
+                f"class map is for {self.class_map.num_rows} rows, the {spec.head} head has "
+                f"{fixed_rows}"
+            )
+        self.sync_head()
+
+    def sync_head(self) -> None:
+        """Grow a learnable head to cover every mapped class (no-op for fixed heads)."""
+        need = self.class_map.used_rows()
+        if need > self.head.num_rows:
+            self.head.grow(need)
+
+    def add_classes(self, classes, space: str = "local") -> list[int]:
+        rows = (
+            self.class_map.add_local(classes)
+            if space == "local"
+            else self.class_map.add_provider(classes)
+        )
+        self.sync_head()
+        return rows
+
+    def targets(self, labels: torch.Tensor, space: str = "local") -> torch.Tensor:
+        return self.class_map.rows(labels, space)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.junction(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        f = self.features(x)
+        return ModelOutput(f, self.head(f))
+
+    def contract(self) -> dict:
+        """The metadata a checkpoint stores; see ``checkpoint.py``."""
+        return {
+            **self.spec.to_dict(),
+            "head_rows": self.head.num_rows,
+            "class_map": self.class_map.to_dict(),
+        }
+
+
+def build_model(spec: ModelSpec, class_map: ClassMap | None = None) -> CompatModel:
+    if spec.head == "simplex" and spec.feat_dim != spec.num_classes - 1:
+        raise ValueError(
+            f"d-Simplex head with K={spec.num_classes} needs feat_dim={spec.num_classes - 1}, "
+            f"got {spec.feat_dim}"
+        )
+    return CompatModel(spec, class_map)
