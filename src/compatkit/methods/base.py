@@ -60,6 +60,10 @@ class Method:
     head: ClassVar[str] = "simplex"
     needs_old: ClassVar[bool] = False
     uses_memory: ClassVar[bool] = True
+    old_rule: ClassVar[str | None] = None
+    """Which model is "old" in a task: None follows the run's ``old_model`` setting (the
+    reference rule: at a replacement, the new provider itself); ``"previous"`` always takes the
+    model of the previous task (the one being replaced out), as BCT's influence loss needs."""
     paper: ClassVar[str] = ""
 
     @dataclass
