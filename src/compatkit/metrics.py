@@ -1,0 +1,350 @@
+"""Compatibility metrics over a cross-model matrix: AC, AM, AA_t, BC, FC.
+
+Definitions follow METHOD.md Sec. 5, i.e. the evaluation of Biondi et al.,
+"Stationary Representations: Optimally Approximating Compatibility and
+Implications for Improved Model Replacements", CVPR 2024 (AC and AM, after the
+empirical criterion of BCT, Shen et al., CVPR 2020), plus BC and FC from CL2R
+(Biondi et al., "CL2R: Compatible Lifelong Learning Representations", 2022).
+
+Index conventions (used everywhere in this module and in every JSON it feeds):
+
+- ``C`` is a ``(T, T)`` float64 array, **zero-based**: ``C[i][j]`` is the metric
+  (in percent) of *query* features by model ``i`` against *gallery* features by
+  model ``j``, defined for ``j <= i``; entries above the diagonal are NaN.
+  METHOD.md numbers models from 1, so its "C[5][4]" is ``C[4][3]`` here.
+- A pair ``(i, j)`` with ``j < i`` is *compatible* when ``C[i][j] > C[j][j]``
+  (strictly): querying the old gallery with the newer model beats the old
+  model's own self-test (BCT's empirical criterion).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CompatReport",
+    "aa_curve",
+    "average_compatibility",
+    "average_multimodel_accuracy",
+    "backward_compatibility",
+    "compatibility_report",
+    "forward_compatibility",
+    "load_matrix",
+    "violations",
+]
+
+_SPLIT = re.compile(r"[\s,;]+")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _rows_to_matrix(rows: Sequence[Sequence[float | None]], source: str) -> np.ndarray:
+    """Turn ragged rows into a ``(T, T)`` lower-triangular array (NaN above the diagonal).
+
+    Row ``i`` (zero-based) must hold at least ``i + 1`` entries (its lower
+    triangle and diagonal) and at most ``T``; anything right of the diagonal is
+    ignored, so both full and lower-triangle-only matrices are accepted.
+    """
+    t = len(rows)
+    if t == 0:
+        raise ValueError(f"{source}: empty matrix (no rows)")
+    out = np.full((t, t), np.nan, dtype=np.float64)
+    for i, row in enumerate(rows):
+        if len(row) < i + 1:
+            raise ValueError(
+                f"{source}: row {i + 1} has {len(row)} entries; row i of a lower-triangular "
+                f"matrix needs at least i entries (counting from 1), here {i + 1}"
+            )
+        if len(row) > t:
+            raise ValueError(
+                f"{source}: row {i + 1} has {len(row)} entries but the matrix has only {t} rows "
+                "(a compatibility matrix is square)"
+            )
+        for j in range(i + 1):
+            v = row[j]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                raise ValueError(
+                    f"{source}: entry at row {i + 1}, column {j + 1} is missing (null/NaN); "
+                    "the lower triangle and the diagonal must all be numbers"
+                )
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(
+                    f"{source}: entry at row {i + 1}, column {j + 1} is not a number: {v!r}"
+                )
+            out[i, j] = float(v)
+    return out
+
+
+def _parse_text(text: str, source: str) -> list[list[float]]:
+    """Whitespace/comma separated rows; blank lines and ``#`` comments are skipped."""
+    rows: list[list[float]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        row = []
+        for tok in _SPLIT.split(line):
+            if not tok:
+                continue
+            try:
+                row.append(float(tok))
+            except ValueError:
+                raise ValueError(f"{source}: line {lineno}: {tok!r} is not a number") from None
+        rows.append(row)
+    return rows
+
+
+def _looks_like_text(s: str) -> bool:
+    """A string that is not an existing file: matrix text, or a mistyped path?"""
+    s = s.strip()
+    if not s or "\n" in s or s[0] in "[{":
+        return True
+    try:
+        _parse_text(s, "matrix")
+    except ValueError:
+        return False
+    return True
+
+
+def load_matrix(path_or_text: str | os.PathLike | Sequence | np.ndarray) -> np.ndarray:
+    """Read a compatibility matrix and return it as float64 ``(T, T)``, in percent.
+
+    Accepted inputs:
+
+    - a path (``str`` naming an existing file, or ``os.PathLike``) or the text itself;
+    - JSON: a list of rows, or an object with a ``"matrix"`` list of rows (the
+      shape ``compatkit metrics --json`` writes); ``null`` is fine above the
+      diagonal, since JSON has no NaN;
+    - plain text: one row per line, entries separated by whitespace, commas or
+      semicolons, ``#`` starts a comment;
+    - an already parsed list of rows or array.
+
+    Rows may be ragged (lower triangle only); entries above the diagonal are
+    ignored and become NaN. Values are accuracies: when every entry is at most
+    1.0 the matrix is read as fractions and multiplied by 100, so 0.5889 and
+    58.89 mean the same. (A percent matrix whose every entry is <= 1 % would be
+    misread; no retrieval accuracy worth comparing is that low.) Values outside
+    [0, 100] after that are refused.
+
+    Raises:
+        ValueError: empty input, a non-numeric token, a row shorter than its
+            index requires or longer than the matrix, or a value out of range.
+        FileNotFoundError: a string that is neither an existing file nor
+            matrix-looking text.
+    """
+    source = "matrix"
+    data: object
+    if isinstance(path_or_text, np.ndarray):
+        arr = np.asarray(path_or_text, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+            raise ValueError(f"matrix must be square 2-D, got shape {arr.shape}")
+        data = [list(r) for r in arr.tolist()]
+    elif isinstance(path_or_text, os.PathLike | str) and (
+        isinstance(path_or_text, os.PathLike) or os.path.isfile(path_or_text)
+    ):
+        source = str(path_or_text)
+        try:
+            data = Path(path_or_text).read_text()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"matrix file {source} not found") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{source}: not a text file") from None
+    elif isinstance(path_or_text, str):
+        if not _looks_like_text(path_or_text):
+            raise FileNotFoundError(f"matrix file {path_or_text} not found")
+        data = path_or_text
+    else:
+        data = path_or_text
+
+    if isinstance(data, str):
+        stripped = data.strip()
+        if not stripped:
+            raise ValueError(f"{source}: empty input")
+        if stripped[0] in "[{":
+            try:
+                data = json.loads(stripped)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{source}: invalid JSON: {e}") from None
+        else:
+            data = _parse_text(stripped, source)
+
+    if isinstance(data, dict):
+        if "matrix" not in data:
+            raise ValueError(f"{source}: JSON object has no 'matrix' key")
+        data = data["matrix"]
+    if not isinstance(data, list | tuple) or not all(isinstance(r, list | tuple) for r in data):
+        raise ValueError(f"{source}: expected a list of rows (a list of lists of numbers)")
+
+    c = _rows_to_matrix(data, source)
+    return _to_percent(c, source)
+
+
+def _to_percent(c: np.ndarray, source: str = "matrix") -> np.ndarray:
+    low = c[np.tril_indices(c.shape[0])]
+    if np.any(~np.isfinite(low)):
+        raise ValueError(f"{source}: the lower triangle must be finite numbers")
+    if np.any(low < 0):
+        raise ValueError(f"{source}: accuracies must be >= 0, found {low.min():g}")
+    if low.max() <= 1.0:
+        c = c * 100.0  # fractions -> percent
+    elif low.max() > 100.0:
+        raise ValueError(
+            f"{source}: accuracies are percentages (<= 100) or fractions (<= 1); "
+            f"found {low.max():g}"
+        )
+    return c
+
+
+def _check(c: np.ndarray | Sequence) -> np.ndarray:
+    """Validate a matrix passed to the metric functions; return a float64 copy, NaN above."""
+    a = np.array(c, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"compatibility matrix must be square (T, T) with T >= 1, got {a.shape}")
+    if np.any(~np.isfinite(a[np.tril_indices(a.shape[0])])):
+        raise ValueError("compatibility matrix has NaN/inf on or below the diagonal")
+    a[np.triu_indices(a.shape[0], k=1)] = np.nan
+    return a
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def violations(C) -> list[dict]:
+    """Pairs ``j < i`` that fail the criterion (``C[i][j] <= C[j][j]``), zero-based.
+
+    Each item is ``{"row": i, "col": j, "value": C[i][j], "self": C[j][j]}``,
+    ordered by row then column.
+    """
+    a = _check(C)
+    out = []
+    for i in range(a.shape[0]):
+        for j in range(i):
+            if not a[i, j] > a[j, j]:
+                out.append({"row": i, "col": j, "value": float(a[i, j]), "self": float(a[j, j])})
+    return out
+
+
+def _pair_counts(a: np.ndarray) -> tuple[int, int]:
+    t = a.shape[0]
+    rows, cols = np.tril_indices(t, k=-1)
+    ok = a[rows, cols] > a[cols, cols]
+    return int(rows.size), int(ok.sum())
+
+
+def average_compatibility(C) -> float:
+    """AC: fraction of the T(T-1)/2 pairs ``j < i`` with ``C[i][j] > C[j][j]`` (strict).
+
+    With T = 1 there is no pair and AC is undefined: the function returns NaN
+    (so it can still be averaged with ``np.nanmean``); :meth:`CompatReport.to_dict`
+    writes it as ``null``.
+    """
+    pairs, good = _pair_counts(_check(C))
+    return good / pairs if pairs else float("nan")
+
+
+def average_multimodel_accuracy(C, t: int | None = None) -> float:
+    """AM: mean of the lower triangle including the diagonal (percent).
+
+    With ``t`` (1 <= t <= T) the mean is over the top-left ``t x t`` block only,
+    which is AA_t; ``t = None`` means ``t = T``.
+    """
+    a = _check(C)
+    n = a.shape[0]
+    if t is None:
+        t = n
+    if not 1 <= t <= n:
+        raise ValueError(f"t must be between 1 and T={n}, got {t}")
+    block = a[:t, :t]
+    return float(block[np.tril_indices(t)].mean())
+
+
+def aa_curve(C) -> list[float]:
+    """``[AA_1, ..., AA_T]``: AM of each top-left block; the last entry equals AM."""
+    a = _check(C)
+    return [average_multimodel_accuracy(a, t) for t in range(1, a.shape[0] + 1)]
+
+
+def backward_compatibility(C) -> float | None:
+    """BC (CL2R): mean over earlier models ``i`` of ``C[T-1][i] - C[i][i]`` (zero-based).
+
+    METHOD.md writes it 1-based as mean over i < T of (C[T][i] - C[i][i]): how
+    much the *last* model gains (positive) or loses (negative), in percentage
+    points, when it queries each earlier model's gallery instead of that model
+    querying its own. None when T = 1.
+    """
+    a = _check(C)
+    t = a.shape[0]
+    if t < 2:
+        return None
+    i = np.arange(t - 1)
+    return float(np.mean(a[t - 1, i] - a[i, i]))
+
+
+def forward_compatibility(C) -> float | None:
+    """FC (CL2R): mean over ``i = 1 .. T-1`` of ``C[i][i-1] - C[i][i]`` (zero-based).
+
+    METHOD.md writes it 1-based as mean over i >= 2 of (C[i][i-1] - C[i][i]):
+    how much each model loses (usually negative), in percentage points, when
+    it searches the previous model's gallery instead of its own re-extracted
+    one; 0 means an update costs nothing. None when T = 1.
+    """
+    a = _check(C)
+    t = a.shape[0]
+    if t < 2:
+        return None
+    i = np.arange(1, t)
+    return float(np.mean(a[i, i - 1] - a[i, i]))
+
+
+@dataclass
+class CompatReport:
+    """All the metrics of one matrix. Indices in ``violations`` are zero-based."""
+
+    AC: float
+    """NaN when T = 1 (no pairs)."""
+    AM: float
+    AA: list[float] = field(default_factory=list)
+    BC: float | None = None
+    FC: float | None = None
+    violations: list[dict] = field(default_factory=list)
+    pairs: int = 0
+    compatible_pairs: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict: the undefined AC of a 1 x 1 matrix becomes ``None``."""
+        ac = None if math.isnan(self.AC) else self.AC
+        return {
+            "AC": ac,
+            "AM": self.AM,
+            "AA": list(self.AA),
+            "BC": self.BC,
+            "FC": self.FC,
+            "violations": [dict(v) for v in self.violations],
+            "pairs": self.pairs,
+            "compatible_pairs": self.compatible_pairs,
+        }
+
+
+def compatibility_report(C) -> CompatReport:
+    """Compute AC, AM, AA_t, BC, FC and the violating pairs of a compatibility matrix."""
+    a = _check(C)
+    pairs, good = _pair_counts(a)
+    return CompatReport(
+        AC=good / pairs if pairs else float("nan"),
+        AM=average_multimodel_accuracy(a),
+        AA=aa_curve(a),
+        BC=backward_compatibility(a),
+        FC=forward_compatibility(a),
+        violations=violations(a),
+        pairs=pairs,
+        compatible_pairs=good,
+    )
