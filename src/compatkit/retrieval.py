@@ -1,0 +1,308 @@
+"""Retrieval metrics by cosine similarity and the cross-model compatibility matrix.
+
+The evaluation of Biondi et al., "Stationary Representations: Optimally
+Approximating Compatibility and Implications for Improved Model Replacements",
+CVPR 2024 (METHOD.md Sec. 4): the gallery is reduced to one template per class
+(the mean of L2-normalised features, re-normalised) and each query is
+assigned the class of its nearest template by cosine ("1:N search accuracy").
+Recall@K and mAP over the full gallery are the usual alternatives in the
+compatible-learning literature (BCT, Shen et al., CVPR 2020) and are offered
+for the same matrix.
+
+Everything is batched matrix algebra on whatever device the features live on
+(no per-query Python loop), chunked over queries so that a 50,000 x 10,000
+score matrix is never held at once. Features of any floating dtype are
+accepted; float16/bfloat16 are upcast to float32 and float64 stays float64.
+
+Conventions shared by all metrics here:
+
+- Results are percentages (0-100) as Python floats.
+- Queries whose class does not occur in the gallery are left out of the
+  average: no model can answer them, so counting them would only scale every
+  entry of a compatibility matrix by the same factor. If no query is left, the
+  metric raises ``ValueError``.
+- Ties in similarity are broken deterministically: among equal scores the
+  gallery item (or template) with the lower index (or lower class id) ranks
+  first, as a stable sort of the gallery by descending score would order them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "class_templates",
+    "cross_model_matrix",
+    "mean_average_precision",
+    "recall_at_k",
+    "template_accuracy",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _normalize(x: torch.Tensor, name: str = "features") -> torch.Tensor:
+    """L2-normalise rows in a floating dtype of at least float32 precision."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, d) tensor, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
+    if x.dtype != torch.float64:
+        x = x.float()
+    return F.normalize(x, dim=1)
+
+
+def _labels(y, n: int, device: torch.device, name: str) -> torch.Tensor:
+    y = torch.as_tensor(y, device=device)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must be a 1-D tensor of {n} labels, got shape {tuple(y.shape)}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class labels, got {y.dtype}")
+    return y.long()
+
+
+def _pair(qf, ql, gf, gl) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalise and validate a query/gallery pair; the gallery moves to the query's device."""
+    q = _normalize(qf, "query features")
+    g = _normalize(gf, "gallery features").to(device=q.device)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"query features have dimension {q.shape[1]} but gallery features {g.shape[1]}"
+        )
+    if g.dtype != q.dtype:  # compare in the wider of the two dtypes
+        dt = torch.promote_types(q.dtype, g.dtype)
+        q, g = q.to(dt), g.to(dt)
+    qy = _labels(ql, q.shape[0], q.device, "query labels")
+    gy = _labels(gl, g.shape[0], q.device, "gallery labels")
+    return q, qy, g, gy
+
+
+def _percent(hits: float, counted: int, what: str) -> float:
+    if counted == 0:
+        raise ValueError(f"{what}: no query has a class present in the gallery")
+    return 100.0 * float(hits) / counted
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def class_templates(features: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """One unit template per class: the mean of the class's L2-normalised features, re-normalised.
+
+    Returns ``(templates, class_ids)``: ``templates`` is ``(C, d)`` on the
+    features' device, row ``c`` belonging to ``class_ids[c]``; ``class_ids``
+    are the distinct labels in increasing order.
+    """
+    f = _normalize(features, "gallery features")
+    y = _labels(labels, f.shape[0], f.device, "gallery labels")
+    class_ids, inverse = torch.unique(y, sorted=True, return_inverse=True)
+    sums = torch.zeros(class_ids.numel(), f.shape[1], dtype=f.dtype, device=f.device)
+    sums.index_add_(0, inverse, f)
+    counts = torch.bincount(inverse, minlength=class_ids.numel()).to(f.dtype)
+    return F.normalize(sums / counts[:, None], dim=1), class_ids
+
+
+def _template_hits(
+    q: torch.Tensor, qy: torch.Tensor, templates: torch.Tensor, ids: torch.Tensor, chunk: int
+) -> tuple[int, int]:
+    valid = torch.isin(qy, ids)
+    hits = 0
+    for s in range(0, q.shape[0], chunk):
+        scores = q[s : s + chunk] @ templates.t()
+        # argmax returns the first maximum: ties go to the lowest class id.
+        pred = ids[scores.argmax(dim=1)]
+        hits += int((pred == qy[s : s + chunk]).sum())
+    return hits, int(valid.sum())
+
+
+def template_accuracy(
+    query_feats: torch.Tensor,
+    query_labels,
+    gallery_feats: torch.Tensor,
+    gallery_labels,
+    chunk: int = 8192,
+) -> float:
+    """Top-1 accuracy (%) of the nearest class template by cosine: the paper's 1:N search."""
+    q, qy, g, gy = _pair(query_feats, query_labels, gallery_feats, gallery_labels)
+    templates, ids = class_templates(g, gy)
+    return _percent(*_template_hits(q, qy, templates, ids, chunk), "template accuracy")
+
+
+# ----------------------------------------------------------------------------- full gallery
+
+
+def _recall_hits(
+    q: torch.Tensor,
+    qy: torch.Tensor,
+    g: torch.Tensor,
+    gy: torch.Tensor,
+    ks: Sequence[int],
+    chunk: int,
+) -> tuple[dict[int, int], int]:
+    """Per k, how many queries have a same-class item in their top k (stable tie order).
+
+    Without sorting: the first positive in a stable descending ordering is
+    the positive with the highest score, the lowest-indexed among equals; its
+    rank is the number of items scoring strictly higher plus the number of
+    items tying with it at a lower index.
+    """
+    n = g.shape[0]
+    idx = torch.arange(n, device=q.device)
+    hits = dict.fromkeys(ks, 0)
+    counted = 0
+    for s in range(0, q.shape[0], chunk):
+        scores = q[s : s + chunk] @ g.t()
+        pos = gy[None, :] == qy[s : s + chunk, None]
+        has_pos = pos.any(dim=1)
+        best = scores.masked_fill(~pos, float("-inf")).amax(dim=1, keepdim=True)
+        tie = scores == best
+        first = (tie & pos).to(torch.uint8).argmax(dim=1, keepdim=True)  # first True
+        rank = (scores > best).sum(dim=1) + (tie & (idx[None, :] < first)).sum(dim=1)
+        counted += int(has_pos.sum())
+        for k in ks:
+            hits[k] += int((has_pos & (rank < k)).sum())
+    return hits, counted
+
+
+def recall_at_k(
+    query_feats: torch.Tensor,
+    query_labels,
+    gallery_feats: torch.Tensor,
+    gallery_labels,
+    ks: Sequence[int] = (1, 5),
+    chunk: int = 4096,
+) -> dict[int, float]:
+    """Recall@K (%) over the full gallery by cosine: a query counts when any of its K nearest
+    gallery items has its class.
+    """
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    q, qy, g, gy = _pair(query_feats, query_labels, gallery_feats, gallery_labels)
+    hits, counted = _recall_hits(q, qy, g, gy, ks, chunk)
+    return {k: _percent(hits[k], counted, f"recall@{k}") for k in ks}
+
+
+def _ap_sum(
+    q: torch.Tensor, qy: torch.Tensor, g: torch.Tensor, gy: torch.Tensor, chunk: int
+) -> tuple[float, int]:
+    n = g.shape[0]
+    inv_rank = 1.0 / torch.arange(1, n + 1, device=q.device, dtype=q.dtype)
+    total, counted = 0.0, 0
+    for s in range(0, q.shape[0], chunk):
+        scores = q[s : s + chunk] @ g.t()
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        rel = (gy[order] == qy[s : s + chunk, None]).to(q.dtype)
+        n_pos = rel.sum(dim=1)
+        precision = rel.cumsum(dim=1) * inv_rank  # precision at every rank
+        ap = (precision * rel).sum(dim=1) / n_pos.clamp(min=1)
+        keep = n_pos > 0
+        total += float(ap[keep].sum())
+        counted += int(keep.sum())
+    return total, counted
+
+
+def mean_average_precision(
+    query_feats: torch.Tensor,
+    query_labels,
+    gallery_feats: torch.Tensor,
+    gallery_labels,
+    chunk: int = 1024,
+) -> float:
+    """mAP (%) over the full gallery ranked by cosine.
+
+    AP of one query = (1/R) * sum over the ranks k of its R same-class gallery
+    items of precision@k; the gallery is ranked by a stable sort on descending
+    score, so equal scores keep gallery order.
+    """
+    q, qy, g, gy = _pair(query_feats, query_labels, gallery_feats, gallery_labels)
+    return _percent(*_ap_sum(q, qy, g, gy, chunk), "mAP")
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+_RECALL = re.compile(r"^recall@(\d+)$")
+
+
+def cross_model_matrix(
+    query_feats: Sequence[torch.Tensor],
+    gallery_feats: Sequence[torch.Tensor],
+    query_labels,
+    gallery_labels,
+    metric: str = "template",
+    chunk: int | None = None,
+) -> np.ndarray:
+    """The compatibility matrix ``C[i][j] = M(query by model i, gallery by model j)``, j <= i.
+
+    ``query_feats[i]`` / ``gallery_feats[i]`` are model i's features of the
+    same query and gallery images (so the labels are shared). ``metric`` is
+    ``"template"`` (the paper's), ``"recall@K"`` for any K, or ``"mAP"``.
+    Gallery normalisation and templates are computed once per model, then
+    each of the T(T+1)/2 entries is one chunked matrix product. Returns a
+    float64 ``(T, T)`` array in percent with NaN above the diagonal (the
+    input of :mod:`compatkit.metrics`).
+    """
+    t = len(query_feats)
+    if t == 0 or len(gallery_feats) != t:
+        raise ValueError(
+            f"need the same number (>= 1) of query and gallery feature sets, got "
+            f"{len(query_feats)} and {len(gallery_feats)}"
+        )
+    m = metric.strip().lower()
+    recall_k = _RECALL.match(m)
+    if m not in ("template", "map") and not recall_k:
+        raise ValueError(f"unknown metric {metric!r}; use 'template', 'recall@K' or 'mAP'")
+
+    if recall_k and int(recall_k.group(1)) < 1:
+        raise ValueError(f"recall@K needs K >= 1, got {metric!r}")
+
+    # Normalise each set once; everything moves to the first query set's device.
+    qs = [_normalize(f, f"query features of model {i}") for i, f in enumerate(query_feats)]
+    device = qs[0].device
+    gs = [
+        _normalize(f, f"gallery features of model {i}").to(device)
+        for i, f in enumerate(gallery_feats)
+    ]
+    qs = [q.to(device) for q in qs]
+    qy = _labels(query_labels, qs[0].shape[0], device, "query labels")
+    gy = _labels(gallery_labels, gs[0].shape[0], device, "gallery labels")
+    for name, sets, labels in (("query", qs, qy), ("gallery", gs, gy)):
+        for i, f in enumerate(sets):
+            if f.shape[0] != labels.shape[0]:
+                raise ValueError(
+                    f"model {i} has {f.shape[0]} {name} features but there are "
+                    f"{labels.shape[0]} {name} labels"
+                )
+    templates = [class_templates(g, gy) for g in gs] if m == "template" else None
+
+    out = np.full((t, t), np.nan, dtype=np.float64)
+    for i in range(t):
+        for j in range(i + 1):
+            q, g = qs[i], gs[j]
+            if q.shape[1] != g.shape[1]:
+                raise ValueError(
+                    f"cannot compare model {i} (query, feature dimension {q.shape[1]}) with "
+                    f"model {j} (gallery, feature dimension {g.shape[1]})"
+                )
+            if q.dtype != g.dtype:
+                dt = torch.promote_types(q.dtype, g.dtype)
+                q, g = q.to(dt), g.to(dt)
+            if templates is not None:
+                tmpl, ids = templates[j]
+                res = _template_hits(q, qy, tmpl.to(q.dtype), ids, chunk or 8192)
+            elif recall_k:
+                k = int(recall_k.group(1))
+                hits, counted = _recall_hits(q, qy, g, gy, (k,), chunk or 4096)
+                res = (hits[k], counted)
+            else:
+                res = _ap_sum(q, qy, g, gy, chunk or 1024)
+            out[i, j] = _percent(*res, f"{metric} of model {i} vs model {j}")
+    return out
