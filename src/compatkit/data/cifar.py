@@ -1,0 +1,277 @@
+"""CIFAR-10 and CIFAR-100 in their official "python version" format.
+
+Format (Krizhevsky, https://www.cs.toronto.edu/~kriz/cifar.html): each batch
+file is a pickled dict with bytes keys; ``b"data"`` is a ``uint8`` array of
+shape ``(N, 3072)`` whose rows hold the red, green and blue 32x32 planes in
+that order, row-major; labels are ``b"labels"`` (CIFAR-10) or ``b"fine_labels"``
+(CIFAR-100). Class names are in ``batches.meta`` (``b"label_names"``) and
+``meta`` (``b"fine_label_names"``).
+
+Pickle is the only way to read this format, and unpickling an arbitrary file
+can run arbitrary code. :class:`RestrictedUnpickler` therefore resolves only
+the handful of globals a numpy array needs and refuses every other one, so a
+downloaded file cannot execute anything while being read.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .imageset import ImageSet
+
+__all__ = [
+    "CIFAR_LAYOUTS",
+    "CifarFormatError",
+    "CifarLayout",
+    "RestrictedUnpickler",
+    "UnsafePickleError",
+    "find_cifar",
+    "load_cifar",
+    "restricted_loads",
+    "write_cifar_batch",
+]
+
+
+class CifarFormatError(ValueError):
+    """A CIFAR batch file does not have the expected content."""
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle names a global outside the allow-list (it could run code): refused."""
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR pickle may name, resolved without importing by name.
+
+    Numpy moved ``numpy.core`` to ``numpy._core`` in 2.0; files written with either
+    name map to the function of the installed numpy (and never trigger an import).
+    """
+    try:
+        from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+        from numpy.core.numeric import _frombuffer
+    import codecs
+
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        # Python 3 pickles of bytes at protocol <= 2 go through codecs.encode(str, "latin1").
+        ("_codecs", "encode"): codecs.encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
+        # numpy's reduction of arrays at pickle protocol 5
+        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer
+    # Plain containers (Python 2 pickles name them through __builtin__).
+    for mod in ("builtins", "__builtin__"):
+        for name, obj in (
+            ("list", list),
+            ("dict", dict),
+            ("tuple", tuple),
+            ("set", set),
+            ("frozenset", frozenset),
+            ("bytearray", bytearray),
+        ):
+            allowed[(mod, name)] = obj
+    return allowed
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild numpy arrays and builtin containers, and nothing else.
+
+    ``find_class`` is the only way a pickle reaches a callable; answering it from a fixed
+    table (instead of importing ``module.name``) means ``os.system``, ``eval``,
+    ``subprocess`` and friends are refused before they exist in the stream's hands.
+    """
+
+    _allowed: dict[tuple[str, str], Any] | None = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        if RestrictedUnpickler._allowed is None:
+            RestrictedUnpickler._allowed = _allowed_globals()
+        try:
+            return RestrictedUnpickler._allowed[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refusing to load global {module}.{name}: a CIFAR data file only contains "
+                "numpy arrays, lists and dicts (this file may be malicious)"
+            ) from None
+
+
+def restricted_loads(data: bytes) -> Any:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler`.
+
+    ``encoding="bytes"`` reads the Python 2 strings of the official files as ``bytes``
+    (hence the bytes keys) instead of guessing a text encoding for binary data.
+    """
+    return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+class CifarLayout:
+    """Where the files of one CIFAR variant are and which keys they use."""
+
+    def __init__(
+        self,
+        name: str,
+        folder: str,
+        archive: str,
+        url: str,
+        md5: str,
+        train_files: list[str],
+        test_files: list[str],
+        meta_file: str,
+        names_key: bytes,
+        labels_key: bytes,
+    ) -> None:
+        self.name = name
+        self.folder = folder
+        self.archive = archive
+        self.url = url
+        self.md5 = md5
+        self.train_files = train_files
+        self.test_files = test_files
+        self.meta_file = meta_file
+        self.names_key = names_key
+        self.labels_key = labels_key
+
+    def files(self, split: str) -> list[str]:
+        return self.train_files if split == "train" else self.test_files
+
+
+CIFAR_LAYOUTS: dict[str, CifarLayout] = {
+    "cifar10": CifarLayout(
+        name="CIFAR-10",
+        folder="cifar-10-batches-py",
+        archive="cifar-10-python.tar.gz",
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+        train_files=[f"data_batch_{i}" for i in range(1, 6)],
+        test_files=["test_batch"],
+        meta_file="batches.meta",
+        names_key=b"label_names",
+        labels_key=b"labels",
+    ),
+    "cifar100": CifarLayout(
+        name="CIFAR-100",
+        folder="cifar-100-python",
+        archive="cifar-100-python.tar.gz",
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        train_files=["train"],
+        test_files=["test"],
+        meta_file="meta",
+        names_key=b"fine_label_names",
+        labels_key=b"fine_labels",
+    ),
+}
+
+_Reader = Callable[[str], bytes]
+
+
+def find_cifar(layout: CifarLayout, root: Path) -> tuple[str, _Reader] | None:
+    """Locate the data under ``root``; return (description, member reader) or None.
+
+    Accepted, in this order: ``root`` is the extracted folder; ``root`` contains it;
+    ``root`` is the ``.tar.gz`` archive; ``root`` contains the archive. Archive members
+    are read straight from the tar file, so nothing is extracted or written.
+    """
+    for folder in (root, root / layout.folder):
+        if folder.is_dir() and (folder / layout.meta_file).is_file():
+            return str(folder), lambda member, folder=folder: (folder / member).read_bytes()
+    for archive in (root, root / layout.archive):
+        if archive.is_file() and tarfile.is_tarfile(archive):
+            return str(archive), lambda member, archive=archive: _read_tar_member(
+                archive, f"{layout.folder}/{member}"
+            )
+    return None
+
+
+def _read_tar_member(archive: Path, member: str) -> bytes:
+    with tarfile.open(archive, "r:*") as tar:
+        try:
+            f = tar.extractfile(member)
+        except KeyError:
+            f = None
+        if f is None:
+            raise CifarFormatError(f"{archive}: no regular file {member!r} in the archive")
+        with f:
+            return f.read()
+
+
+def _load_pickle(read: _Reader, member: str, where: str) -> dict:
+    try:
+        obj = restricted_loads(read(member))
+    except FileNotFoundError as e:
+        raise CifarFormatError(f"{where}: missing file {member!r}") from e
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{where}/{member}: {e}") from None
+    except Exception as e:  # truncated stream, garbage bytes
+        raise CifarFormatError(f"{where}/{member}: not a readable CIFAR pickle ({e!r})") from e
+    if not isinstance(obj, dict):
+        raise CifarFormatError(f"{where}/{member}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def load_cifar(layout: CifarLayout, root: Path, split: str) -> ImageSet:
+    """Load one split of a CIFAR variant from ``root`` (see :func:`find_cifar`)."""
+    found = find_cifar(layout, root)
+    if found is None:
+        raise FileNotFoundError(root)
+    where, read = found
+    meta = _load_pickle(read, layout.meta_file, where)
+    if layout.names_key not in meta:
+        raise CifarFormatError(f"{where}/{layout.meta_file}: no {layout.names_key!r} entry")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[layout.names_key]]
+
+    images, labels = [], []
+    for member in layout.files(split):
+        batch = _load_pickle(read, member, where)
+        for key in (b"data", layout.labels_key):
+            if key not in batch:
+                raise CifarFormatError(f"{where}/{member}: no {key!r} entry")
+        data = np.asarray(batch[b"data"])
+        lab = np.asarray(batch[layout.labels_key], dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise CifarFormatError(
+                f"{where}/{member}: data must be uint8 of shape (N, 3072), got "
+                f"{data.dtype} {data.shape}"
+            )
+        if lab.shape != (data.shape[0],):
+            raise CifarFormatError(
+                f"{where}/{member}: {data.shape[0]} images but {lab.shape} labels"
+            )
+        if lab.size and (lab.min() < 0 or lab.max() >= len(classes)):
+            raise CifarFormatError(
+                f"{where}/{member}: labels outside [0, {len(classes)}) of the class names"
+            )
+        # Rows are R, G, B planes of 32x32 row-major: exactly the (C, H, W) order.
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.from_numpy(lab))
+    return ImageSet(torch.cat(images), torch.cat(labels), classes)
+
+
+def write_cifar_batch(
+    path: str | os.PathLike[str],
+    images: np.ndarray,
+    labels: list[int],
+    labels_key: bytes = b"labels",
+    protocol: int = 2,
+) -> None:
+    """Write ``(N, 3, 32, 32)`` uint8 ``images`` as an official-format batch file (for tests
+    and for exporting subsets). Protocol 2 is what the distributed Python 2 files use."""
+    data = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
+    with open(path, "wb") as f:
+        pickle.dump(
+            {b"batch_label": b"batch", b"data": data, labels_key: list(labels)}, f, protocol
+        )
