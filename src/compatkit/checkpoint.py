@@ -1,0 +1,396 @@
+"""Atomic, safe-to-load checkpoints that carry the model's compatibility contract.
+
+Whether two models' features can be compared depends on more than weights:
+the feature dimension, the head kind, K, the ETF seed and which head row
+(simplex vertex) each class uses (Biondi et al., CVPR 2024, Sec. 3: the
+d-Simplex vertices never move, so compatibility holds only while every
+class keeps its vertex). A checkpoint therefore stores that contract next to
+the state dict, and loading refuses, with a message naming the file and the
+problem, anything it cannot vouch for.
+
+File layout (``torch.save`` of one dict holding only tensors, str, int,
+float, bool, None, lists and dicts, so ``torch.load(weights_only=True)``
+reads it without unpickling arbitrary objects)::
+
+    format            "compatkit-checkpoint"
+    format_version    1
+    compatkit_version the library version that wrote it
+    contract          CompatModel.contract(): backbone, in_channels, feat_dim, head,
+                      num_classes, etf_seed, head_rows, class_map
+    classes_seen      sorted local classes the model has been trained on
+    extra             caller's JSON-able metadata (task id, seed, ...)
+    state_dict        model.state_dict(), tensors on the CPU
+    sha256            digest of the tensors and of every field above (tamper check)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .model import CompatModel, ModelSpec, build_model
+from .simplex import ClassMap
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "IncompatibleModels",
+    "check_compatible",
+    "file_sha256",
+    "load_checkpoint",
+    "read_contract",
+    "save_checkpoint",
+]
+
+FORMAT = "compatkit-checkpoint"
+FORMAT_VERSION = 1
+
+_META_KEYS = ("format", "format_version", "compatkit_version", "contract", "classes_seen", "extra")
+_REQUIRED = (*_META_KEYS, "state_dict", "sha256")
+_FIXED_HEADS = ("simplex", "etf")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded as asked; the message names the file."""
+
+
+class IncompatibleModels(ValueError):
+    """Two models whose features cannot be compared; the message says why."""
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (for provenance records), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the metadata (canonical JSON) and each tensor's name, dtype, shape, bytes."""
+    h = hashlib.sha256()
+    h.update(_canonical({k: meta[k] for k in _META_KEYS}))
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor")
+        t = t.detach().to("cpu").contiguous()
+        h.update(_canonical([name, str(t.dtype), list(t.shape)]))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _check_jsonable(obj: Any, where: str = "extra") -> Any:
+    """Return a copy of ``obj`` made of JSON types only (tuples become lists), or raise."""
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, list | tuple):
+        return [_check_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where}: keys must be strings, got {k!r}")
+            out[k] = _check_jsonable(v, f"{where}[{k!r}]")
+        return out
+    raise ValueError(
+        f"{where} is a {type(obj).__name__}; checkpoint metadata may only hold "
+        "None, bool, int, float, str, lists and dicts with string keys"
+    )
+
+
+def _unwrap(model: Any) -> CompatModel:
+    """Accept a DDP- or torch.compile-wrapped CompatModel as well."""
+    seen = model
+    for _ in range(4):
+        if isinstance(seen, CompatModel):
+            return seen
+        seen = getattr(seen, "module", None) or getattr(seen, "_orig_mod", None)
+        if seen is None:
+            break
+    raise TypeError(f"save_checkpoint needs a CompatModel, got {type(model).__name__}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable (POSIX); skipped where a directory cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, model: CompatModel, extra: dict | None = None) -> None:
+    """Write ``model`` and its contract to ``path`` atomically.
+
+    The payload goes to a temporary file in the same directory, is fsynced,
+    then renamed over ``path`` with ``os.replace``: a crash or an error while
+    saving leaves either the old file or the new one, never half of one, and
+    no temporary file behind.
+    """
+    m = _unwrap(model)
+    path = Path(path)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "compatkit_version": __version__,
+        "contract": _check_jsonable(m.contract(), "contract"),
+        "classes_seen": sorted(int(c) for c in m.class_map.local),
+        "extra": _check_jsonable(extra if extra is not None else {}),
+    }
+    state = {k: v.detach().to("cpu") for k, v in m.state_dict().items()}
+    payload = {**meta, "state_dict": state, "sha256": _digest(meta, state)}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
+    """Read a checkpoint with ``weights_only=True`` and check format, version and digest."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p}: no such file")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p}: not a regular file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e)
+        if "Unsupported global" in msg:
+            raise CheckpointError(
+                f"checkpoint {p}: holds objects other than tensors and plain containers; "
+                "refusing to unpickle it (that could run arbitrary code)"
+            ) from None
+        # The safe unpickler wraps every failure in a long help text; keep the actual cause.
+        if "WeightsUnpickler error:" in msg:
+            msg = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        cause = " ".join(msg.split()).split(". ")[0].rstrip(".")[:200]
+        raise CheckpointError(
+            f"checkpoint {p}: cannot be read, the file is truncated or corrupt "
+            f"({type(e).__name__}: {cause})"
+        ) from None
+
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            what = "a plain state dict"
+        else:
+            what = f"a {type(obj).__name__}"
+        raise CheckpointError(
+            f"checkpoint {p}: not a compatkit checkpoint (found {what} without the model's "
+            "contract); write checkpoints with compatkit.checkpoint.save_checkpoint"
+        )
+    version = obj.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"checkpoint {p}: invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {p}: format version {version} is newer than this compatkit "
+            f"({__version__}) supports (up to {FORMAT_VERSION}); upgrade compatkit"
+        )
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise CheckpointError(f"checkpoint {p}: missing field(s) {missing}")
+    if not isinstance(obj["state_dict"], dict) or not isinstance(obj["contract"], dict):
+        raise CheckpointError(f"checkpoint {p}: malformed state_dict or contract")
+    try:
+        digest = _digest(obj, obj["state_dict"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {p}: malformed content ({e})") from None
+    if digest != obj["sha256"]:
+        raise CheckpointError(
+            f"checkpoint {p}: sha256 mismatch, the file was tampered with or corrupted "
+            f"(stored {str(obj['sha256'])[:12]}..., computed {digest[:12]}...)"
+        )
+    return obj, p
+
+
+def _metadata(obj: dict, p: Path) -> dict:
+    return {**{k: obj[k] for k in (*_META_KEYS, "sha256")}, "path": str(p)}
+
+
+def read_contract(path: str | os.PathLike) -> dict:
+    """The verified metadata of a checkpoint, without building the model.
+
+    Returns the same dict as the second element of :func:`load_checkpoint`:
+    ``format``, ``format_version``, ``compatkit_version``, ``contract``,
+    ``classes_seen``, ``extra``, ``sha256`` and ``path``.
+    """
+    return _metadata(*_load_verified(path))
+
+
+def _check_expect(p: Path, contract: dict, expect: Mapping[str, Any]) -> None:
+    for key, want in expect.items():
+        if key not in contract:
+            raise CheckpointError(
+                f"checkpoint {p}: {key!r} is not a contract key (keys: {sorted(contract)})"
+            )
+        have = contract[key]
+        if isinstance(want, ClassMap):
+            want = want.to_dict()
+        if have != want:
+            raise CheckpointError(f"checkpoint {p} has {key}={have!r} but {want!r} was expected")
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    expect: Mapping[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[CompatModel, dict]:
+    """Rebuild the model saved at ``path``; return ``(model, metadata)``.
+
+    The file is always read with ``torch.load(weights_only=True)``. ``expect``
+    lists contract values the caller relies on (for example
+    ``{"head": "simplex", "feat_dim": 15}``); any difference is refused before
+    a model is built. The model comes back on ``map_location`` in training
+    mode, as a freshly built module would be; call ``.eval()`` to extract
+    features.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file; not a compatkit
+            checkpoint; a newer format version; a digest mismatch; an
+            ``expect`` mismatch; or weights that do not fit the contract.
+    """
+    obj, p = _load_verified(path)
+    contract = obj["contract"]
+    if expect:
+        _check_expect(p, contract, expect)
+    try:
+        spec = ModelSpec.from_dict(contract)
+        model = build_model(spec, ClassMap.from_dict(contract["class_map"]))
+        model.head.grow(int(contract["head_rows"]))
+    except (ImportError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {p}: cannot rebuild its model: {e}") from None
+    try:
+        model.load_state_dict(obj["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {p}: weights do not fit the model its contract describes: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    if model.contract() != contract:
+        raise CheckpointError(
+            f"checkpoint {p}: rebuilt model's contract differs from the stored one "
+            f"({model.contract()} vs {contract})"
+        )
+    return model.to(map_location), _metadata(obj, p)
+
+
+# ----------------------------------------------------------------------------- compatibility
+
+
+def _contract_of(c: Mapping) -> Mapping:
+    """Accept either a contract or the metadata dict that holds one."""
+    return c["contract"] if "contract" in c and isinstance(c["contract"], Mapping) else c
+
+
+def _row_owners(class_map: Mapping) -> dict[int, tuple[str, int]]:
+    owners = {}
+    for space in ("local", "provider"):
+        for cls, row in class_map.get(space, {}).items():
+            owners[int(row)] = (space, int(cls))
+    return owners
+
+
+def check_compatible(
+    contract_a: Mapping, contract_b: Mapping, names: tuple[str, str] = ("model A", "model B")
+) -> None:
+    """Raise :class:`IncompatibleModels` when features of the two models cannot be compared.
+
+    Refused: different feature dimensions; different input channels (they
+    cannot embed the same images); two fixed heads (simplex/ETF) of different
+    kind, K or ETF seed; and, between fixed heads, a class placed on different
+    rows, or one row holding different classes, in the two class maps, since
+    the fixed rows are where the features of each class are trained to be.
+    Allowed: any backbone change, and pairs involving a learnable head as
+    long as the dimension matches (their rows carry no shared geometry, and
+    measuring how such a pair fares is exactly what the ER baseline is for).
+    Either argument may be a contract or a metadata dict from
+    :func:`read_contract`.
+    """
+    a, b = _contract_of(contract_a), _contract_of(contract_b)
+    na, nb = names
+
+    def refuse(why: str) -> None:
+        raise IncompatibleModels(f"{na} and {nb} are not compatible: {why}")
+
+    for key in ("feat_dim", "in_channels", "head"):
+        if key not in a or key not in b:
+            refuse(f"contract lacks {key!r}")
+    if a["feat_dim"] != b["feat_dim"]:
+        refuse(f"feature dimensions differ ({na} {a['feat_dim']}, {nb} {b['feat_dim']})")
+    if a["in_channels"] != b["in_channels"]:
+        refuse(f"input channels differ ({na} {a['in_channels']}, {nb} {b['in_channels']})")
+    if a["head"] not in _FIXED_HEADS or b["head"] not in _FIXED_HEADS:
+        return
+    if a["head"] != b["head"]:
+        refuse(f"fixed heads of different kinds ({na} {a['head']!r}, {nb} {b['head']!r})")
+    if a.get("num_classes") != b.get("num_classes"):
+        refuse(
+            f"{a['head']} heads with different K ({a.get('num_classes')} vs {b.get('num_classes')})"
+        )
+    if a["head"] == "etf" and a.get("etf_seed", 0) != b.get("etf_seed", 0):
+        refuse(
+            f"ETF frames built from different seeds ({a.get('etf_seed', 0)} vs "
+            f"{b.get('etf_seed', 0)}), so their rows point in different directions"
+        )
+    ma, mb = a.get("class_map") or {}, b.get("class_map") or {}
+    for space in ("local", "provider"):
+        ra = {int(k): int(v) for k, v in ma.get(space, {}).items()}
+        rb = {int(k): int(v) for k, v in mb.get(space, {}).items()}
+        for cls in sorted(ra.keys() & rb.keys()):
+            if ra[cls] != rb[cls]:
+                refuse(
+                    f"{space} class {cls} sits on row {ra[cls]} in {na} but on row "
+                    f"{rb[cls]} in {nb}"
+                )
+    oa, ob = _row_owners(ma), _row_owners(mb)
+    for row in sorted(oa.keys() & ob.keys()):
+        if oa[row] != ob[row]:
+            refuse(
+                f"row {row} holds {oa[row][0]} class {oa[row][1]} in {na} but "
+                f"{ob[row][0]} class {ob[row][1]} in {nb}"
+            )
