@@ -38,6 +38,7 @@ __all__ = [
     "compatibility_report",
     "forward_compatibility",
     "load_matrix",
+    "parse_matrix",
     "violations",
 ]
 
@@ -165,6 +166,15 @@ def load_matrix(path_or_text: str | os.PathLike | Sequence | np.ndarray) -> np.n
     else:
         data = path_or_text
 
+    return parse_matrix(data, source)
+
+
+def parse_matrix(data: str | Sequence, source: str = "matrix") -> np.ndarray:
+    """Parse matrix text (JSON or plain rows) or already parsed rows; see :func:`load_matrix`.
+
+    Unlike :func:`load_matrix` a string is always content, never a path (for
+    standard input); ``source`` names the input in error messages.
+    """
     if isinstance(data, str):
         stripped = data.strip()
         if not stripped:
