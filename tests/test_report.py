@@ -395,3 +395,35 @@ def test_write_report_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hoc run 0 matrix: row 1"):
         report.write_report(run_dir)
     assert not (run_dir / "report.md").exists()
+
+
+def test_report_reads_what_the_metrics_module_writes(tmp_path: Path) -> None:
+    """Guard the file format between compatkit.metrics (the writer) and this reader."""
+    from compatkit.metrics import compatibility_report
+
+    runs = []
+    for seed, c in ((42, HOC_42), (43, HOC_43)):
+        d = compatibility_report(report.lower_triangle(c)).to_dict()  # wants a square array
+        runs.append({"seed": seed, "matrix": c, "final_self": c[-1][-1], **d})
+    m = {
+        "hoc": {**runs[0], "seeds": [42, 43], "runs": runs},
+        "_meta": {
+            "seeds": [42, 43],
+            "num_tasks": 4,
+            "replacement_tasks": [0, 2],
+            "device": "cpu",
+            "precision": "fp32",
+            "query_images": 12000,
+            "gallery_images": 10,
+            "eval_seconds": 3.5,
+        },
+    }
+    assert runs[0]["violations"]  # the writer records the (2, 1) violation
+    assert report.resolve_violations(HOC_42, runs[0]["violations"]) == {(2, 1)}
+    (row,) = report.comparison_table(m)
+    assert row["stats"]["AC"]["mean"] == pytest.approx(11 / 12)
+    assert row["stats"]["BC"]["values"] == pytest.approx([runs[0]["BC"], runs[1]["BC"]])
+    text = report.render_markdown(m, tmp_path)
+    assert "- Evaluation: 12,000 query images, 10 gallery images" in text
+    assert "- Device: cpu (fp32)" in text
+    assert "**54.00 ⚠**" in text

@@ -810,8 +810,18 @@ def render_markdown(
             + ", ".join(str(r + 1) for r in reps)
             + f" (zero-based task ids {', '.join(str(r) for r in reps)})"
         )
+    if _is_number(meta.get("query_images")) and _is_number(meta.get("gallery_images")):
+        out.append(
+            f"- Evaluation: {meta['query_images']:,} query images, "
+            f"{meta['gallery_images']:,} gallery images"
+        )
+    if meta.get("device") is not None:
+        precision = f" ({meta['precision']})" if meta.get("precision") else ""
+        out.append(f"- Device: {meta['device']}{precision}")
     if _is_number(meta.get("wall_time_s")):
         out.append(f"- Wall time: {_duration(meta['wall_time_s'])}")
+    if _is_number(meta.get("eval_seconds")):
+        out.append(f"- Evaluation time: {_duration(meta['eval_seconds'])}")
     if meta.get("compatkit_version") is not None:
         out.append(f"- compatkit version: {meta['compatkit_version']}")
     out.append("")
