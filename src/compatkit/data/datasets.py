@@ -99,7 +99,7 @@ def _candidates(name: str) -> list[tuple[str, Path]]:
     found = []
     data = os.environ.get("COMPATKIT_DATA")
     if data:
-        found.append(("$COMPATKIT_DATA", Path(data) / name))
+        found.append(("$COMPATKIT_DATA", Path(data).expanduser() / name))
     if name in SYSTEM_LOCATIONS:
         found.append(("system package", SYSTEM_LOCATIONS[name]))
     found.append(("cache", _cache_home() / name))
@@ -114,11 +114,12 @@ def dataset_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(env_var(name))
     if env:
         return Path(env).expanduser()
-    cands = _candidates(name)
-    for _, path in cands:
+    for _, path in _candidates(name):
         if path.is_dir():
             return path
-    return cands[0][1]  # the download target: $COMPATKIT_DATA/<name>, else the cache
+    # Nothing exists yet: the download target, never the (read-only) system location.
+    data = os.environ.get("COMPATKIT_DATA")
+    return Path(data).expanduser() / name if data else _cache_home() / name
 
 
 def _searched(name: str, root: str | os.PathLike[str] | None) -> str:
