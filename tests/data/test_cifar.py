@@ -105,6 +105,11 @@ def test_cifar10_from_archive_without_extracting(tmp_path: Path) -> None:
         assert torch.equal(train.images, expected_images(train_x))
         assert train.labels.tolist() == train_y
     assert sorted(p.name for p in archive_dir.iterdir()) == ["cifar-10-python.tar.gz"]
+    (src / "cifar-10-batches-py" / "data_batch_4").unlink()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    with pytest.raises(CifarFormatError, match="data_batch_4"):
+        load_dataset("cifar10", root=archive)
 
 
 def test_cifar100_fine_labels(tmp_path: Path) -> None:

@@ -176,11 +176,11 @@ CIFAR_LAYOUTS: dict[str, CifarLayout] = {
     ),
 }
 
-_Reader = Callable[[str], bytes]
+_Reader = Callable[[list[str]], dict[str, bytes]]
 
 
 def find_cifar(layout: CifarLayout, root: Path) -> tuple[str, _Reader] | None:
-    """Locate the data under ``root``; return (description, member reader) or None.
+    """Locate the data under ``root``; return (description, reader of named members) or None.
 
     Accepted, in this order: ``root`` is the extracted folder; ``root`` contains it;
     ``root`` is the ``.tar.gz`` archive; ``root`` contains the archive. Archive members
@@ -188,32 +188,45 @@ def find_cifar(layout: CifarLayout, root: Path) -> tuple[str, _Reader] | None:
     """
     for folder in (root, root / layout.folder):
         if folder.is_dir() and (folder / layout.meta_file).is_file():
-            return str(folder), lambda member, folder=folder: (folder / member).read_bytes()
+            return str(folder), lambda members, folder=folder: _read_files(folder, members)
     for archive in (root, root / layout.archive):
         if archive.is_file() and tarfile.is_tarfile(archive):
-            return str(archive), lambda member, archive=archive: _read_tar_member(
-                archive, f"{layout.folder}/{member}"
+            return str(archive), lambda members, archive=archive: _read_tar_members(
+                archive, layout.folder, members
             )
     return None
 
 
-def _read_tar_member(archive: Path, member: str) -> bytes:
+def _read_files(folder: Path, members: list[str]) -> dict[str, bytes]:
+    out = {}
+    for m in members:
+        if not (folder / m).is_file():
+            raise CifarFormatError(f"{folder}: missing file {m!r}")
+        out[m] = (folder / m).read_bytes()
+    return out
+
+
+def _read_tar_members(archive: Path, folder: str, members: list[str]) -> dict[str, bytes]:
+    """Read ``folder/<member>`` for each member in one sequential pass over the archive
+    (a gzipped tar has no index: a lookup per member would decompress it once per member)."""
+    wanted = {f"{folder}/{m}": m for m in members}
+    out: dict[str, bytes] = {}
     with tarfile.open(archive, "r:*") as tar:
-        try:
-            f = tar.extractfile(member)
-        except KeyError:
-            f = None
-        if f is None:
-            raise CifarFormatError(f"{archive}: no regular file {member!r} in the archive")
-        with f:
-            return f.read()
+        for info in tar:
+            if info.name in wanted and info.isfile():
+                f = tar.extractfile(info)
+                if f is not None:
+                    with f:
+                        out[wanted[info.name]] = f.read()
+    missing = [m for m in members if m not in out]
+    if missing:
+        raise CifarFormatError(f"{archive}: missing file(s) {missing} under {folder}/")
+    return out
 
 
-def _load_pickle(read: _Reader, member: str, where: str) -> dict:
+def _load_pickle(raw: bytes, member: str, where: str) -> dict:
     try:
-        obj = restricted_loads(read(member))
-    except FileNotFoundError as e:
-        raise CifarFormatError(f"{where}: missing file {member!r}") from e
+        obj = restricted_loads(raw)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{where}/{member}: {e}") from None
     except Exception as e:  # truncated stream, garbage bytes
@@ -229,14 +242,15 @@ def load_cifar(layout: CifarLayout, root: Path, split: str) -> ImageSet:
     if found is None:
         raise FileNotFoundError(root)
     where, read = found
-    meta = _load_pickle(read, layout.meta_file, where)
+    blobs = read([layout.meta_file, *layout.files(split)])
+    meta = _load_pickle(blobs.pop(layout.meta_file), layout.meta_file, where)
     if layout.names_key not in meta:
         raise CifarFormatError(f"{where}/{layout.meta_file}: no {layout.names_key!r} entry")
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[layout.names_key]]
 
     images, labels = [], []
     for member in layout.files(split):
-        batch = _load_pickle(read, member, where)
+        batch = _load_pickle(blobs.pop(member), member, where)
         for key in (b"data", layout.labels_key):
             if key not in batch:
                 raise CifarFormatError(f"{where}/{member}: no {key!r} entry")
