@@ -117,3 +117,14 @@ def test_refuses_another_dataset() -> None:
     other.classes = ["x", "y"]
     with pytest.raises(ValueError, match="class names"):
         mem.update(other)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_restored_cpu_memory_joins_the_gpu_on_update() -> None:
+    data = make_set([6, 6, 6])
+    mem = RehearsalMemory(per_class=2)
+    mem.update(data.select_classes([0]))
+    back = RehearsalMemory(per_class=2)
+    back.load_state_dict(mem.state_dict())
+    back.update(data.select_classes([1]).to("cuda"))
+    assert back.as_imageset().images.is_cuda and len(back) == 4

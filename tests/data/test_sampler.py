@@ -76,3 +76,12 @@ def test_reproducible_and_seed_dependent() -> None:
 def test_refuses_bad_batch_size() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         list(half_and_half_batches(make_set([2, 2]), None, 1, gen()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cpu_memory_follows_gpu_data_and_cpu_seed_reproduces() -> None:
+    new, memory = make_set([9, 9]), make_set([0, 0, 5])
+    cpu = [sample_ids(x).tolist() for x, _ in half_and_half_batches(new, memory, 6, gen(2))]
+    gpu_batches = list(half_and_half_batches(new.to("cuda"), memory, 6, gen(2)))
+    assert all(x.is_cuda and y.is_cuda for x, y in gpu_batches)
+    assert [sample_ids(x.cpu()).tolist() for x, _ in gpu_batches] == cpu

@@ -52,13 +52,15 @@ class RehearsalMemory:
         """Store ``per_class`` random images of every class of ``data`` not stored yet.
 
         A class with fewer images stores all of them. Classes already in memory are left
-        as they are (the reference keeps its first random pick for the whole run).
+        as they are (the reference keeps its first random pick for the whole run). The stored
+        images move to ``data``'s device.
         """
         if self._names and data.classes != self._names:
             raise ValueError(
                 "RehearsalMemory.update got data whose class names differ from the stored ones "
                 "(a different dataset?)"
             )
+        self.to(data.device)  # the memory follows the data (a CPU-restored state joins the GPU)
         labels = data.labels.cpu()
         new = [c for c in torch.unique(labels).tolist() if c not in self.classes]
         if not new:
@@ -72,8 +74,8 @@ class RehearsalMemory:
         if self._images is None:
             self._images, self._labels = sel.images, sel.labels
         else:
-            self._images = torch.cat([self._images, sel.images.to(self._images.device)])
-            self._labels = torch.cat([self._labels, sel.labels.to(self._labels.device)])
+            self._images = torch.cat([self._images, sel.images])
+            self._labels = torch.cat([self._labels, sel.labels])
         self.classes += [int(c) for c in new]
         self._names = list(data.classes)
 

@@ -45,7 +45,8 @@ def half_and_half_batches(
 
     With memory: each batch is ``batch_size // 2`` new samples followed by
     ``batch_size - batch_size // 2`` memory samples (new first, so a method can slice the
-    two halves). The final partial batch of ``r`` new samples keeps the same balance:
+    two halves). The memory is moved to the new data's device if it is elsewhere. The final
+    partial batch of ``r`` new samples keeps the same balance:
     ``r + (batch_size - 2 * (batch_size // 2))`` memory samples.
     """
     if batch_size < 2:
@@ -65,7 +66,9 @@ def half_and_half_batches(
         return
 
     if memory.device != device:
-        raise ValueError(f"new data is on {device} but the memory on {memory.device}")
+        # E.g. a memory restored from a checkpoint on the CPU while the task data is on the
+        # GPU: the memory is small (per_class x classes images), so move it rather than fail.
+        memory = memory.to(device)
     half = batch_size // 2
     extra = batch_size - 2 * half  # 1 for an odd batch size: the memory half gets it
     sizes = [min(half, n - s) for s in range(0, n, half)]
