@@ -19,6 +19,8 @@ def _model(classes, provider=()):
     if provider:
         m.add_classes(provider, space="provider")
     m.add_classes(classes)
+    with torch.no_grad():  # spread the rows (init std 0.01 makes every softmax nearly uniform)
+        m.head.w.normal_(0.0, 3.0)
     return m
 
 
