@@ -64,10 +64,14 @@ Two findings worth stating plainly:
   pairs get farther apart (two old features close together at the rim: pulling
   one of them to the centre moves it away from the other).
 - In *raw* Euclidean space (``region="ball"``, ``normalize=False``) the
-  different-class inequality fails in expectation: |x - y| is subharmonic, so
-  its mean over a ball grows with the radius, and a tighter new class is on
-  average *closer* to the other classes' old features. The theorem's
-  different-class half needs the normalised features that retrieval uses.
+  different-class inequality fails in expectation: x -> |x - y| is convex,
+  hence subharmonic, so its mean over a ball grows with the radius and a
+  tighter new class is on average *closer* to every old feature, of its own
+  class and of the others alike. The theorem's different-class half needs the
+  normalised features that retrieval uses: exactly (formula above) for the
+  cosine distance and the squared Euclidean one (2 - 2 cos on the sphere), and
+  as measured here for the plain Euclidean distance between normalised
+  features.
 """
 
 from __future__ import annotations
