@@ -1,0 +1,97 @@
+"""``compatkit run [CONFIG] [--set key=value ...] [--out DIR] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+HELP = "run the IAM-CL2R scenario: providers, task sequence per method and seed, evaluation, report"
+
+DEFAULT_CONFIG = "fashion.yaml"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help=f"YAML config (default: configs/{DEFAULT_CONFIG})")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
+    )
+    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its last completed task",
+    )
+    p.add_argument("--quiet", action="store_true", help="log to RUN_DIR/log.txt only")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def default_config_path() -> Path:
+    """The packaged default config (installed with compatkit) or the repository's copy."""
+    from importlib.resources import files
+
+    packaged = Path(str(files("compatkit") / "configs" / DEFAULT_CONFIG))
+    if packaged.is_file():
+        return packaged
+    return Path("configs") / DEFAULT_CONFIG
+
+
+def new_run_dir(name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path = Path(f"{base}-{i}")
+        i += 1
+    return path
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..progress import RunLog
+    from ..protocol import Runner, evaluate_run, write_metrics
+    from ..report import write_report
+
+    cfg_path = Path(args.config) if args.config else default_config_path()
+    cfg = load_config(cfg_path, args.overrides)
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
+    run_dir = Path(args.out) if args.out else new_run_dir(cfg.name)
+    if run_dir.exists() and any(run_dir.glob("*/seed_*/task_*.pt")) and not args.resume:
+        raise ValueError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
+        )
+    log = RunLog(run_dir / "log.txt", quiet=args.quiet)
+    t0 = time.perf_counter()
+    try:
+        runner = Runner(cfg, run_dir, log)
+        plan = runner.plan  # loads and checks the data before anything is trained
+        runner.write_config()
+        log.info(
+            f"run {run_dir}: {plan.num_tasks} tasks {[t.classes for t in plan.scenario]}, "
+            f"methods {cfg.methods}, seeds {cfg.seeds}, device {runner.device} "
+            f"({runner.precision.name})"
+        )
+        runner.ensure_providers()
+        for seed in cfg.seeds:
+            for m in cfg.methods:
+                runner.run_sequence(m, seed, resume=args.resume)
+        results = evaluate_run(runner)
+        results["_meta"]["wall_time_s"] = round(time.perf_counter() - t0, 1)
+        write_metrics(run_dir, results)
+        report = write_report(run_dir)
+        log.info(f"done in {time.perf_counter() - t0:.0f}s: {run_dir / 'metrics.json'}, {report}")
+        for m in cfg.methods:
+            s = results[m]["summary"]
+            log.info(
+                f"  {m:12s} AC {s['AC']['mean']:.2f} ± {s['AC']['std']:.2f}   "
+                f"AM {s['AM']['mean']:.2f} ± {s['AM']['std']:.2f}"
+            )
+    finally:
+        log.close()
+    return 0

@@ -1,0 +1,132 @@
+"""Evaluation: features extracted once per model, then the T x T matrix by matrix algebra.
+
+The reference implementation re-extracts the gallery for every (query model,
+gallery model) pair, T(T+1)/2 extractions; here each model's query and gallery
+features are computed one time (large batches, no grad, autocast on CUDA) and
+cached on disk next to its checkpoint, keyed by the checkpoint's SHA-256, so a
+second ``compatkit eval`` extracts nothing (DESIGN.md principle 4).
+
+Metric of the paper (METHOD.md Sec. 4): 1:N search accuracy of each query
+against per-class templates of the gallery (mean of L2-normalised features,
+re-normalised), by cosine. Full-gallery recall@1 and mAP are reported too.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import file_sha256, load_checkpoint
+from .data import ImageSet
+from .metrics import compatibility_report
+from .retrieval import cross_model_matrix
+from .train import Precision, autocast
+
+__all__ = ["evaluate_sequence", "extract_features", "features_for", "summarize"]
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    data: ImageSet,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    precision: Precision,
+) -> torch.Tensor:
+    """``(N, d)`` float32 retrieval features (junction output) of ``data``, in order."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(data), batch_size):
+        x = normalize(data.images[i : i + batch_size].to(device, non_blocking=True))
+        with autocast(device, precision):
+            f = model.features(x)
+        out.append(f.float())
+    return torch.cat(out)
+
+
+def features_for(
+    ckpt: Path,
+    query: ImageSet,
+    gallery: ImageSet,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    precision: Precision,
+    device: torch.device,
+    cache_dir: Path | None,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Query and gallery features of one checkpoint, from the cache when it is still valid.
+
+    Returns ``(query_features, gallery_features, from_cache)``.
+    """
+    sha = file_sha256(ckpt)
+    key = {"sha256": sha, "query": len(query), "gallery": len(gallery)}
+    cache = cache_dir / f"{ckpt.stem}.features.pt" if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        try:
+            c = torch.load(cache, weights_only=True, map_location="cpu")
+            if all(c.get(k) == v for k, v in key.items()):
+                return c["query_features"], c["gallery_features"], True
+        except Exception:  # a stale or broken cache is recomputed, never trusted
+            pass
+    model, _ = load_checkpoint(ckpt, map_location=device)
+    model.to(device)
+    q = extract_features(model, query, normalize, batch_size, precision).cpu()
+    g = extract_features(model, gallery, normalize, batch_size, precision).cpu()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save({**key, "query_features": q, "gallery_features": g}, tmp)
+        tmp.replace(cache)
+    return q, g, False
+
+
+def _tri(m: np.ndarray) -> list[list[float]]:
+    return [[round(float(m[i, j]), 4) for j in range(i + 1)] for i in range(m.shape[0])]
+
+
+def evaluate_sequence(
+    ckpts: list[Path],
+    query: ImageSet,
+    gallery: ImageSet,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    precision: Precision,
+    device: torch.device,
+    cache_dir: Path | None,
+    full_gallery: bool = True,
+) -> tuple[dict, int]:
+    """Matrices and metrics of one method/seed; returns (result dict, extractions done)."""
+    qf, gf, fresh = [], [], 0
+    for c in ckpts:
+        q, g, cached = features_for(
+            c, query, gallery, normalize, batch_size, precision, device, cache_dir
+        )
+        qf.append(q.to(device))
+        gf.append(g.to(device))
+        fresh += not cached
+    ql, gl = query.labels.to(device), gallery.labels.to(device)
+    m = cross_model_matrix(qf, gf, ql, gl, metric="template")
+    rep = compatibility_report(m).to_dict()
+    res = {"matrix": _tri(m), **rep, "final_self": round(float(m[-1, -1]), 4)}
+    if full_gallery:
+        res["recall1_matrix"] = _tri(cross_model_matrix(qf, gf, ql, gl, metric="recall@1"))
+        res["map_matrix"] = _tri(cross_model_matrix(qf, gf, ql, gl, metric="mAP"))
+    return res, fresh
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean, sample standard deviation and values over seeds of the scalar metrics."""
+    out = {}
+    for k in ("AC", "AM", "BC", "FC", "final_self"):
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if not vals:
+            out[k] = {"mean": None, "std": None, "values": []}
+            continue
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out[k] = {"mean": statistics.fmean(vals), "std": std, "values": vals}
+    return out

@@ -1,0 +1,179 @@
+"""From a configuration to the concrete data of a scenario, checked before any training.
+
+Every role (local learner, each provider, query set, gallery set) draws its
+images from a shared pool per (dataset, split, root), *without replacement*:
+whatever the configuration, no image is used by two roles, so providers are
+trained "elsewhere" and evaluation is on images no model trained on. Draws
+use ``data_seed`` and happen in a fixed order (local, providers in order,
+gallery, query), so the partition is identical for every run seed and a
+provider trained once can be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import ConfigError, DataSource, RunConfig, to_dict
+from .data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset
+
+__all__ = ["Plan", "make_plan", "provider_key"]
+
+
+class _Pool:
+    """One loaded dataset split with a record of the images already handed out."""
+
+    def __init__(self, data: ImageSet) -> None:
+        self.data = data
+        self.free = torch.ones(len(data), dtype=torch.bool)
+
+    def draw(self, src: DataSource, gen: torch.Generator, role: str) -> ImageSet:
+        labels = self.data.labels
+        present = sorted(set(labels.tolist()))
+        classes = src.classes if src.classes is not None else present
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise ConfigError(
+                f"{role}.classes: {missing} not in {src.dataset}/{src.split} "
+                f"(labels {present[0]}..{present[-1]})"
+            )
+        if len(set(classes)) != len(classes):
+            raise ConfigError(f"{role}.classes lists a class twice: {classes}")
+        picked = []
+        for c in classes:
+            idx = torch.nonzero((labels == c) & self.free).flatten()
+            n = len(idx) if src.per_class is None else src.per_class
+            if n > len(idx):
+                raise ConfigError(
+                    f"{role}.per_class={src.per_class} but only {len(idx)} unused images of class "
+                    f"{c} are left in {src.dataset}/{src.split} (other roles took the rest)"
+                )
+            if n == 0:
+                raise ConfigError(f"{role}: no unused images of class {c} are left")
+            idx = idx[torch.randperm(len(idx), generator=gen)[:n]].sort().values
+            picked.append(idx)
+        sel = torch.cat(picked)
+        self.free[sel] = False
+        return self.data.subset(sel)
+
+
+@dataclass
+class Plan:
+    """The resolved data of a scenario (CPU tensors; moved to the device when used)."""
+
+    local: ImageSet
+    class_order: list[int]
+    scenario: ClassIncremental
+    providers: list[ImageSet | None]
+    """Training data of each provider (None when a checkpoint file replaces training)."""
+    query: ImageSet
+    gallery: ImageSet
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    provider_classes: list[list[int]] = field(default_factory=list)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.scenario)
+
+    def segments(self, cfg: RunConfig) -> list[int]:
+        """Provider index whose segment each task belongs to."""
+        reps = [] if cfg.no_replacement else sorted(cfg.replacement_tasks)
+        return [sum(1 for r in reps if r <= t) for t in range(self.num_tasks)]
+
+
+def _stats(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if name in DATASET_STATS:
+        mean, std = DATASET_STATS[name]
+        return tuple(mean), tuple(std)
+    return (0.5,) * channels, (0.25,) * channels
+
+
+def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
+    """Load and partition the data, and run every data-dependent check of the configuration."""
+    gen = torch.Generator().manual_seed(cfg.data_seed)
+    pools: dict[tuple, _Pool] = {}
+    sources = [cfg.local.data, cfg.eval.query, cfg.eval.gallery] + [p.data for p in cfg.providers]
+    # A download asked for by one role serves every role reading the same dataset.
+    fetch = {s.dataset for s in sources if s.download}
+
+    def pool(src: DataSource) -> _Pool:
+        key = (src.dataset, src.split, src.root)
+        if key not in pools:
+            pools[key] = _Pool(load_dataset(src.dataset, src.split, src.root, src.dataset in fetch))
+        return pools[key]
+
+    loc = cfg.local
+    local = pool(loc.data).draw(loc.data, gen, "local.data")
+    order = loc.data.classes if loc.data.classes is not None else sorted(set(local.labels.tolist()))
+    n_tasks_cls = len(order) - loc.initial_increment
+    if n_tasks_cls < 0 or n_tasks_cls % loc.increment:
+        raise ConfigError(
+            f"local: {len(order)} classes cannot be split as {loc.initial_increment} then "
+            f"{loc.increment} per task"
+        )
+    scenario = ClassIncremental(local, order, loc.initial_increment, loc.increment, None, 0)
+    t = len(scenario)
+    if not cfg.no_replacement:
+        late = [r for r in cfg.replacement_tasks if r >= t]
+        if late:
+            raise ConfigError(
+                f"replacement_tasks {late} are past the last task ({t - 1}; {t} tasks)"
+            )
+    min_per_class = int(
+        torch.bincount(local.labels).masked_select(torch.bincount(local.labels) > 0).min()
+    )
+    if loc.memory_per_class > min_per_class:
+        raise ConfigError(
+            f"local.memory_per_class={loc.memory_per_class} exceeds the {min_per_class} images of "
+            "the smallest local class"
+        )
+    providers: list[ImageSet | None] = []
+    provider_classes: list[list[int]] = []
+    for i, p in enumerate(cfg.providers):
+        if p.checkpoint:
+            providers.append(None)
+            provider_classes.append([])
+            continue
+        d = pool(p.data).draw(p.data, gen, f"providers[{i}].data")
+        providers.append(d)
+        provider_classes.append(sorted(set(d.labels.tolist())))
+    k = cfg.model.num_classes
+    for i, pc in enumerate(provider_classes):
+        top = max(pc) + 1 if pc else 0
+        bottom = k - 1 - max(order)
+        if top > bottom or len(order) + len(pc) > k:
+            raise ConfigError(
+                f"model.num_classes K={k} is too small: provider {i} uses rows 0..{top - 1} and "
+                f"the local classes rows {bottom}..{k - 1 - min(order)}; raise K"
+            )
+    gallery = pool(cfg.eval.gallery).draw(cfg.eval.gallery, gen, "eval.gallery")
+    query = pool(cfg.eval.query).draw(cfg.eval.query, gen, "eval.query")
+    if local.channels != query.channels or local.height != query.height:
+        raise ConfigError(
+            f"eval images are {query.channels}x{query.height}x{query.width}, local images "
+            f"{local.channels}x{local.height}x{local.width}: one model cannot read both"
+        )
+    mean, std = _stats(loc.data.dataset, local.channels)
+    return Plan(
+        local, list(order), scenario, providers, query, gallery, mean, std, provider_classes
+    )
+
+
+def provider_key(cfg: RunConfig, index: int, head: str) -> str:
+    """Cache key of a trained provider: everything that decides its weights."""
+    blob = {
+        "provider": to_dict(cfg.providers[index]),
+        "earlier_providers": [to_dict(p.data) for p in cfg.providers[:index]],
+        "local_data": to_dict(cfg.local.data),
+        "model": to_dict(cfg.model),
+        "head": head,
+        "data_seed": cfg.data_seed,
+        "augment": [cfg.train.pad, cfg.train.flip],
+        "precision": cfg.precision,
+    }
+    s = json.dumps(blob, sort_keys=True)
+    return hashlib.sha256(s.encode()).hexdigest()[:16]

@@ -1,0 +1,173 @@
+"""One task's training loop: data on the device, batch augmentation, AMP, one screen long.
+
+The loop knows nothing about methods: it asks the method for its loss
+(``Method.loss``) and, when the method needs it, runs the frozen old model on
+the same augmented batch. Optimisation follows METHOD.md Sec. 4: SGD with
+momentum, weight decay only on conv/linear weights, cosine decay per step to a
+floor, optional linear warm-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+from .data import ImageSet, augment, half_and_half_batches
+from .methods import Method, StepInputs, TaskContext
+from .model import CompatModel
+
+__all__ = [
+    "Precision",
+    "TaskResult",
+    "autocast",
+    "make_optimizer",
+    "resolve_precision",
+    "train_task",
+]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast dtype (None = fp32) and whether a GradScaler is needed (fp16 only)."""
+
+    dtype: torch.dtype | None
+    scaler: bool
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto``: bf16 on CUDA GPUs that support it, else fp16 with loss scaling; fp32 on CPU."""
+    if device.type != "cuda":
+        if name in ("fp16",):
+            raise ValueError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+        return Precision(torch.bfloat16, False) if name == "bf16" else Precision(None, False)
+    if name == "auto":
+        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {
+        "fp32": Precision(None, False),
+        "bf16": Precision(torch.bfloat16, False),
+        "fp16": Precision(torch.float16, True),
+    }[name]
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision.dtype)
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, wd: float) -> torch.optim.SGD:
+    """SGD; weight decay on weights of >= 2 dimensions only (none on norms and biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+@dataclass
+class TaskResult:
+    losses: list[float]
+    """Mean loss per epoch."""
+    parts: list[dict[str, float]]
+    """Mean of each loss part per epoch (e.g. ce, hoc)."""
+    images_per_s: float
+    seconds: float
+
+
+def train_task(
+    model: CompatModel,
+    method: Method,
+    ctx: TaskContext,
+    data: ImageSet,
+    memory: ImageSet | None,
+    opt_cfg: OptimConfig,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    precision: Precision,
+    generator: torch.Generator,
+    space: str = "local",
+    epochs: int | None = None,
+    lr: float | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    ddp_model: nn.Module | None = None,
+) -> TaskResult:
+    """Train ``model`` on one task's ``data`` (+ ``memory``) with ``method``'s loss.
+
+    ``data`` and ``memory`` must already be on the training device (uint8).
+    ``ddp_model`` is the DistributedDataParallel wrapper of ``model`` when
+    training on several processes; the batch sampler then hands each rank its
+    shard (see ``distributed.py``).
+    """
+    device = ctx.device
+    epochs = epochs or opt_cfg.epochs
+    base_lr = lr or opt_cfg.lr
+    net = ddp_model or model
+    old = ctx.old_model
+    method.begin_task(ctx)
+    opt = make_optimizer(model, base_lr, opt_cfg.momentum, opt_cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
+    bs = opt_cfg.batch_size
+    steps_per_epoch = _count_batches(len(data), bs, memory is not None)
+    total, warm = epochs * steps_per_epoch, opt_cfg.warmup_epochs * steps_per_epoch
+    step, seen, t0 = 0, 0, time.perf_counter()
+    losses, parts_hist = [], []
+    model.train()
+    for epoch in range(epochs):
+        ep_loss = torch.zeros((), device=device)
+        ep_parts: dict[str, torch.Tensor] = {}
+        n_batches = 0
+        for images, labels in half_and_half_batches(data, memory, bs, generator):
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, total, base_lr, opt_cfg.min_lr, warm)
+            x = normalize(augment(images, opt_cfg.pad, opt_cfg.flip, generator))
+            targets = model.targets(labels, space)
+            with autocast(device, precision):
+                out = net(x)
+                old_out = None
+                if old is not None:
+                    with torch.no_grad():
+                        old_out = old(x)
+                loss, parts = method.loss(StepInputs(out, old_out, labels, targets))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            ep_loss += loss.detach()
+            for k, v in parts.items():
+                ep_parts[k] = ep_parts.get(k, 0) + v
+            n_batches += 1
+            step += 1
+            seen += len(labels)
+            if on_step is not None:
+                on_step({"epoch": epoch, "step": step, "total": total, "loss": loss, "seen": seen})
+        losses.append(float(ep_loss) / max(1, n_batches))
+        parts_hist.append({k: float(v) / max(1, n_batches) for k, v in ep_parts.items()})
+    dt = time.perf_counter() - t0
+    model.eval()
+    return TaskResult(losses, parts_hist, seen / max(dt, 1e-9), dt)
+
+
+def _count_batches(n_new: int, bs: int, with_memory: bool) -> int:
+    per = bs // 2 if with_memory else bs
+    n = math.ceil(n_new / per)
+    if not with_memory and n_new % per == 1 and n > 1:
+        n -= 1  # the sampler drops a final batch of one image (BatchNorm cannot train on it)
+    return max(1, n)
