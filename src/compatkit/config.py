@@ -88,6 +88,10 @@ class OptimConfig:
     """Random horizontal flip."""
     warmup_epochs: int = 0
     """Linear warm-up at the start of the schedule, in epochs (0 = none)."""
+    freeze_bn: bool = False
+    """Keep BatchNorm running statistics fixed while fine-tuning (affine weights still train).
+    Tasks of one or two classes would otherwise overwrite the statistics with those of a narrow
+    distribution, moving the features of every class the task does not contain."""
 
 
 @dataclass
@@ -218,6 +222,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

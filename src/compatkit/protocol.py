@@ -259,7 +259,7 @@ class Runner:
             if s["step"] % 10 == 0 or s["step"] == s["total"]:
                 rate = s["seen"] / max(1e-9, time.perf_counter() - state["t"])
                 self.log.advance(
-                    f"ep {s['epoch'] + 1} loss {float(s['loss']):.3f} {rate:.0f} img/s"
+                    f"ep {s['epoch'] + 1} loss {float(s['loss'].detach()):.3f} {rate:.0f} img/s"
                 )
             else:
                 self.log.advance()

@@ -130,6 +130,10 @@ def train_task(
     step, seen, t0 = 0, 0, time.perf_counter()
     losses, parts_hist = [], []
     model.train()
+    if opt_cfg.freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     for epoch in range(epochs):
         ep_loss = torch.zeros((), device=device)
         ep_parts: dict[str, torch.Tensor] = {}

@@ -1,0 +1,123 @@
+"""The task sequence: replacements, the old-model rule, provider reuse, and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import compatkit.protocol as protocol
+from compatkit.checkpoint import load_checkpoint
+from compatkit.config import load_config
+from compatkit.progress import RunLog
+from compatkit.protocol import Runner, evaluate_run
+
+TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _data(fake_fashion, monkeypatch):
+    monkeypatch.setenv("COMPATKIT_FASHION_MNIST", str(fake_fashion))
+
+
+def _runner(tmp_path, name, overrides=()):
+    cfg = load_config(TINY, ["methods=[hoc]", *overrides])
+    return Runner(cfg, tmp_path / name, RunLog(tmp_path / name / "log.txt", quiet=True))
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_gives_the_same_numbers(tmp_path, monkeypatch):
+    whole = _runner(tmp_path, "whole")
+    whole.ensure_providers()
+    whole.run_sequence("hoc", 7)
+    expected = evaluate_run(whole)["hoc"]
+
+    broken = _runner(tmp_path, "broken")
+    real = protocol.train_task
+    calls = {"n": 0}
+
+    def crash_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(protocol, "train_task", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        broken.run_sequence("hoc", 7)
+    d = broken.run_dir / "hoc" / "seed_7"
+    assert (d / "task_1.pt").is_file() and not (d / "task_2.pt").exists()
+    monkeypatch.setattr(protocol, "train_task", real)
+    resumed = _runner(tmp_path, "broken")
+    resumed.run_sequence("hoc", 7, resume=True)
+    got = evaluate_run(resumed)["hoc"]
+    assert got["matrix"] == expected["matrix"]
+    a, _ = load_checkpoint(whole.run_dir / "hoc/seed_7/task_2.pt")
+    b, _ = load_checkpoint(d / "task_2.pt")
+    assert _same_weights(a, b)
+
+
+@pytest.mark.parametrize("rule", ["reference", "previous"])
+def test_old_model_rule_at_a_replacement(tmp_path, monkeypatch, rule):
+    r = _runner(tmp_path, rule, [f"old_model={rule}"])
+    paths = r.ensure_providers()
+    seen = []
+    real = protocol.train_task
+
+    def spy(model, method, ctx, *a, **k):
+        seen.append((ctx.task_id, ctx.old_model))
+        return real(model, method, ctx, *a, **k)
+
+    monkeypatch.setattr(protocol, "train_task", spy)
+    r.run_sequence("hoc", 7)
+    p0, _ = load_checkpoint(paths[(0, "simplex")])
+    p1, _ = load_checkpoint(paths[(1, "simplex")])
+    t1, _ = load_checkpoint(r.run_dir / "hoc/seed_7/task_1.pt")
+    t0, _ = load_checkpoint(r.run_dir / "hoc/seed_7/task_0.pt")
+    (_, old0), (_, old1), (_, old2) = seen
+    assert _same_weights(old0.backbone, p0.backbone)  # task 0: the provider itself
+    assert _same_weights(old1.backbone, t0.backbone)  # inside a segment: the previous model
+    expected = p1 if rule == "reference" else t1  # task 2 is a replacement
+    assert _same_weights(old2.backbone, expected.backbone)
+    assert not any(p.requires_grad for p in old2.parameters())
+
+
+def test_replacement_starts_from_the_next_provider(tmp_path):
+    r = _runner(tmp_path, "rep", ["train.lr=1e-12", "train.min_lr=0"])
+    paths = r.ensure_providers()
+    r.run_sequence("hoc", 7)
+    p1, _ = load_checkpoint(paths[(1, "simplex")])
+    t2, meta = load_checkpoint(r.run_dir / "hoc/seed_7/task_2.pt")
+    # with a vanishing learning rate the task-2 model is still provider 1 (up to BN stats)
+    w1 = p1.backbone.features[0].weight
+    w2 = t2.backbone.features[0].weight
+    assert torch.allclose(w1, w2, atol=1e-6)
+    assert meta["extra"]["replaced"] and meta["extra"]["provider"] == 1
+    assert sorted(t2.class_map.local) == [0, 1, 2, 3]
+    assert t2.class_map.local[3] == 10 - 1 - 3  # local classes from the bottom
+    assert set(t2.class_map.provider) == {4, 5}  # provider classes kept, from the top
+
+
+def test_providers_are_reused(tmp_path):
+    r = _runner(tmp_path, "reuse")
+    paths = r.ensure_providers()
+    stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    r2 = _runner(tmp_path, "reuse2")
+    paths2 = r2.ensure_providers()
+    assert paths2 == paths
+    assert {k: p.stat().st_mtime_ns for k, p in paths2.items()} == stamps
+    assert "reusing" in (tmp_path / "reuse2" / "log.txt").read_text()
+
+
+def test_provider_checkpoint_with_wrong_head_is_refused(tmp_path):
+    r = _runner(tmp_path, "prov", ["methods=[er]"])
+    paths = r.ensure_providers()
+    learnable = str(paths[(0, "learnable")])
+    bad = _runner(tmp_path, "bad", [f"providers.0.checkpoint={{simplex: {learnable}}}"])
+    with pytest.raises(ValueError, match="providers\\[0\\].checkpoint.simplex"):
+        bad.ensure_providers()
