@@ -80,7 +80,16 @@ def features_for(
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
-        torch.save({**key, "query_features": q, "gallery_features": g}, tmp)
+        torch.save(
+            {
+                **key,
+                "query_features": q,
+                "gallery_features": g,
+                "query_labels": query.labels.cpu(),
+                "gallery_labels": gallery.labels.cpu(),
+            },
+            tmp,
+        )
         tmp.replace(cache)
     return q, g, False
 

@@ -149,7 +149,9 @@ def train_task(
                 if old is not None:
                     with torch.no_grad():
                         old_out = old(x)
-                loss, parts = method.loss(StepInputs(out, old_out, labels, targets))
+            # Losses run outside autocast: normalisations, cosine matrices and log-sum-exps
+            # stay in fp32 whatever the forward pass used.
+            loss, parts = method.loss(StepInputs(out, old_out, labels, targets))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
