@@ -119,5 +119,5 @@ def test_provider_checkpoint_with_wrong_head_is_refused(tmp_path):
     paths = r.ensure_providers()
     learnable = str(paths[(0, "learnable")])
     bad = _runner(tmp_path, "bad", [f"providers.0.checkpoint={{simplex: {learnable}}}"])
-    with pytest.raises(ValueError, match="providers\\[0\\].checkpoint.simplex"):
+    with pytest.raises(ValueError, match=r"providers\[0\]\.checkpoint\.simplex"):
         bad.ensure_providers()
