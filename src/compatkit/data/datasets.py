@@ -32,6 +32,7 @@ from .cifar import CIFAR_LAYOUTS, find_cifar, load_cifar
 from .download import download_file
 from .folder import load_image_folder
 from .idx import IdxFormatError, read_idx
+from .imagenet32 import load_imagenet32
 from .imageset import ImageSet
 
 __all__ = [
@@ -331,6 +332,7 @@ DATASETS: dict[str, Callable[..., ImageSet]] = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "folder": load_folder,
+    "imagenet32": load_imagenet32,
 }
 """``name -> loader(split="train", root=None, download=False, **options) -> ImageSet``."""
 
