@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from compatkit import retrieval
 from compatkit.retrieval import (
     class_templates,
     cross_model_matrix,
@@ -273,3 +274,114 @@ def test_same_results_on_cuda() -> None:
     cpu = cross_model_matrix(qs, gs, ql, gl, metric="mAP")
     gpu = cross_model_matrix([q.cuda() for q in qs], [g.cuda() for g in gs], ql, gl, metric="mAP")
     np.testing.assert_allclose(cpu, gpu, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------- faiss backend
+
+needs_faiss = pytest.mark.skipif(not retrieval.faiss_available(), reason="needs faiss")
+
+
+def _float32_set(seed: int, nq: int = 70, ng: int = 90, d: int = 8, classes: int = 6):
+    """Random float32 features: continuous values, so no two scores are equal."""
+    q, ql, g, gl = _random_set(seed, nq, ng, d, classes)
+    return q.float(), ql, g.float(), gl
+
+
+def _exact_tie_set(seed: int):
+    """float32 features from axis-aligned vectors: every cosine is exactly -1, 0 or 1 in any
+    precision, so there are many exact ties and the tie rule alone decides the ranking."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1], [2, 0, 0], [0, 3, 0], [-1, 0, 0]], dtype=torch.float32
+    )
+    gi = torch.randint(0, len(pool), (40,), generator=g)
+    qi = torch.randint(0, len(pool), (30,), generator=g)
+    gl = torch.randint(0, 3, (40,), generator=g)
+    return pool[qi], torch.randint(0, 3, (30,), generator=g), pool[gi], gl
+
+
+def test_backend_argument_is_checked(monkeypatch) -> None:
+    q, ql, g, gl = _float32_set(0)
+    with pytest.raises(ValueError, match="unknown backend"):
+        recall_at_k(q, ql, g, gl, backend="annoy")
+    with pytest.raises(ValueError, match="unknown backend"):
+        cross_model_matrix([q], [g], ql, gl, backend="")
+    monkeypatch.setattr(retrieval, "_faiss", lambda: None)  # as if faiss were not installed
+    assert not retrieval.faiss_available()
+    with pytest.raises(ImportError, match=r"compatkit\[faiss\]"):
+        recall_at_k(q, ql, g, gl, backend="faiss")
+    # auto falls back to torch silently
+    assert recall_at_k(q, ql, g, gl, backend="auto") == recall_at_k(q, ql, g, gl, backend="torch")
+
+
+def test_auto_backend_choice(monkeypatch) -> None:
+    monkeypatch.setattr(retrieval, "faiss_available", lambda: True)
+    cpu = torch.device("cpu")
+    assert retrieval._backend("auto", cpu, torch.float32, True) == "faiss"
+    assert retrieval._backend("AUTO", cpu, torch.float64, True) == "torch"  # keep float64 exact
+    assert retrieval._backend("auto", cpu, torch.float32, False) == "torch"  # templates, mAP
+    assert retrieval._backend("auto", torch.device("cuda"), torch.float32, True) == "torch"
+    assert retrieval._backend("faiss", cpu, torch.float64, False) == "faiss"  # asked for
+    assert retrieval._backend("torch", cpu, torch.float32, True) == "torch"
+    monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
+    assert retrieval._backend("auto", cpu, torch.float32, True) == "torch"
+
+
+@needs_faiss
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_faiss_equals_torch_on_random_features(seed: int) -> None:
+    q, ql, g, gl = _float32_set(seed)
+    ks = (1, 3, 10, 500)  # 500 > gallery size: every query with a positive counts
+    want = recall_at_k(q, ql, g, gl, ks=ks, backend="torch")
+    assert recall_at_k(q, ql, g, gl, ks=ks, backend="faiss", chunk=16) == want
+    assert want[500] == 100.0 and 0.0 < want[1] < 100.0
+    assert template_accuracy(q, ql, g, gl, backend="faiss") == template_accuracy(
+        q, ql, g, gl, backend="torch"
+    )
+    assert mean_average_precision(q, ql, g, gl, backend="faiss", chunk=16) == pytest.approx(
+        mean_average_precision(q, ql, g, gl, backend="torch")
+    )
+    # and both against the slow loop
+    s = _scores(q, g)
+    assert want[3] == pytest.approx(slow_recall(s, ql, gl, 3))
+
+
+@needs_faiss
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_faiss_keeps_the_stable_tie_rule(seed: int) -> None:
+    q, ql, g, gl = _exact_tie_set(seed)
+    s = _scores(q, g)
+    got = recall_at_k(q, ql, g, gl, ks=(1, 2, 5, 12), backend="faiss")
+    for k in (1, 2, 5, 12):
+        assert got[k] == pytest.approx(slow_recall(s, ql, gl, k)), k
+    assert mean_average_precision(q, ql, g, gl, backend="faiss") == pytest.approx(
+        slow_map(s, ql, gl)
+    )
+    assert template_accuracy(q, ql, g, gl, backend="faiss") == pytest.approx(
+        slow_template_accuracy(q, ql, g, gl)
+    )
+
+
+@needs_faiss
+def test_faiss_leaves_out_queries_of_absent_classes() -> None:
+    q, ql, g, gl = _float32_set(4)
+    q2 = torch.cat([q, torch.randn(5, q.shape[1])])
+    ql2 = torch.cat([ql, torch.full((5,), 99)])
+    assert recall_at_k(q2, ql2, g, gl, backend="faiss") == recall_at_k(
+        q, ql, g, gl, backend="torch"
+    )
+
+
+@needs_faiss
+@pytest.mark.parametrize("metric", ["template", "recall@1", "recall@4", "mAP"])
+def test_cross_model_matrix_faiss_equals_torch(metric: str) -> None:
+    qs, gs, ql, gl = _models(t=4)
+    qs, gs = [x.float() for x in qs], [x.float() for x in gs]
+    want = cross_model_matrix(qs, gs, ql, gl, metric=metric, backend="torch")
+    got = cross_model_matrix(qs, gs, ql, gl, metric=metric, backend="faiss", chunk=8)
+    # Same rankings; mAP sums float32 precisions in chunks of another size, hence the atol.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, equal_nan=True)
+    if metric != "mAP":
+        np.testing.assert_array_equal(got, want)
+    if metric.startswith("recall"):  # auto picks faiss here: still the same matrix
+        np.testing.assert_array_equal(cross_model_matrix(qs, gs, ql, gl, metric=metric), want)

@@ -24,20 +24,41 @@ Conventions shared by all metrics here:
 - Ties in similarity are broken deterministically: among equal scores the
   gallery item (or template) with the lower index (or lower class id) ranks
   first, as a stable sort of the gallery by descending score would order them.
+
+Search backends (``backend=``): ``"torch"`` is the chunked matrix algebra
+above, on any device. ``"faiss"`` searches an exact ``faiss.IndexFlatIP`` of
+the L2-normalised gallery (or templates) on the CPU, in float32; it is an
+optional extra (``pip install 'compatkit[faiss]'``). ``"auto"`` (the default)
+takes faiss for recall@K when faiss imports and the features are float32 (or
+narrower) on the CPU, where a k-nearest search avoids scoring and masking the
+full query x gallery matrix; torch everywhere else (a handful of class
+templates, the full ranking that mAP needs, float64 features, or features
+already on a GPU). Both backends return the same numbers: faiss keeps, among
+equal scores, the lower gallery index when it cuts its top-k list, and the
+neighbours it returns are re-sorted by (score descending, index ascending),
+which is the stable order above. The one difference is precision: faiss
+scores in float32, so float64 features whose scores differ by less than
+float32 rounding (~1e-7) may rank differently (``auto`` keeps float64
+features on torch for that reason); on real features such near-ties are
+vanishingly rare.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "BACKENDS",
     "class_templates",
     "cross_model_matrix",
+    "faiss_available",
     "mean_average_precision",
     "recall_at_k",
     "template_accuracy",
@@ -91,6 +112,68 @@ def _percent(hits: float, counted: int, what: str) -> float:
     return 100.0 * float(hits) / counted
 
 
+# ----------------------------------------------------------------------------- backends
+
+BACKENDS = ("auto", "torch", "faiss")
+"""Accepted values of every ``backend=`` argument of this module."""
+
+
+@functools.lru_cache(maxsize=1)
+def _faiss() -> ModuleType | None:
+    """The faiss module, or None when the optional extra is not installed (imported once)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def faiss_available() -> bool:
+    """Whether ``backend="faiss"`` can be used (the ``compatkit[faiss]`` extra imports)."""
+    return _faiss() is not None
+
+
+def _backend(backend: str, device: torch.device, dtype: torch.dtype, prefer_faiss: bool) -> str:
+    """Resolve ``backend`` to ``"torch"`` or ``"faiss"`` for features of ``device``/``dtype``.
+
+    ``prefer_faiss``: whether the metric gains from a k-nearest search (recall@K); ``auto``
+    takes faiss only then, only for CPU features (moving GPU features to the CPU to search
+    them there would cost more than the GPU's own matrix product) and only for float32 ones
+    (faiss would round float64 features to float32 and could reorder their near-ties).
+    """
+    b = str(backend).strip().lower()
+    if b not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+    if b == "auto":
+        ok = device.type == "cpu" and dtype == torch.float32 and faiss_available()
+        return "faiss" if prefer_faiss and ok else "torch"
+    if b == "faiss" and not faiss_available():
+        raise ImportError("backend='faiss' needs faiss: pip install 'compatkit[faiss]'")
+    return b
+
+
+def _flat_index(vectors: torch.Tensor):
+    """An exact inner-product index of unit rows (float32, on the CPU)."""
+    faiss = _faiss()
+    x = np.ascontiguousarray(vectors.detach().to("cpu", torch.float32).numpy())
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index
+
+
+def _faiss_neighbours(index, q: torch.Tensor, k: int) -> torch.Tensor:
+    """``(nq, k)`` gallery indices of each query's k best, in stable order, on ``q``'s device.
+
+    faiss cuts its list keeping the lower index among equal scores, but orders equal scores
+    within the list arbitrarily; re-sorting by (score desc, index asc) restores the stable
+    order the torch backend uses, so ``[:, :k']`` is the stable top-k' for every k' <= k.
+    """
+    x = np.ascontiguousarray(q.detach().to("cpu", torch.float32).numpy())
+    scores, ids = index.search(x, k)
+    order = np.lexsort((ids, -scores), axis=1)  # last key first: score desc, then index asc
+    return torch.from_numpy(np.take_along_axis(ids, order, axis=1)).to(q.device)
+
+
 # ----------------------------------------------------------------------------- templates
 
 
@@ -111,15 +194,23 @@ def class_templates(features: torch.Tensor, labels) -> tuple[torch.Tensor, torch
 
 
 def _template_hits(
-    q: torch.Tensor, qy: torch.Tensor, templates: torch.Tensor, ids: torch.Tensor, chunk: int
+    q: torch.Tensor,
+    qy: torch.Tensor,
+    templates: torch.Tensor,
+    ids: torch.Tensor,
+    chunk: int,
+    index=None,
 ) -> tuple[int, int]:
+    """Queries whose nearest template is their class's; ``index``: a faiss index of templates."""
     valid = torch.isin(qy, ids)
     hits = 0
     for s in range(0, q.shape[0], chunk):
-        scores = q[s : s + chunk] @ templates.t()
-        # argmax returns the first maximum: ties go to the lowest class id.
-        pred = ids[scores.argmax(dim=1)]
-        hits += int((pred == qy[s : s + chunk]).sum())
+        if index is not None:
+            best = _faiss_neighbours(index, q[s : s + chunk], 1)[:, 0]
+        else:
+            # argmax returns the first maximum: ties go to the lowest class id.
+            best = (q[s : s + chunk] @ templates.t()).argmax(dim=1)
+        hits += int((ids[best] == qy[s : s + chunk]).sum())
     return hits, int(valid.sum())
 
 
@@ -129,11 +220,18 @@ def template_accuracy(
     gallery_feats: torch.Tensor,
     gallery_labels,
     chunk: int = 8192,
+    backend: str = "auto",
 ) -> float:
-    """Top-1 accuracy (%) of the nearest class template by cosine: the paper's 1:N search."""
+    """Top-1 accuracy (%) of the nearest class template by cosine: the paper's 1:N search.
+
+    ``backend``: see the module notes; ``auto`` is torch here (a few templates per query).
+    """
     q, qy, g, gy = _pair(query_feats, query_labels, gallery_feats, gallery_labels)
     templates, ids = class_templates(g, gy)
-    return _percent(*_template_hits(q, qy, templates, ids, chunk), "template accuracy")
+    index = (
+        _flat_index(templates) if _backend(backend, q.device, q.dtype, False) == "faiss" else None
+    )
+    return _percent(*_template_hits(q, qy, templates, ids, chunk, index), "template accuracy")
 
 
 # ----------------------------------------------------------------------------- full gallery
@@ -172,6 +270,20 @@ def _recall_hits(
     return hits, counted
 
 
+def _recall_hits_faiss(
+    q: torch.Tensor, qy: torch.Tensor, index, gy: torch.Tensor, ks: Sequence[int], chunk: int
+) -> tuple[dict[int, int], int]:
+    """As :func:`_recall_hits`, from each query's max(ks) nearest gallery items found by faiss."""
+    kmax = min(max(ks), gy.shape[0])  # faiss pads lists longer than the gallery with -1
+    hits = dict.fromkeys(ks, 0)
+    for s in range(0, q.shape[0], chunk):
+        near = _faiss_neighbours(index, q[s : s + chunk], kmax)
+        rel = gy[near] == qy[s : s + chunk, None]  # (chunk, kmax), stable order
+        for k in ks:
+            hits[k] += int(rel[:, :k].any(dim=1).sum())
+    return hits, int(torch.isin(qy, gy).sum())
+
+
 def recall_at_k(
     query_feats: torch.Tensor,
     query_labels,
@@ -179,27 +291,46 @@ def recall_at_k(
     gallery_labels,
     ks: Sequence[int] = (1, 5),
     chunk: int = 4096,
+    backend: str = "auto",
 ) -> dict[int, float]:
     """Recall@K (%) over the full gallery by cosine: a query counts when any of its K nearest
     gallery items has its class.
+
+    ``backend``: ``torch``, ``faiss`` (an exact ``IndexFlatIP`` search on the CPU) or ``auto``
+    (faiss when it imports and the features are on the CPU); same results, see the module notes.
     """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
     q, qy, g, gy = _pair(query_feats, query_labels, gallery_feats, gallery_labels)
-    hits, counted = _recall_hits(q, qy, g, gy, ks, chunk)
+    if _backend(backend, q.device, q.dtype, True) == "faiss":
+        hits, counted = _recall_hits_faiss(q, qy, _flat_index(g), gy, ks, chunk)
+    else:
+        hits, counted = _recall_hits(q, qy, g, gy, ks, chunk)
     return {k: _percent(hits[k], counted, f"recall@{k}") for k in ks}
 
 
 def _ap_sum(
-    q: torch.Tensor, qy: torch.Tensor, g: torch.Tensor, gy: torch.Tensor, chunk: int
+    q: torch.Tensor,
+    qy: torch.Tensor,
+    g: torch.Tensor,
+    gy: torch.Tensor,
+    chunk: int,
+    index=None,
 ) -> tuple[float, int]:
+    """Sum of the APs of the queries that have a positive, and their count.
+
+    ``index``: a faiss index of ``g``, asked for the full ranking (mAP needs every rank).
+    """
     n = g.shape[0]
     inv_rank = 1.0 / torch.arange(1, n + 1, device=q.device, dtype=q.dtype)
     total, counted = 0.0, 0
     for s in range(0, q.shape[0], chunk):
-        scores = q[s : s + chunk] @ g.t()
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        if index is not None:
+            order = _faiss_neighbours(index, q[s : s + chunk], n)
+        else:
+            scores = q[s : s + chunk] @ g.t()
+            order = torch.sort(scores, dim=1, descending=True, stable=True).indices
         rel = (gy[order] == qy[s : s + chunk, None]).to(q.dtype)
         n_pos = rel.sum(dim=1)
         precision = rel.cumsum(dim=1) * inv_rank  # precision at every rank
@@ -216,15 +347,19 @@ def mean_average_precision(
     gallery_feats: torch.Tensor,
     gallery_labels,
     chunk: int = 1024,
+    backend: str = "auto",
 ) -> float:
     """mAP (%) over the full gallery ranked by cosine.
 
     AP of one query = (1/R) * sum over the ranks k of its R same-class gallery
     items of precision@k; the gallery is ranked by a stable sort on descending
-    score, so equal scores keep gallery order.
+    score, so equal scores keep gallery order. ``backend``: ``auto`` is torch
+    here (the full ranking is one matrix product and a sort; a k-nearest search
+    gains nothing); ``faiss`` asks the index for the whole ranking.
     """
     q, qy, g, gy = _pair(query_feats, query_labels, gallery_feats, gallery_labels)
-    return _percent(*_ap_sum(q, qy, g, gy, chunk), "mAP")
+    index = _flat_index(g) if _backend(backend, q.device, q.dtype, False) == "faiss" else None
+    return _percent(*_ap_sum(q, qy, g, gy, chunk, index), "mAP")
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -239,6 +374,7 @@ def cross_model_matrix(
     gallery_labels,
     metric: str = "template",
     chunk: int | None = None,
+    backend: str = "auto",
 ) -> np.ndarray:
     """The compatibility matrix ``C[i][j] = M(query by model i, gallery by model j)``, j <= i.
 
@@ -248,7 +384,10 @@ def cross_model_matrix(
     Gallery normalisation and templates are computed once per model, then
     each of the T(T+1)/2 entries is one chunked matrix product. Returns a
     float64 ``(T, T)`` array in percent with NaN above the diagonal (the
-    input of :mod:`compatkit.metrics`).
+    input of :mod:`compatkit.metrics`). ``backend`` as for the single metrics
+    (``auto``: faiss for recall@K on CPU features when faiss imports, else
+    torch); with faiss, one index per gallery model is built and reused by
+    every query model.
     """
     t = len(query_feats)
     if t == 0 or len(gallery_feats) != t:
@@ -282,6 +421,16 @@ def cross_model_matrix(
                     f"{labels.shape[0]} {name} labels"
                 )
     templates = [class_templates(g, gy) for g in gs] if m == "template" else None
+    widest = torch.float64 if any(f.dtype == torch.float64 for f in (*qs, *gs)) else torch.float32
+    use_faiss = _backend(backend, device, widest, bool(recall_k)) == "faiss"
+    indexes: dict[int, object] = {}  # gallery model -> faiss index, built on first use
+
+    def index_of(j: int):
+        if not use_faiss:
+            return None
+        if j not in indexes:
+            indexes[j] = _flat_index(templates[j][0] if templates is not None else gs[j])
+        return indexes[j]
 
     out = np.full((t, t), np.nan, dtype=np.float64)
     for i in range(t):
@@ -297,12 +446,15 @@ def cross_model_matrix(
                 q, g = q.to(dt), g.to(dt)
             if templates is not None:
                 tmpl, ids = templates[j]
-                res = _template_hits(q, qy, tmpl.to(q.dtype), ids, chunk or 8192)
+                res = _template_hits(q, qy, tmpl.to(q.dtype), ids, chunk or 8192, index_of(j))
             elif recall_k:
                 k = int(recall_k.group(1))
-                hits, counted = _recall_hits(q, qy, g, gy, (k,), chunk or 4096)
+                if use_faiss:
+                    hits, counted = _recall_hits_faiss(q, qy, index_of(j), gy, (k,), chunk or 4096)
+                else:
+                    hits, counted = _recall_hits(q, qy, g, gy, (k,), chunk or 4096)
                 res = (hits[k], counted)
             else:
-                res = _ap_sum(q, qy, g, gy, chunk or 1024)
+                res = _ap_sum(q, qy, g, gy, chunk or 1024, index_of(j))
             out[i, j] = _percent(*res, f"{metric} of model {i} vs model {j}")
     return out
