@@ -1,0 +1,719 @@
+"""Figures of the theory on real models, and the K = 3 picture of a stationary update.
+
+Paper: Biondi et al., "Stationary Representations: Optimally Approximating
+Compatibility and Implications for Improved Model Replacements", CVPR 2024.
+
+- :func:`plot_definition1`: per model pair (t, k), the fraction of sample pairs
+  satisfying each inequality of Definition 1 (Corollary 1: below 1) and the
+  margin of each inequality in expectation (Theorem 1: > 0 for a stationary
+  representation), as lower-triangular heat maps.
+- :func:`plot_stationarity`: class spread, angle to the class vertex and drift
+  of the class centres against the model index, replacements marked.
+- :func:`plot_loss_across_updates`: the paper's Figure 3, the training loss of
+  a d-Simplex model per epoch through every model update.
+- :func:`simplex_demo`: trains tiny 2-D models (K = 3, so d = K - 1 = 2 and the
+  features can be drawn as they are) and shows that a d-Simplex model's class
+  centres stay at their vertices through a HOC update and even through an
+  independent retraining (a replacement), while a learnable classifier's
+  centres land wherever its training happens to put them.
+
+Plots use matplotlib's object API on the Agg canvas (no pyplot, no global
+backend switch), as ``report.py`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DemoConfig",
+    "plot_definition1",
+    "plot_loss_across_updates",
+    "plot_simplex_demo",
+    "plot_stationarity",
+    "simplex_demo",
+]
+
+DPI = 120
+_REPLACEMENT_COLOR = "#b8860b"  # as report.py: the paper's yellow replacement markers, darker
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.clear()
+    return p
+
+
+def _model_ticks(idx: Sequence[int], reps: Sequence[int]) -> list[str]:
+    """One-based model labels, ``*`` on replacement models (as the report's matrices)."""
+    return [f"{k + 1}*" if k in reps else str(k + 1) for k in idx]
+
+
+# --------------------------------------------------------------------------- Definition 1
+
+
+def _pair_grid(pairs: Sequence[Mapping[str, Any]], t_n: int, fn) -> np.ndarray:
+    """(T-1) x (T-1) array: row t-1 (new model t = 1..T-1), column k; NaN above the diagonal."""
+    a = np.full((max(t_n - 1, 1), max(t_n - 1, 1)), np.nan)
+    for p in pairs:
+        v = fn(p)
+        if v is not None:
+            a[p["t"] - 1, p["k"]] = v
+    return a
+
+
+def plot_definition1(
+    pairs: Sequence[Mapping[str, Any]],
+    num_tasks: int,
+    replacement_tasks: Sequence[int],
+    metric: str,
+    title: str,
+    path: str | os.PathLike[str],
+) -> Path:
+    """Heat maps over (new model t, old model k) of Definition 1 per pair and in expectation.
+
+    Top: fraction of sample pairs satisfying each inequality (Corollary 1
+    says it stays below 1). Bottom: the margin of each inequality in
+    expectation, signed so that > 0 means it holds (same class: E_old - E_new,
+    different class: E_new - E_old), blue where it holds, red where it fails,
+    with ✓ / ✗ in each cell. Dashed lines separate models of different
+    providers (a replacement between k and t).
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import TwoSlopeNorm
+
+    reps = sorted(set(replacement_tasks))
+    n = num_tasks - 1
+    if n < 1:
+        raise ValueError("Definition 1 needs at least two models")
+
+    def frac(group):
+        return lambda p: p[metric][group]["frac"]
+
+    def margin(group):
+        def f(p):
+            g = p[metric][group]
+            e_new, e_old = g["expect_new"]["mean"], g["expect_old"]["mean"]
+            if e_new is None:
+                return None
+            return e_old - e_new if group == "same" else e_new - e_old
+
+        return f
+
+    grids = {
+        "same_frac": _pair_grid(pairs, num_tasks, frac("same")),
+        "diff_frac": _pair_grid(pairs, num_tasks, frac("diff")),
+        "same_margin": _pair_grid(pairs, num_tasks, margin("same")),
+        "diff_margin": _pair_grid(pairs, num_tasks, margin("diff")),
+    }
+    side = min(2.4 + 0.45 * n, 8.0)
+    fig = _new_figure(2 * side + 2.0, 2 * side + 1.4)
+    axes = [fig.add_subplot(2, 2, i + 1) for i in range(4)]
+    show_text = n <= 10
+    fs = 9 if n <= 5 else 7
+    for ax, key, ttl in zip(
+        axes,
+        ("same_frac", "diff_frac", "same_margin", "diff_margin"),
+        (
+            "same class: fraction of pairs with\nd(new, old) ≤ d(old, old)",
+            "different class: fraction of pairs with\nd(new, old) ≥ d(old, old)",
+            "same class in expectation:\nE[d_old] − E[d_new] (> 0 holds)",
+            "different class in expectation:\nE[d_new] − E[d_old] (> 0 holds)",
+        ),
+        strict=True,
+    ):
+        a = grids[key]
+        masked = np.ma.masked_invalid(a)
+        if key.endswith("frac"):
+            im = ax.imshow(masked, cmap=colormaps["Greens"], vmin=0.0, vmax=1.0)
+            label = "fraction of sample pairs"
+        else:
+            m = max(float(np.nanmax(np.abs(a))) if np.isfinite(a).any() else 0.0, 1e-6)
+            im = ax.imshow(masked, cmap=colormaps["RdBu"], norm=TwoSlopeNorm(0.0, -m, m))
+            label = f"margin ({metric} distance)"
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cb.set_label(label, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+        for i in range(n):
+            for j in range(i + 1):
+                v = a[i, j]
+                if not np.isfinite(v):
+                    continue
+                if key.endswith("frac"):
+                    txt = f"{v:.2f}" if show_text else ""
+                    color = "white" if v > 0.65 else "black"
+                else:
+                    mark = "✓" if v >= 0 else "✗"
+                    txt = f"{mark}\n{v:+.3f}" if show_text else mark
+                    color = "white" if abs(v) > 0.6 * m else "black"
+                if txt:
+                    ax.text(j, i, txt, ha="center", va="center", fontsize=fs, color=color)
+        # a replacement at r separates old models k < r from new models t >= r
+        for r in reps:
+            if 0 < r <= n:
+                ax.plot([r - 0.5, r - 0.5], [r - 1.5, n - 0.5], color=_REPLACEMENT_COLOR, ls="--")
+                ax.plot([-0.5, r - 0.5], [r - 1.5, r - 1.5], color=_REPLACEMENT_COLOR, ls="--")
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(_model_ticks(range(n), reps), fontsize=8)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(_model_ticks(range(1, n + 1), reps), fontsize=8)
+        ax.set_xlabel("old model k (gallery)")
+        ax.set_ylabel("new model t (query)")
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_title(ttl, fontsize=9)
+        for side_name in ("top", "right"):
+            ax.spines[side_name].set_visible(False)
+    fig.suptitle(
+        f"Definition 1 per model pair: {title}, {metric} distance on normalised features"
+        + ("  (* replacement model, dashed: different providers)" if len(reps) > 1 else ""),
+        fontsize=10,
+    )
+    fig.subplots_adjust(hspace=0.45, wspace=0.55)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- stationarity
+
+
+def _mark_replacements(ax, reps: Sequence[int], t_max: int) -> None:
+    for r in reps:
+        if 0 < r < t_max:
+            ax.axvline(r + 1, color=_REPLACEMENT_COLOR, ls="--", lw=1.0, alpha=0.8)
+
+
+def _model_axis(ax, t_max: int, reps: Sequence[int]) -> None:
+    ax.set_xticks(range(1, t_max + 1))
+    ax.set_xticklabels(_model_ticks(range(t_max), reps), fontsize=8)
+    ax.set_xlim(0.6, t_max + 0.4)
+    ax.set_xlabel("model (after task t; * = replacement)")
+    ax.grid(alpha=0.3)
+
+
+def plot_stationarity(
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    replacement_tasks: Sequence[int],
+    path: str | os.PathLike[str],
+) -> Path:
+    """Class spread, angle to the vertex and centre drift against the model index, per method.
+
+    ``series`` maps a method to its per-model ``stationarity`` records (as
+    ``run_analysis.analyze_sequence`` writes them). Theorem 1's picture is a
+    spread that shrinks while the angle to the vertex stays where it is; the
+    drift panel shows the same for heads without vertices.
+    """
+    from matplotlib import colormaps
+
+    colors = colormaps["tab10"]
+    reps = sorted(set(replacement_tasks))
+    fig = _new_figure(15.0, 4.2)
+    ax_s, ax_a, ax_d = (fig.add_subplot(1, 3, i + 1) for i in range(3))
+    t_max = max((len(v) for v in series.values()), default=1)
+    any_angle = False
+    for n, (m, recs) in enumerate(series.items()):
+        c = colors(n % 10)
+        x = [r["task"] + 1 for r in recs]
+        ax_s.plot(x, [r["mean_spread"] for r in recs], "o-", color=c, label=m)
+        ang = [r["mean_angle_to_vertex_deg"] for r in recs]
+        if all(a is not None for a in ang):
+            any_angle = True
+            ax_a.plot(x, ang, "o-", color=c, label=f"{m}: features")
+            ax_a.plot(
+                x,
+                [r["mean_direction_angle_deg"] for r in recs],
+                "s--",
+                color=c,
+                alpha=0.8,
+                label=f"{m}: class centres",
+            )
+        drift = [(r["task"] + 1, r["centre_drift_prev_deg"]) for r in recs]
+        drift = [(a, b) for a, b in drift if b is not None]
+        if drift:
+            ax_d.plot(*zip(*drift, strict=True), "o-", color=c, label=f"{m}: from previous")
+            first = [(r["task"] + 1, r["centre_drift_first_deg"]) for r in recs[1:]]
+            ax_d.plot(*zip(*first, strict=True), "s:", color=c, alpha=0.8, label=f"{m}: from 1")
+        for r in recs:
+            if r["task"] in reps:
+                ax_s.scatter(
+                    [r["task"] + 1],
+                    [r["mean_spread"]],
+                    s=90,
+                    marker="*",
+                    color="gold",
+                    edgecolors="black",
+                    linewidths=0.6,
+                    zorder=5,
+                )
+    for ax in (ax_s, ax_a, ax_d):
+        _mark_replacements(ax, reps, t_max)
+        _model_axis(ax, t_max, reps)
+    ax_s.set_ylabel("class spread (mean distance to class centre)")
+    ax_s.set_title("class spread on the unit sphere (Theorem 1: shrinks)", fontsize=10)
+    ax_s.legend(fontsize=8)
+    ax_a.set_ylabel("angle to class vertex (degrees)")
+    ax_a.set_title("angle to the fixed vertex (stationary: stays put)", fontsize=10)
+    if any_angle:
+        ax_a.legend(fontsize=7)
+        ax_a.set_ylim(bottom=0)
+    else:
+        ax_a.text(
+            0.5,
+            0.5,
+            "no fixed-head method:\nno vertices",
+            ha="center",
+            va="center",
+            transform=ax_a.transAxes,
+            color="0.4",
+        )
+    ax_d.set_ylabel("angle between class centres (degrees)")
+    ax_d.set_title("class-centre drift between models", fontsize=10)
+    if t_max > 1:
+        ax_d.legend(fontsize=7)
+        ax_d.set_ylim(bottom=0)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- Figure 3
+
+
+def plot_loss_across_updates(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    replacement_tasks: Sequence[int],
+    path: str | os.PathLike[str],
+    seed: int | str | None = None,
+) -> Path:
+    """The paper's Figure 3: training loss per epoch through every task, one panel per method.
+
+    ``histories`` maps a method to its per-task records ``{"task", "replaced",
+    "losses", "loss_parts"}`` (each checkpoint's logged per-epoch means). The
+    total loss and each logged part (unweighted, e.g. ``ce`` and ``hoc``) are
+    drawn on one epoch axis running through the tasks; thin lines mark task
+    boundaries, dashed gold lines the replacements.
+    """
+    from matplotlib import colormaps
+
+    if not histories:
+        raise ValueError("plot_loss_across_updates: no methods")
+    colors = colormaps["tab10"]
+    reps = sorted(set(replacement_tasks))
+    fig = _new_figure(10.0, 3.2 * len(histories) + 0.6)
+    axes = [fig.add_subplot(len(histories), 1, i + 1) for i in range(len(histories))]
+    for ax, (m, hist) in zip(axes, histories.items(), strict=True):
+        xs: list[float] = []
+        total: list[float] = []
+        parts: dict[str, list[tuple[float, float]]] = {}
+        starts, mids = [], []
+        offset = 0
+        for rec in hist:
+            n_ep = len(rec["losses"])
+            starts.append((offset, rec["task"], bool(rec.get("replaced"))))
+            mids.append((offset + (n_ep + 1) / 2, rec["task"]))
+            for e, v in enumerate(rec["losses"]):
+                xs.append(offset + e + 1)
+                total.append(v)
+            for e, p in enumerate(rec.get("loss_parts") or []):
+                for k, v in p.items():
+                    parts.setdefault(k, []).append((offset + e + 1, v))
+            offset += n_ep
+        ax.plot(xs, total, "-", color="black", lw=1.8, marker="o", ms=2.5, label="total loss")
+        for n, (k, pts) in enumerate(sorted(parts.items())):
+            px, py = zip(*pts, strict=True)
+            ax.plot(
+                px,
+                py,
+                "-",
+                color=colors(n % 10),
+                lw=1.2,
+                marker=".",
+                ms=3,
+                label=f"{k.upper()} part (unweighted)",
+            )
+        for off, _task, replaced in starts:
+            if off == 0:
+                continue
+            if replaced:
+                ax.axvline(off + 0.5, color=_REPLACEMENT_COLOR, ls="--", lw=1.4)
+            else:
+                ax.axvline(off + 0.5, color="0.75", lw=0.8)
+        vals = total + [v for pts in parts.values() for _, v in pts]
+        if vals and min(vals) > 0 and max(vals) / min(vals) > 30:
+            ax.set_yscale("log")
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([x for x, _ in mids])
+        top.set_xticklabels(_model_ticks([t for _, t in mids], reps), fontsize=8)
+        top.set_xlabel("task (* = model replaced at its start)", fontsize=8)
+        ax.set_xlim(0.5, offset + 0.5)
+        ax.set_ylabel("loss (mean per epoch)")
+        ax.set_title(f"{m}" + (f" (seed {seed})" if seed is not None else ""), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.plot([], [], color=_REPLACEMENT_COLOR, ls="--", label="replacement")
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1].set_xlabel("epoch, all tasks in sequence")
+    fig.suptitle("Training loss across model updates (paper Figure 3)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- the K = 3 demo
+
+
+@dataclass
+class DemoConfig:
+    """Settings of :func:`simplex_demo`; defaults take about half a minute on two CPU cores."""
+
+    classes: tuple[int, ...] = (1, 7, 8)
+    """Three dataset labels (Fashion-MNIST: trouser, sneaker, bag: separable in few epochs)."""
+    old_per_class: int = 150
+    """Training images per class of the first model."""
+    new_per_class: int = 400
+    """Training images per class of the updated and the retrained models ("more data")."""
+    test_per_class: int = 200
+    """Held-out (test split) images per class that are plotted."""
+    epochs: int = 4
+    batch_size: int = 64
+    lr_scratch: float = 0.05
+    """Learning rate of models trained from scratch (as the providers)."""
+    lr_finetune: float = 0.01
+    """Learning rate of the updates that start from the first model."""
+    seed: int = 0
+    dataset: str = "fashion-mnist"
+    root: str | None = None
+    backbone: str = "smallcnn"
+
+
+def _pick(data, classes: Sequence[int], per_class: int | None, gen: torch.Generator):
+    """Up to ``per_class`` images of each class (random, reproducible), labels -> 0..K-1."""
+    from .data import ImageSet
+
+    idx, lab = [], []
+    for new, c in enumerate(classes):
+        pos = torch.nonzero(data.labels == c).flatten()
+        if pos.numel() == 0:
+            raise ValueError(f"class {c} has no images in {len(data)}-image split")
+        pos = pos[torch.randperm(pos.numel(), generator=gen)]
+        if per_class is not None:
+            pos = pos[:per_class]
+        idx.append(pos)
+        lab.append(torch.full((pos.numel(),), new, dtype=torch.long))
+    sel = torch.cat(idx)
+    names = [data.classes[c] if c < len(data.classes) else str(c) for c in classes]
+    return ImageSet(data.images[sel].clone(), torch.cat(lab), names)
+
+
+def simplex_demo(
+    out_dir: str | os.PathLike[str],
+    cfg: DemoConfig | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict:
+    """Train the K = 3 models, write ``simplex_demo.png`` and ``simplex_demo.json``.
+
+    Six models, 2-D features (d = K - 1 = 2, so no projection is needed):
+
+    - d-Simplex head: ``old`` (CoReS: cross-entropy through the fixed simplex,
+      trained from scratch), ``update`` (d-Simplex-HOC fine-tuning of ``old``
+      on more data, ``old`` as the frozen old model, Eq. 3 / Eq. 4),
+      ``retrained`` (CoReS from scratch on the larger data, another seed: a
+      replacement by a model trained elsewhere);
+    - learnable head: the same three with experience-replay cross-entropy
+      (``er``), the non-stationary baseline.
+
+    Returns the JSON written: per model, the class-centre angle to its head
+    rows, the feature angle, the class spread and the centre drift from the
+    ``old`` model; per updated model, Definition 1 against ``old`` on the
+    held-out images.
+    """
+    from .analysis import definition1_pairs, stationarity_stats
+    from .config import OptimConfig
+    from .data import DATASET_STATS, load_dataset
+    from .methods import TaskContext, build_method, load_all
+    from .model import ModelSpec, build_model
+    from .run_analysis import centre_drift_deg, class_mean_directions
+    from .train import Precision, train_task
+
+    cfg = cfg or DemoConfig()
+    if len(cfg.classes) != 3 or len(set(cfg.classes)) != 3:
+        raise ValueError(f"the K=3 demo needs three distinct classes, got {list(cfg.classes)}")
+    if min(cfg.old_per_class, cfg.new_per_class, cfg.test_per_class, cfg.epochs) < 1:
+        raise ValueError("demo image counts and epochs must be >= 1")
+    t0 = time.perf_counter()
+    load_all()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_all = load_dataset(cfg.dataset, "train", cfg.root)
+    test_all = load_dataset(cfg.dataset, "test", cfg.root)
+    new_data = _pick(train_all, cfg.classes, cfg.new_per_class, gen)
+    # The first model sees a subset of the update's data: an update brings *more* data.
+    old_idx = torch.cat(
+        [torch.nonzero(new_data.labels == c).flatten()[: cfg.old_per_class] for c in range(3)]
+    )
+    old_data = new_data.subset(old_idx)
+    test = _pick(test_all, cfg.classes, cfg.test_per_class, gen)
+    mean, std = DATASET_STATS.get(cfg.dataset, ((0.5,) * test.channels, (0.25,) * test.channels))
+    m_t = torch.tensor(mean).view(1, -1, 1, 1)
+    s_t = torch.tensor(std).view(1, -1, 1, 1)
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - m_t) / s_t
+
+    cpu = torch.device("cpu")
+
+    def train(model, method_name: str, data, old, lr: float, seed: int, task: int) -> list:
+        method = build_method(method_name)
+        ctx = TaskContext(
+            model=model,
+            old_model=old,
+            task_id=task,
+            new_classes=[0, 1, 2],
+            old_classes=sorted(old.class_map.local) if old is not None else [],
+            device=cpu,
+            normalize=normalize,
+        )
+        opt = OptimConfig(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr, min_lr=lr * 1e-2, pad=2
+        )
+        g = torch.Generator().manual_seed(seed)
+        res = train_task(model, method, ctx, data, None, opt, normalize, Precision(None, False), g)
+        return res.losses
+
+    def fresh(head: str, seed: int):
+        torch.manual_seed(seed)
+        spec = ModelSpec(cfg.backbone, test.channels, feat_dim=2, head=head, num_classes=3)
+        model = build_model(spec)
+        model.add_classes([0, 1, 2], "local")
+        return model
+
+    def frozen(model):
+        old = copy.deepcopy(model).eval()
+        for p in old.parameters():
+            p.requires_grad_(False)
+        return old
+
+    models: dict[str, Any] = {}
+    losses: dict[str, list] = {}
+    for head, scratch, update in (("simplex", "cores", "hoc"), ("learnable", "er", "er")):
+        key = "simplex" if head == "simplex" else "learnable"
+        old = fresh(head, cfg.seed)
+        log(f"demo: {key} old model ({scratch}, {len(old_data)} images)")
+        losses[f"{key}/old"] = train(old, scratch, old_data, None, cfg.lr_scratch, cfg.seed, 0)
+        upd = copy.deepcopy(old)
+        ref = frozen(old) if build_method(update).needs_old else None
+        log(f"demo: {key} update ({update}, {len(new_data)} images)")
+        losses[f"{key}/update"] = train(
+            upd, update, new_data, ref, cfg.lr_finetune, cfg.seed + 1, 1
+        )
+        ret = fresh(head, cfg.seed + 1000)
+        log(f"demo: {key} retrained ({scratch} from scratch, {len(new_data)} images)")
+        losses[f"{key}/retrained"] = train(
+            ret, scratch, new_data, None, cfg.lr_scratch, cfg.seed + 2, 0
+        )
+        models[f"{key}/old"], models[f"{key}/update"], models[f"{key}/retrained"] = old, upd, ret
+
+    feats: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, model in models.items():
+            model.eval()
+            feats[name] = torch.cat(
+                [
+                    model.features(normalize(test.images[i : i + 512]))
+                    for i in range(0, len(test), 512)
+                ]
+            )
+    labels = test.labels
+    stats: dict[str, Any] = {}
+    for name, model in models.items():
+        rows = model.class_map.rows(labels, "local")
+        verts = model.head.weight.detach().float()[rows]
+        s = stationarity_stats(feats[name], labels, verts)
+        _, dirs = class_mean_directions(feats[name], labels)
+        _, old_dirs = class_mean_directions(feats[name.split("/")[0] + "/old"], labels)
+        s["per_class"] = {cfg.classes[c]: v for c, v in s["per_class"].items()}
+        s["centre_drift_from_old_deg"] = centre_drift_deg(dirs, old_dirs)
+        # row of class 0, 1, 2 in turn (local classes take rows from the bottom: K-1-c)
+        s["head_rows"] = (
+            model.head.weight.detach()
+            .float()[model.class_map.rows(torch.arange(3), "local")]
+            .tolist()
+        )
+        s["head"] = model.spec.head
+        s["final_loss"] = losses[name][-1]
+        stats[name] = s
+    d1 = {}
+    for name in models:
+        key, role = name.split("/")
+        if role == "old":
+            continue
+        old_f = feats[f"{key}/old"]
+        d1[name] = definition1_pairs(
+            feats[name], old_f, old_f, labels, labels, metric="cosine", same_set=True
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "settings": {**asdict(cfg), "classes": list(cfg.classes), "names": test.classes},
+        "models": stats,
+        "definition1_vs_old": d1,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "files": [str(out / "simplex_demo.png"), str(out / "simplex_demo.json")],
+    }
+    plot_simplex_demo(
+        {k: v.numpy() for k, v in feats.items()},
+        labels.numpy(),
+        {k: np.asarray(s["head_rows"]) for k, s in stats.items()},
+        stats,
+        test.classes,
+        out / "simplex_demo.png",
+    )
+    (out / "simplex_demo.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def plot_simplex_demo(
+    feats: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    head_rows: Mapping[str, np.ndarray],
+    stats: Mapping[str, Mapping[str, Any]],
+    class_names: Sequence[str],
+    path: str | os.PathLike[str],
+    max_points: int = 250,
+) -> Path:
+    """2 x 3 scatter of 2-D features: rows d-Simplex / learnable, columns old / update / retrained.
+
+    Each panel shows held-out features coloured by class, the head's rows as
+    rays from the origin (the d-Simplex vertices are the same in every
+    panel; the learnable rows are whatever training made them), the class
+    centres (crosses) and, in the second and third columns, the ``old``
+    model's centre directions as grey dotted rays, so any drift is visible.
+    """
+    from matplotlib import colormaps
+
+    colors = colormaps["tab10"]
+    fig = _new_figure(13.5, 9.0)
+    rng = np.random.default_rng(0)
+    roles = (("old", "first model"), ("update", "updated"), ("retrained", "retrained"))
+    kinds = (
+        ("simplex", "d-Simplex", {"old": "CoReS", "update": "HOC fine-tune", "retrained": "CoReS"}),
+        ("learnable", "learnable", {"old": "ER", "update": "ER fine-tune", "retrained": "ER"}),
+    )
+    for row, (key, head_name, methods) in enumerate(kinds):
+        old_centres = None
+        for col, (role, role_name) in enumerate(roles):
+            name = f"{key}/{role}"
+            if name not in feats:
+                continue
+            ax = fig.add_subplot(2, 3, row * 3 + col + 1)
+            f = np.asarray(feats[name], dtype=float)
+            norms = np.linalg.norm(f, axis=1)
+            lim = 1.15 * float(np.percentile(norms, 98)) if len(norms) else 1.0
+            lim = max(lim, 1e-3)
+            centres = []
+            for c in range(len(class_names)):
+                pts = f[labels == c]
+                if len(pts) > max_points:
+                    pts = pts[rng.choice(len(pts), max_points, replace=False)]
+                ax.scatter(
+                    pts[:, 0],
+                    pts[:, 1],
+                    s=6,
+                    alpha=0.35,
+                    color=colors(c),
+                    lw=0,
+                    label=class_names[c] if row == 0 and col == 0 else None,
+                )
+                centre = f[labels == c].mean(axis=0)
+                centres.append(centre)
+                ax.scatter(
+                    [centre[0]],
+                    [centre[1]],
+                    marker="X",
+                    s=110,
+                    color=colors(c),
+                    edgecolors="black",
+                    linewidths=0.8,
+                    zorder=6,
+                )
+            rows_ = np.asarray(head_rows[name], dtype=float)
+            for c, w in enumerate(rows_[: len(class_names)]):
+                u = w / max(np.linalg.norm(w), 1e-12)
+                ls = "-" if key == "simplex" else "-."
+                ax.plot(
+                    [0, 1.6 * lim * u[0]],
+                    [0, 1.6 * lim * u[1]],
+                    ls,
+                    color=colors(c),
+                    lw=1.6,
+                    zorder=4,
+                )
+                ax.scatter(
+                    [lim * 0.92 * u[0]],
+                    [lim * 0.92 * u[1]],
+                    marker="*",
+                    s=140,
+                    color=colors(c),
+                    edgecolors="black",
+                    linewidths=0.6,
+                    zorder=7,
+                )
+            if old_centres is not None and role != "old":
+                for c in old_centres:
+                    u = c / max(np.linalg.norm(c), 1e-12)
+                    ax.plot(
+                        [0, 1.6 * lim * u[0]],
+                        [0, 1.6 * lim * u[1]],
+                        ":",
+                        color="0.35",
+                        lw=1.3,
+                        zorder=5,
+                    )
+            if role == "old":
+                old_centres = centres
+            st = stats[name]
+            sub = f"centre → {'vertex' if key == 'simplex' else 'own row'} " + (
+                f"{st['mean_direction_angle_deg']:.1f}°"
+            )
+            if role != "old":
+                sub += f", drift from first {st['centre_drift_from_old_deg']:.1f}°"
+            ax.set_title(f"{head_name}, {role_name} ({methods[role]})\n{sub}", fontsize=9)
+            ax.axhline(0, color="0.85", lw=0.6, zorder=0)
+            ax.axvline(0, color="0.85", lw=0.6, zorder=0)
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
+            ax.tick_params(labelsize=7)
+    handles_ax = fig.axes[0]
+    handles_ax.plot([], [], "-", color="0.2", label="head row (d-Simplex: fixed vertex)")
+    handles_ax.scatter([], [], marker="X", color="0.5", edgecolors="black", label="class centre")
+    handles_ax.plot([], [], ":", color="0.35", label="first model's centre direction")
+    fig.legend(
+        *handles_ax.get_legend_handles_labels(),
+        loc="lower center",
+        ncol=6,
+        fontsize=8,
+        frameon=False,
+    )
+    fig.suptitle(
+        "K = 3, 2-D features of held-out images: stationary (d-Simplex) vs learnable classifier",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    return _save(fig, path)

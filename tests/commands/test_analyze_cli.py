@@ -1,0 +1,74 @@
+"""`compatkit analyze` end to end, as a user runs it (subprocess), on the tiny scenario."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = Path(__file__).parents[1] / "e2e" / "tiny.yaml"
+
+
+def _cli(args, fake_fashion, check=True):
+    env = {**os.environ, "COMPATKIT_FASHION_MNIST": str(fake_fashion), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "compatkit", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, fake_fashion) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    _cli(["run", str(TINY), "--out", str(out), "--quiet"], fake_fashion)
+    return out
+
+
+def test_analyze_prints_verdicts_and_writes_everything(run_dir, fake_fashion):
+    r = _cli(["analyze", str(run_dir), "--pairs", "200"], fake_fashion)
+    assert "Definition 1 in expectation" in r.stdout
+    for m in ("hoc", "er"):
+        assert f"{m} (seed 7, cosine): same-class inequality holds in expectation for" in r.stdout
+        assert f"{m} (seed 7, euclidean):" in r.stdout
+    a = json.loads((run_dir / "analysis.json").read_text())
+    assert a["settings"]["max_pairs_per_group"] == 200
+    for line in a["verdicts"]:
+        assert line in r.stdout
+    for p in a["plots"]:
+        assert (run_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"wrote {run_dir / p}" in r.stdout
+    report = (run_dir / "report.md").read_text()
+    assert "## Analysis: Definition 1 and stationarity" in report
+
+
+def test_analyze_json_one_metric_one_method(run_dir, fake_fashion):
+    r = _cli(
+        ["analyze", str(run_dir), "--json", "--metric", "cosine", "--methods", "hoc", "--no-plots"],
+        fake_fashion,
+    )
+    payload = json.loads(r.stdout)
+    a = payload["analysis"]
+    assert list(a["methods"]) == ["hoc"] and a["settings"]["metrics"] == ["cosine"]
+    pair = a["methods"]["hoc"]["seeds"]["7"]["pairs"][0]
+    assert "cosine" in pair and "euclidean" not in pair
+    assert a["plots"] == []
+    assert json.loads((run_dir / "analysis.json").read_text()) == a
+
+
+def test_analyze_errors_exit_2(tmp_path, run_dir, fake_fashion):
+    r = _cli(["analyze", str(tmp_path / "missing")], fake_fashion, check=False)
+    assert r.returncode == 2 and "run directory not found" in r.stderr
+    r = _cli(["analyze"], fake_fashion, check=False)
+    assert r.returncode == 2 and "--simplex-demo" in r.stderr
+    r = _cli(["analyze", str(run_dir), "--seed", "99", "--no-plots"], fake_fashion, check=False)
+    assert r.returncode == 2 and "not in this run" in r.stderr
