@@ -1,0 +1,259 @@
+"""Smoke tests of the benchmark scripts (``--quick``: tiny sizes, seconds) and of the helpers
+they share, so that the scripts keep running as the library changes. Results go to a file in
+a temporary folder, never to benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+_results = importlib.import_module("_results")
+
+
+def _bench(name: str):
+    return importlib.import_module(name)
+
+
+def _section(path: Path, name: str) -> str:
+    text = _results.read_section(path, name)
+    assert text is not None, f"no section {name} in {path.read_text()}"
+    return text
+
+
+def _check_provenance(text: str, script: str, tmp_path: Path) -> None:
+    assert f"Command: `python benchmarks/{script} --quick`" in text
+    assert "Machine: " in text and "torch " in text and " cores " in text
+    assert f"Date: {datetime.date.today().isoformat()}" in text
+    assert str(tmp_path) not in text  # no path of this machine in the results
+
+
+# ----------------------------------------------------------------------------- results file
+
+
+def test_sections_are_created_and_replaced_alone(tmp_path: Path) -> None:
+    res = tmp_path / "RESULTS.md"
+    info = _results.machine("cpu")
+    a1 = _results.render_section("a", "A", "python benchmarks/a.py", info, "first")
+    b1 = _results.render_section("b", "B", "python benchmarks/b.py", info, "| x |\n|---|\n| 1 |")
+    _results.write_section(res, "a", a1)
+    assert res.read_text().startswith("# Benchmark results")
+    _results.write_section(res, "b", b1)
+    res.write_text(res.read_text() + "\nA note someone added by hand.\n")
+    before = res.read_text()
+    a2 = _results.render_section("a", "A", "python benchmarks/a.py", info, "second, longer")
+    _results.write_section(res, "a", a2)
+    after = res.read_text()
+    assert _results.read_section(res, "a") == a2
+    assert _results.read_section(res, "b") == b1
+    # Everything outside section a is byte for byte what it was.
+    i, j = before.index(a1), after.index(a2)
+    assert before[:i] == after[:j] and before[i + len(a1) :] == after[j + len(a2) :]
+    assert after.count("<!-- BEGIN a -->") == 1
+
+
+def test_section_text_must_match_its_name(tmp_path: Path) -> None:
+    info = _results.machine("cpu")
+    with pytest.raises(ValueError, match="markers"):
+        _results.write_section(
+            tmp_path / "R.md", "b", _results.render_section("a", "A", "c", info, "x")
+        )
+    with pytest.raises(ValueError, match="section name"):
+        _results.render_section("a b", "A", "c", info, "x")
+    broken = tmp_path / "broken.md"
+    broken.write_text("<!-- BEGIN a -->\nno end marker\n")
+    with pytest.raises(ValueError, match="no matching"):
+        _results.write_section(broken, "a", _results.render_section("a", "A", "c", info, "x"))
+
+
+def test_command_line_and_machine() -> None:
+    cmd = _results.command_line(
+        "/somewhere/benchmarks/bench_x.py", ["--quick", "--results", "/t/R.md", "--steps", "3"]
+    )
+    assert cmd == "python benchmarks/bench_x.py --quick --steps 3"
+    assert (
+        _results.command_line("bench_x.py", ["--results=/t/R.md"]) == "python benchmarks/bench_x.py"
+    )
+    info = _results.machine("cpu")
+    assert info["cores"] >= 1 and info["torch"] == torch.__version__ and info["gpu"] is None
+    line = _results.machine_line(info)
+    assert "device cpu" in line and info["cpu"] in line
+    assert _results.md_table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+# ----------------------------------------------------------------------------- the scripts
+
+
+def test_bench_backbones_quick(tmp_path: Path) -> None:
+    from compatkit.backbones import BACKBONES
+
+    res = tmp_path / "R.md"
+    figures = _bench("bench_backbones").main(["--quick", "--results", str(res)])
+    assert sorted(figures) == sorted(BACKBONES)
+    for f in figures.values():
+        assert f["train_images_per_s"] > 0 and f["extract_images_per_s"] > 0 and f["params"] > 0
+    _check_provenance(_section(res, "bench_backbones"), "bench_backbones.py", tmp_path)
+
+
+def test_per_sample_pipeline_is_the_same_augmentation() -> None:
+    """Each per-sample image equals compatkit's crop_flip of the same image at some offset and
+    flip, normalised the same way: the two paths do the same augmentation."""
+    from compatkit.data import crop_flip, to_float
+
+    bt = _bench("bench_train")
+    g = torch.Generator().manual_seed(0)
+    for c in (1, 3):
+        images = torch.randint(0, 256, (6, c, 7, 5), generator=g, dtype=torch.uint8)
+        mean, std = bt._stats(c)
+        pad = 2
+        ds = bt.PerSampleDataset(images.numpy(), np.arange(6), pad, True, mean, std)
+        seen_flip = set()
+        for i in range(6):
+            x, y = ds[i]
+            assert y == i and x.shape == (c, 7, 5) and x.dtype == torch.float32
+            one = images[i : i + 1]
+            matches = [
+                (dy, dx, f)
+                for dy, dx, f in itertools.product(range(2 * pad + 1), range(2 * pad + 1), (0, 1))
+                if torch.allclose(
+                    to_float(
+                        crop_flip(
+                            one,
+                            torch.tensor([dy]),
+                            torch.tensor([dx]),
+                            torch.tensor([bool(f)]),
+                            pad,
+                        ),
+                        mean,
+                        std,
+                    )[0],
+                    x,
+                    atol=1e-5,
+                )
+            ]
+            assert matches, f"sample {i} is no crop/flip of its image"
+            seen_flip.update(f for _, _, f in matches)
+        # Without padding or flip the pipeline is just the normalisation.
+        plain = bt.PerSampleDataset(images.numpy(), np.arange(6), 0, False, mean, std)
+        torch.testing.assert_close(plain[3][0], to_float(images[3:4], mean, std)[0])
+
+
+def test_bench_train_quick(tmp_path: Path) -> None:
+    res = tmp_path / "R.md"
+    figures = _bench("bench_train").main(["--quick", "--results", str(res)])
+    f = figures["smallcnn"]
+    for k in ("compatkit", "per_sample_w0", "data_compatkit", "data_per_sample_w0"):
+        assert f[k] > 0, k
+    assert figures["resnet18_cifar"]["compatkit"] > 0
+    _check_provenance(_section(res, "bench_train"), "bench_train.py", tmp_path)
+
+
+def test_bench_eval_quick(tmp_path: Path) -> None:
+    res = tmp_path / "R.md"
+    figures = _bench("bench_eval").main(["--quick", "--results", str(res)])
+    f = figures["T"][3]
+    assert f["compatkit_extractions"] == 6 and f["reference_extractions"] == 12
+    assert f["reference_pairs_timed"] == 6 and not f["extrapolated"]
+    assert figures["cli"] is None
+    _check_provenance(_section(res, "bench_eval"), "bench_eval.py", tmp_path)
+
+
+def test_reference_matrix_rows_and_values(tmp_path: Path) -> None:
+    """The reference loop computes only the rows asked for, with the same metric values as
+    the library's matrix."""
+    from compatkit.data import to_float
+    from compatkit.evaluate import extract_features
+    from compatkit.retrieval import cross_model_matrix
+    from compatkit.train import Precision
+
+    be = _bench("bench_eval")
+    common = _bench("_common")
+    ckpts = be.make_checkpoints(tmp_path, 3)
+    q = common.random_imageset(30, (1, 28, 28), 4, seed=1)
+    g = common.random_imageset(20, (1, 28, 28), 4, seed=2)
+
+    def norm(x):
+        return to_float(x, (0.5,), (0.25,))
+
+    ref, pairs = be.reference_matrix(ckpts, q, g, norm, 16, torch.device("cpu"), rows=[2])
+    assert pairs == 3 and np.isnan(ref[:2]).all() and np.isfinite(ref[2]).all()
+    from compatkit.checkpoint import load_checkpoint
+
+    models = [load_checkpoint(c)[0] for c in ckpts]
+    fp32 = Precision(None, False)
+    qf = [extract_features(m, q, norm, 16, fp32) for m in models]
+    gf = [extract_features(m, g, norm, 16, fp32) for m in models]
+    np.testing.assert_allclose(cross_model_matrix(qf, gf, q.labels, g.labels)[2], ref[2])
+
+
+def test_bench_scaling_quick(tmp_path: Path) -> None:
+    res = tmp_path / "R.md"
+    figures = _bench("bench_scaling").main(["--quick", "--results", str(res)])
+    assert sorted(figures["tasks"]) == [2, 3]
+    for t, f in figures["tasks"].items():
+        assert f["extractions"] == t and f["train_s"] > 0
+    assert sorted(figures["gallery"]) == [50, 100]
+    _check_provenance(_section(res, "bench_scaling"), "bench_scaling.py", tmp_path)
+
+
+@pytest.mark.slow
+def test_bench_memory_quick(tmp_path: Path) -> None:
+    res = tmp_path / "R.md"
+    figures = _bench("bench_memory").main(["--quick", "--results", str(res)])
+    run, imp = figures["run"], figures["import"]
+    assert run["max_rss_bytes"] > imp["max_rss_bytes"] > 10 * 2**20
+    assert run["wall_s"] > 0 and run["tasks"] == 2
+    _check_provenance(_section(res, "bench_memory"), "bench_memory.py", tmp_path)
+
+
+@pytest.mark.slow
+def test_bench_eval_cli_cache(tmp_path: Path) -> None:
+    """`compatkit eval` twice: the second finds every feature in the cache."""
+    res = tmp_path / "R.md"
+    figures = _bench("bench_eval").main(["--quick", "--cli", "--results", str(res)])
+    cli = figures["cli"]
+    assert cli["cold"]["extractions"] == cli["models"] == 2  # 1 method x 2 tasks
+    assert cli["warm"]["extractions"] == 0
+
+
+# ----------------------------------------------------------------------------- gpu_check
+
+
+def test_gpu_check_helpers() -> None:
+    gc = _bench("gpu_check")
+    assert gc.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gc.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gc.peak_flops("NVIDIA H200") == 989e12
+    assert gc.peak_flops("Tesla T4") == 65e12
+    assert gc.peak_flops("NVIDIA L4") == 121e12
+    assert gc.peak_flops("NVIDIA L40S") == 362e12
+    assert gc.peak_flops("Some Future GPU") is None
+    # A bias-free linear map of 10 -> 5: 50 multiply-adds, 100 FLOPs per image.
+    lin = torch.nn.Linear(10, 5, bias=False)
+    assert gc.flops_per_image(lin, (10,), torch.device("cpu")) == 100
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the exit path without CUDA")
+def test_gpu_check_without_cuda_exits_cleanly(capsys, tmp_path: Path) -> None:
+    gc = _bench("gpu_check")
+    assert gc.main(["--results", str(tmp_path / "R.md")]) == 0
+    assert "no CUDA device: nothing to check" in capsys.readouterr().out
+    assert not (tmp_path / "R.md").exists()
+
+
+def test_gpu_check_cpu_dry_run(tmp_path: Path) -> None:
+    """Every check's code runs (on the CPU, gloo, tiny sizes) and passes."""
+    gc = _bench("gpu_check")
+    res = tmp_path / "R.md"
+    assert gc.main(["--cpu-dry-run", "--results", str(res)]) == 0
+    text = _section(res, "gpu_check")
+    assert "FAIL" not in text and text.count("| PASS |") == 8
