@@ -11,6 +11,7 @@ import json
 import math
 import os
 import struct
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,26 @@ def test_schema_and_pair_bookkeeping(runs):
             assert s["across_replacement"]["pairs"] == 2
             assert s["across_replacement"]["diff_holds"] == holds_d[1] + holds_d[2]
             assert s["within_segment"]["pairs"] == 1
+            for p in r["pairs"]:
+                g = p[metric]
+                cm = p["class_margin"][metric]
+                assert cm["cross_model"] == pytest.approx(
+                    g["diff"]["expect_new"]["mean"] - g["same"]["expect_new"]["mean"]
+                )
+                assert cm["old_model"] == pytest.approx(
+                    g["diff"]["expect_old"]["mean"] - g["same"]["expect_old"]["mean"]
+                )
+            assert s["all"]["cross_model_class_margin_mean"] == pytest.approx(
+                sum(p["class_margin"][metric]["cross_model"] for p in r["pairs"]) / 3
+            )
         assert len(r["stationarity"]) == 3 and len(r["loss"]) == 3
     assert any(line.startswith("hoc (seed 7, cosine): same-class") for line in result["verdicts"])
+    hoc_line, er_line = result["stationarity_verdicts"]
+    spread = [s["mean_spread"] for s in on_disk["methods"]["hoc"]["seeds"]["7"]["stationarity"]]
+    shrinks = sum(b < a for a, b in pairwise(spread))
+    assert hoc_line.startswith(f"hoc (seed 7): class spread {spread[0]:.3f} -> {spread[-1]:.3f}")
+    assert f"shrinks at {shrinks}/2 updates" in hoc_line and "angle to vertex" in hoc_line
+    assert "no fixed vertex" in er_line
 
 
 def test_pairs_match_direct_definition1_on_the_cache(runs):
@@ -163,6 +182,9 @@ def test_stationarity_uses_provider_vertices_and_drift_by_hand(runs):
         assert hoc[t]["mean_spread"] == pytest.approx(direct["mean_spread"], abs=1e-9)
         x = F.normalize(feats.double(), dim=1)
         dirs.append([F.normalize(x[labels == k].mean(0), dim=0) for k in (4, 5)])
+        # two classes: the separation is the one angle between their centres
+        sep = math.degrees(math.acos(max(-1.0, min(1.0, float(dirs[-1][0] @ dirs[-1][1])))))
+        assert hoc[t]["centre_separation_deg"] == pytest.approx(sep, abs=1e-6)
     for t in (1, 2):
         want = (
             sum(

@@ -128,7 +128,7 @@ def plot_definition1(
         "diff_margin": _pair_grid(pairs, num_tasks, margin("diff")),
     }
     side = min(2.4 + 0.45 * n, 8.0)
-    fig = _new_figure(2 * side + 2.0, 2 * side + 1.4)
+    fig = _new_figure(2 * side + 2.4, 2 * side + 0.6)
     axes = [fig.add_subplot(2, 2, i + 1) for i in range(4)]
     show_text = n <= 10
     fs = 9 if n <= 5 else 7
@@ -398,6 +398,9 @@ class DemoConfig:
     lr_finetune: float = 0.01
     """Learning rate of the updates that start from the first model."""
     seed: int = 0
+    threads: int | None = 1
+    """Torch CPU threads (a 2-D smallcnn on batches of 64 gains nothing from more on a
+    shared machine; None leaves the setting alone)."""
     dataset: str = "fashion-mnist"
     root: str | None = None
     backbone: str = "smallcnn"
@@ -444,6 +447,14 @@ def simplex_demo(
     ``old`` model; per updated model, Definition 1 against ``old`` on the
     held-out images.
     """
+    from .run_analysis import torch_threads
+
+    cfg = cfg or DemoConfig()
+    with torch_threads(cfg.threads):
+        return _simplex_demo(out_dir, cfg, log)
+
+
+def _simplex_demo(out_dir, cfg: DemoConfig, log: Callable[[str], None]) -> dict:
     from .analysis import definition1_pairs, stationarity_stats
     from .config import OptimConfig
     from .data import DATASET_STATS, load_dataset
@@ -452,7 +463,6 @@ def simplex_demo(
     from .run_analysis import centre_drift_deg, class_mean_directions
     from .train import Precision, train_task
 
-    cfg = cfg or DemoConfig()
     if len(cfg.classes) != 3 or len(set(cfg.classes)) != 3:
         raise ValueError(f"the K=3 demo needs three distinct classes, got {list(cfg.classes)}")
     if min(cfg.old_per_class, cfg.new_per_class, cfg.test_per_class, cfg.epochs) < 1:
@@ -702,7 +712,9 @@ def plot_simplex_demo(
             ax.tick_params(labelsize=7)
     handles_ax = fig.axes[0]
     handles_ax.plot([], [], "-", color="0.2", label="head row (d-Simplex: fixed vertex)")
-    handles_ax.scatter([], [], marker="X", color="0.5", edgecolors="black", label="class centre")
+    handles_ax.scatter(
+        [], [], marker="X", s=16, color="0.5", edgecolors="black", label="class centre"
+    )
     handles_ax.plot([], [], ":", color="0.35", label="first model's centre direction")
     fig.legend(
         *handles_ax.get_legend_handles_labels(),
@@ -710,6 +722,7 @@ def plot_simplex_demo(
         ncol=6,
         fontsize=8,
         frameon=False,
+        markerscale=2.5,
     )
     fig.suptitle(
         "K = 3, 2-D features of held-out images: stationary (d-Simplex) vs learnable classifier",

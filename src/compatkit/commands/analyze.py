@@ -59,6 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the same scenario run with no_replacement: true; adds the two-panel AA_t figure",
     )
     p.add_argument("--no-plots", action="store_true", help="numbers only, no PNG files")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads (default 1: the tensors are small, more threads mostly wait)",
+    )
     p.add_argument("--json", action="store_true", help="print the analysis as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     demo = p.add_argument_group("K=3 simplex demo (independent of RUN_DIR)")
@@ -135,6 +142,8 @@ def _print_summary(result: dict) -> None:
     print()
     for line in result["verdicts"]:
         print(line)
+    for line in result.get("stationarity_verdicts") or []:
+        print(line)
     for note in result.get("notes") or []:
         print(f"note: {note}")
 
@@ -153,6 +162,7 @@ def _demo(args: argparse.Namespace) -> dict:
         cfg.epochs = args.demo_epochs
     if args.demo_dataset:
         cfg.dataset = args.demo_dataset
+    cfg.threads = args.threads
     return simplex_demo(args.simplex_demo, cfg, log=_log(args))
 
 
@@ -187,6 +197,8 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"run directory not found: {args.run_dir}")
     if args.pairs < 1:
         raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
 
     from ..run_analysis import ANALYSIS_FILE, METRICS, analyze_run
 
@@ -202,6 +214,7 @@ def main(args: argparse.Namespace) -> int:
             no_replacement_run=args.no_replacement_run,
             plots=not args.no_plots,
             log=_log(args),
+            threads=args.threads,
         )
         payload["analysis"] = result
         if not args.json:
