@@ -22,6 +22,7 @@ import torch
 
 from .checkpoint import file_sha256, load_checkpoint
 from .data import ImageSet
+from .distributed import Dist, gather_rows, shard_slice
 from .metrics import compatibility_report
 from .retrieval import cross_model_matrix
 from .train import Precision, autocast
@@ -36,17 +37,24 @@ def extract_features(
     normalize: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
     precision: Precision,
+    dist: Dist | None = None,
 ) -> torch.Tensor:
-    """``(N, d)`` float32 retrieval features (junction output) of ``data``, in order."""
+    """``(N, d)`` float32 retrieval features (junction output) of ``data``, in order.
+
+    Under ``torchrun`` each rank extracts its contiguous shard and the shards are gathered.
+    """
     model.eval()
+    d = dist or Dist()
     device = next(model.parameters()).device
+    images = data.images[shard_slice(len(data), d)]
     out = []
-    for i in range(0, len(data), batch_size):
-        x = normalize(data.images[i : i + batch_size].to(device, non_blocking=True))
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size].to(device, non_blocking=True))
         with autocast(device, precision):
             f = model.features(x)
         out.append(f.float())
-    return torch.cat(out)
+    feats = torch.cat(out) if out else torch.zeros(0, model.spec.feat_dim, device=device)
+    return gather_rows(feats, d)
 
 
 def features_for(
@@ -58,11 +66,14 @@ def features_for(
     precision: Precision,
     device: torch.device,
     cache_dir: Path | None,
+    dist: Dist | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Query and gallery features of one checkpoint, from the cache when it is still valid.
 
     Returns ``(query_features, gallery_features, from_cache)``.
     """
+    d = dist or Dist()
+    d.barrier()  # every rank sees the cache in the same state
     sha = file_sha256(ckpt)
     key = {"sha256": sha, "query": len(query), "gallery": len(gallery)}
     cache = cache_dir / f"{ckpt.stem}.features.pt" if cache_dir is not None else None
@@ -75,9 +86,9 @@ def features_for(
             pass
     model, _ = load_checkpoint(ckpt, map_location=device)
     model.to(device)
-    q = extract_features(model, query, normalize, batch_size, precision).cpu()
-    g = extract_features(model, gallery, normalize, batch_size, precision).cpu()
-    if cache is not None:
+    q = extract_features(model, query, normalize, batch_size, precision, d).cpu()
+    g = extract_features(model, gallery, normalize, batch_size, precision, d).cpu()
+    if cache is not None and d.main:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         torch.save(
@@ -108,12 +119,13 @@ def evaluate_sequence(
     device: torch.device,
     cache_dir: Path | None,
     full_gallery: bool = True,
+    dist: Dist | None = None,
 ) -> tuple[dict, int]:
     """Matrices and metrics of one method/seed; returns (result dict, extractions done)."""
     qf, gf, fresh = [], [], 0
     for c in ckpts:
         q, g, cached = features_for(
-            c, query, gallery, normalize, batch_size, precision, device, cache_dir
+            c, query, gallery, normalize, batch_size, precision, device, cache_dir, dist
         )
         qf.append(q.to(device))
         gf.append(g.to(device))

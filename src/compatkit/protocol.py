@@ -29,6 +29,8 @@ from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import OptimConfig, RunConfig, to_dict
 from .data import RehearsalMemory
+from .distributed import Dist
+from .distributed import init as init_distributed
 from .methods import METHODS, Method, TaskContext, build_method, load_all
 from .model import CompatModel, ModelSpec, build_model
 from .plan import Plan, make_plan, provider_key
@@ -81,9 +83,16 @@ class Runner:
     def __init__(self, cfg: RunConfig, run_dir: Path, log: RunLog | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.log = log or RunLog(self.run_dir / "log.txt")
+        self.dist: Dist = init_distributed(cfg.device)
+        if log is None:
+            log = RunLog(
+                self.run_dir / "log.txt" if self.dist.main else None, quiet=not self.dist.main
+            )
+        self.log = log
         load_all()
         self.device = resolve_device(cfg.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.num_workers_threads:
             torch.set_num_threads(cfg.num_workers_threads)
@@ -231,7 +240,7 @@ class Runner:
             seed,
             space="provider",
         )
-        save_checkpoint(
+        self._save(
             path,
             model,
             extra={
@@ -246,6 +255,12 @@ class Runner:
             f"provider {index} ({head}): trained in {res.seconds:.1f}s "
             f"({res.images_per_s:.0f} img/s), final loss {res.losses[-1]:.3f} -> {path.name}"
         )
+
+    def _save(self, path: Path, model: CompatModel, extra: dict) -> None:
+        """Rank 0 writes; every rank waits until the file is there."""
+        if self.dist.main:
+            save_checkpoint(path, model, extra=extra)
+        self.dist.barrier()
 
     def _train(self, model, method, ctx, data, memory, opt, env, label, seed, space="local"):
         gen = torch.Generator(device=env.device).manual_seed(seed)
@@ -265,6 +280,14 @@ class Runner:
                 self.log.advance()
 
         try:
+            ddp = None
+            if self.dist.enabled:
+                from torch.nn.parallel import DistributedDataParallel
+
+                if env.device.type == "cuda":
+                    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                ids = [env.device.index] if env.device.type == "cuda" else None
+                ddp = DistributedDataParallel(model, device_ids=ids)
             return train_task(
                 model,
                 method,
@@ -277,6 +300,8 @@ class Runner:
                 gen,
                 space=space,
                 on_step=on_step,
+                ddp_model=ddp,
+                dist=self.dist,
             )
         finally:
             self.log.finish()
@@ -376,7 +401,7 @@ class Runner:
                 f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f} ({parts}), "
                 f"{res.images_per_s:.0f} img/s, {res.seconds:.1f}s"
             )
-            save_checkpoint(
+            self._save(
                 paths[t],
                 model,
                 extra={
@@ -395,9 +420,11 @@ class Runner:
             )
             if memory is not None:
                 memory.update(task.data)
-            _atomic_torch_save(
-                memory.state_dict() if memory is not None else {}, out / f"memory_{t}.pt"
-            )
+            if self.dist.main:
+                _atomic_torch_save(
+                    memory.state_dict() if memory is not None else {}, out / f"memory_{t}.pt"
+                )
+            self.dist.barrier()
             prev = model
         return paths
 
@@ -443,6 +470,7 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
                 device,
                 d / "features",
                 cfg.eval.full_gallery,
+                runner.dist,
             )
             extractions += n
             runs.append({"seed": seed, **res})

@@ -20,8 +20,9 @@ from torch import nn
 
 from .config import OptimConfig
 from .data import ImageSet, augment, half_and_half_batches
+from .distributed import Dist, gather_rows, shard_slice
 from .methods import Method, StepInputs, TaskContext
-from .model import CompatModel
+from .model import CompatModel, ModelOutput
 
 __all__ = [
     "Precision",
@@ -108,14 +109,18 @@ def train_task(
     lr: float | None = None,
     on_step: Callable[[dict], None] | None = None,
     ddp_model: nn.Module | None = None,
+    dist: Dist | None = None,
 ) -> TaskResult:
     """Train ``model`` on one task's ``data`` (+ ``memory``) with ``method``'s loss.
 
     ``data`` and ``memory`` must already be on the training device (uint8).
     ``ddp_model`` is the DistributedDataParallel wrapper of ``model`` when
-    training on several processes; the batch sampler then hands each rank its
-    shard (see ``distributed.py``).
+    training on several processes (``dist``): every rank draws and augments the
+    same global batch, keeps its own shard for the forward pass, and the
+    outputs are gathered so that the loss is the global batch's (see
+    ``distributed.py``).
     """
+    d = dist or Dist()
     device = ctx.device
     epochs = epochs or opt_cfg.epochs
     base_lr = lr or opt_cfg.lr
@@ -143,12 +148,18 @@ def train_task(
                 g["lr"] = cosine_lr(step, total, base_lr, opt_cfg.min_lr, warm)
             x = normalize(augment(images, opt_cfg.pad, opt_cfg.flip, generator))
             targets = model.targets(labels, space)
+            if d.enabled:
+                x = x[shard_slice(len(labels), d)]
             with autocast(device, precision):
                 out = net(x)
                 old_out = None
                 if old is not None:
                     with torch.no_grad():
                         old_out = old(x)
+            if d.enabled:  # the global batch's outputs, gradients flowing to each own shard
+                out = ModelOutput(*(gather_rows(t, d, autograd=True) for t in out))
+                if old_out is not None:
+                    old_out = ModelOutput(*(gather_rows(t, d) for t in old_out))
             # Losses run outside autocast: normalisations, cosine matrices and log-sum-exps
             # stay in fp32 whatever the forward pass used.
             loss, parts = method.loss(StepInputs(out, old_out, labels, targets))

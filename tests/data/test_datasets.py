@@ -210,7 +210,14 @@ def test_cifar_download_true_from_local_mirror(
 
 
 def test_registry_and_errors() -> None:
-    assert set(DATASETS) == {"fashion-mnist", "mnist", "cifar10", "cifar100", "folder"}
+    assert set(DATASETS) == {
+        "fashion-mnist",
+        "mnist",
+        "cifar10",
+        "cifar100",
+        "folder",
+        "imagenet32",
+    }
     assert set(DATASET_STATS) == {"fashion-mnist", "mnist", "cifar10", "cifar100"}
     for name, (mean, std) in DATASET_STATS.items():
         assert len(mean) == len(std) == (1 if "mnist" in name else 3)

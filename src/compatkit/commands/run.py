@@ -61,17 +61,24 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(cfg_path, args.overrides)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
+    import os
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not args.out:
+        raise ValueError("under torchrun pass --out RUN_DIR, so that every process writes one run")
     run_dir = Path(args.out) if args.out else new_run_dir(cfg.name)
     if run_dir.exists() and any(run_dir.glob("*/seed_*/task_*.pt")) and not args.resume:
         raise ValueError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
         )
-    log = RunLog(run_dir / "log.txt", quiet=args.quiet)
+    main_rank = rank == 0
+    log = RunLog(run_dir / "log.txt" if main_rank else None, quiet=args.quiet or not main_rank)
     t0 = time.perf_counter()
     try:
         runner = Runner(cfg, run_dir, log)
         plan = runner.plan  # loads and checks the data before anything is trained
-        runner.write_config()
+        if main_rank:
+            runner.write_config()
         log.info(
             f"run {run_dir}: {plan.num_tasks} tasks {[t.classes for t in plan.scenario]}, "
             f"methods {cfg.methods}, seeds {cfg.seeds}, device {runner.device} "
@@ -83,6 +90,9 @@ def main(args: argparse.Namespace) -> int:
                 runner.run_sequence(m, seed, resume=args.resume)
         results = evaluate_run(runner)
         results["_meta"]["wall_time_s"] = round(time.perf_counter() - t0, 1)
+        results["_meta"]["processes"] = world
+        if not main_rank:
+            return 0
         write_metrics(run_dir, results)
         report = write_report(run_dir)
         log.info(f"done in {time.perf_counter() - t0:.0f}s: {run_dir / 'metrics.json'}, {report}")
