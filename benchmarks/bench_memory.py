@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
                 ],
                 [
                     "`python -m compatkit run --quiet`"
-                    + (" (reduced, synthetic data)" if args.quick else " (default configuration)"),
+                    + (" (reduced, synthetic data" if args.quick else " (default configuration")
+                    + (f", {args.threads} torch thread(s))" if args.threads else ")"),
                     f"{run['max_rss_bytes'] / mib:,.0f} MiB",
                     f"{run['wall_s']:.0f} s ({run['wall_s'] / 60:.1f} min)",
                     f"{run['cpu_s']:.0f} s",

@@ -30,8 +30,8 @@ def _section(path: Path, name: str) -> str:
     return text
 
 
-def _check_provenance(text: str, script: str, tmp_path: Path) -> None:
-    assert f"Command: `python benchmarks/{script} --quick`" in text
+def _check_provenance(text: str, script: str, tmp_path: Path, args: str = "--quick") -> None:
+    assert f"Command: `python benchmarks/{script} {args}`" in text
     assert "Machine: " in text and "torch " in text and " cores " in text
     assert f"Date: {datetime.date.today().isoformat()}" in text
     assert str(tmp_path) not in text  # no path of this machine in the results
@@ -97,11 +97,15 @@ def test_bench_backbones_quick(tmp_path: Path) -> None:
     from compatkit.backbones import BACKBONES
 
     res = tmp_path / "R.md"
-    figures = _bench("bench_backbones").main(["--quick", "--results", str(res)])
+    argv = ["--quick", "--thread-counts", "1", "2", "--results", str(res)]
+    figures = _bench("bench_backbones").main(argv)
     assert sorted(figures) == sorted(BACKBONES)
     for f in figures.values():
-        assert f["train_images_per_s"] > 0 and f["extract_images_per_s"] > 0 and f["params"] > 0
-    _check_provenance(_section(res, "bench_backbones"), "bench_backbones.py", tmp_path)
+        assert f["params"] > 0
+        for threads in (1, 2):
+            assert f[threads]["train_images_per_s"] > 0 and f[threads]["extract_images_per_s"] > 0
+    text = _section(res, "bench_backbones")
+    _check_provenance(text, "bench_backbones.py", tmp_path, "--quick --thread-counts 1 2")
 
 
 def test_per_sample_pipeline_is_the_same_augmentation() -> None:
