@@ -27,7 +27,13 @@ from .metrics import compatibility_report
 from .retrieval import cross_model_matrix
 from .train import Precision, autocast
 
-__all__ = ["evaluate_sequence", "extract_features", "features_for", "summarize"]
+__all__ = [
+    "evaluate_sequence",
+    "extract_features",
+    "features_for",
+    "local_accuracy",
+    "summarize",
+]
 
 
 @torch.no_grad()
@@ -105,6 +111,69 @@ def features_for(
     return q, g, False
 
 
+@torch.no_grad()
+def local_accuracy(
+    model: torch.nn.Module,
+    data: ImageSet,
+    seen: list[int],
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    precision: Precision,
+) -> float | None:
+    """Classification accuracy (%) on test images of the local classes seen so far.
+
+    The prediction is the arg-max over the head rows of those classes (a task-agnostic
+    classifier over every class learned so far): how much the local learner learned,
+    the plasticity side of the compatibility/plasticity trade-off.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    keep = torch.isin(data.labels, torch.tensor(seen, dtype=data.labels.dtype))
+    if not bool(keep.any()):
+        return None
+    sub = data.subset(torch.nonzero(keep).flatten())
+    rows = model.targets(torch.tensor(sorted(seen))).to(device)
+    correct = 0
+    for i in range(0, len(sub), batch_size):
+        x = normalize(sub.images[i : i + batch_size].to(device))
+        with autocast(device, precision):
+            logits = model(x).logits.float()
+        pred = rows[logits[:, rows].argmax(dim=1)]
+        correct += int((pred == model.targets(sub.labels[i : i + batch_size]).to(device)).sum())
+    return 100.0 * correct / len(sub)
+
+
+def _local_accuracy_cached(
+    ckpt: Path,
+    data: ImageSet,
+    seen: list[int],
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    precision: Precision,
+    device: torch.device,
+    cache_dir: Path | None,
+    write: bool,
+) -> float | None:
+    import json
+
+    sha = file_sha256(ckpt)
+    key = {"sha256": sha, "n": len(data), "seen": sorted(seen)}
+    cache = cache_dir / f"{ckpt.stem}.local.json" if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        try:
+            c = json.loads(cache.read_text())
+            if all(c.get(k) == v for k, v in key.items()):
+                return c["accuracy"]
+        except (ValueError, OSError):
+            pass
+    model, _ = load_checkpoint(ckpt, map_location=device)
+    acc = local_accuracy(model.to(device), data, seen, normalize, batch_size, precision)
+    if cache is not None and write:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({**key, "accuracy": acc}))
+    return acc
+
+
 def _tri(m: np.ndarray) -> list[list[float]]:
     return [[round(float(m[i, j]), 4) for j in range(i + 1)] for i in range(m.shape[0])]
 
@@ -120,6 +189,8 @@ def evaluate_sequence(
     cache_dir: Path | None,
     full_gallery: bool = True,
     dist: Dist | None = None,
+    local_test: ImageSet | None = None,
+    seen: list[list[int]] | None = None,
 ) -> tuple[dict, int]:
     """Matrices and metrics of one method/seed; returns (result dict, extractions done)."""
     qf, gf, fresh = [], [], 0
@@ -134,6 +205,16 @@ def evaluate_sequence(
     m = cross_model_matrix(qf, gf, ql, gl, metric="template")
     rep = compatibility_report(m).to_dict()
     res = {"matrix": _tri(m), **rep, "final_self": round(float(m[-1, -1]), 4)}
+    if local_test is not None and seen is not None:
+        d = dist or Dist()
+        accs = [
+            _local_accuracy_cached(
+                c, local_test, seen[t], normalize, batch_size, precision, device, cache_dir, d.main
+            )
+            for t, c in enumerate(ckpts)
+        ]
+        res["local_accuracy"] = [None if a is None else round(a, 4) for a in accs]
+        res["local_final"] = res["local_accuracy"][-1]
     if full_gallery:
         res["recall1_matrix"] = _tri(cross_model_matrix(qf, gf, ql, gl, metric="recall@1"))
         res["map_matrix"] = _tri(cross_model_matrix(qf, gf, ql, gl, metric="mAP"))
@@ -143,7 +224,7 @@ def evaluate_sequence(
 def summarize(runs: list[dict]) -> dict:
     """Mean, sample standard deviation and values over seeds of the scalar metrics."""
     out = {}
-    for k in ("AC", "AM", "BC", "FC", "final_self"):
+    for k in ("AC", "AM", "BC", "FC", "final_self", "local_final"):
         vals = [r[k] for r in runs if r.get(k) is not None]
         if not vals:
             out[k] = {"mean": None, "std": None, "values": []}

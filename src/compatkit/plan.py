@@ -74,6 +74,9 @@ class Plan:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     provider_classes: list[list[int]] = field(default_factory=list)
+    local_test: ImageSet | None = None
+    """Unused test images of the local classes (None when there are none): the local
+    learner's own classification accuracy, i.e. how much it learned, beside compatibility."""
 
     @property
     def num_tasks(self) -> int:
@@ -152,6 +155,12 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
             )
     gallery = pool(cfg.eval.gallery).draw(cfg.eval.gallery, gen, "eval.gallery")
     query = pool(cfg.eval.query).draw(cfg.eval.query, gen, "eval.query")
+    local_test = None
+    test_src = DataSource(loc.data.dataset, "test", loc.data.root, list(order))
+    try:  # whatever test images of the local classes no other role took
+        local_test = pool(test_src).draw(test_src, gen, "local test")
+    except (ConfigError, FileNotFoundError, ValueError):
+        local_test = None
     if local.channels != query.channels or local.height != query.height:
         raise ConfigError(
             f"eval images are {query.channels}x{query.height}x{query.width}, local images "
@@ -159,7 +168,16 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
         )
     mean, std = _stats(loc.data.dataset, local.channels)
     return Plan(
-        local, list(order), scenario, providers, query, gallery, mean, std, provider_classes
+        local,
+        list(order),
+        scenario,
+        providers,
+        query,
+        gallery,
+        mean,
+        std,
+        provider_classes,
+        local_test=local_test,
     )
 
 

@@ -449,6 +449,10 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
     device = runner.device
     norm = _eval_normalize(plan, device)
     query, gallery = plan.query.to(device), plan.gallery.to(device)
+    local_test = plan.local_test.to(device) if plan.local_test is not None else None
+    seen = [
+        [c for i in range(t + 1) for c in plan.scenario[i].classes] for t in range(plan.num_tasks)
+    ]
     results: dict = {}
     extractions = 0
     t0 = time.perf_counter()
@@ -471,6 +475,8 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
                 d / "features",
                 cfg.eval.full_gallery,
                 runner.dist,
+                local_test,
+                seen,
             )
             extractions += n
             runs.append({"seed": seed, **res})
@@ -489,6 +495,7 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
         "tasks": [list(plan.scenario[t].classes) for t in range(plan.num_tasks)],
         "query_images": len(plan.query),
         "gallery_images": len(plan.gallery),
+        "local_test_images": len(plan.local_test) if plan.local_test is not None else 0,
         "no_replacement": cfg.no_replacement,
         "compatkit_version": __version__,
         "device": str(device),
