@@ -34,5 +34,8 @@ test-fast: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+bench: $(VENV)/.installed
+	for b in backbones train eval scaling memory; do $(PY) benchmarks/bench_$$b.py || exit 1; done
+
 clean:
 	rm -rf $(VENV) runs build *.egg-info
