@@ -12,27 +12,16 @@ rehearsal: d-Simplex-HOC (``hoc``) minus its HOC term.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
-from ..losses import cross_entropy
-from .base import Method, StepInputs, register_method
+from .base import register_method
+from .er import ER
 
 __all__ = ["CoReS"]
 
 
 @register_method
-class CoReS(Method):
+class CoReS(ER):
+    """ER's loss (cross-entropy only) through the d-Simplex head."""
+
     name = "cores"
     head = "simplex"
-    needs_old = False
     paper = "Biondi et al., CoReS: Compatible Representations via Stationarity, TPAMI 2023 (L_CE)"
-
-    @dataclass
-    class Config:
-        pass
-
-    def loss(self, step: StepInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ce = cross_entropy(step.out.logits, step.targets)
-        return ce, {"ce": ce.detach()}

@@ -18,31 +18,20 @@ shared by every model built with the same (K, d, seed): also stationary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
-from ..losses import cross_entropy
-from .base import Method, StepInputs, register_method
+from .base import register_method
+from .er import ER
 from .hoc import HOC
 
 __all__ = ["ETF", "ETFHOC"]
 
 
 @register_method
-class ETF(Method):
+class ETF(ER):
+    """ER's loss (cross-entropy only) through the fixed ETF head."""
+
     name = "etf"
     head = "etf"
-    needs_old = False
     paper = "Papyan et al., PNAS 2020; Yang et al., NeurIPS 2022 (fixed ETF classifier, L_CE)"
-
-    @dataclass
-    class Config:
-        pass
-
-    def loss(self, step: StepInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ce = cross_entropy(step.out.logits, step.targets)
-        return ce, {"ce": ce.detach()}
 
 
 @register_method
