@@ -261,3 +261,35 @@ def test_gpu_check_cpu_dry_run(tmp_path: Path) -> None:
     assert gc.main(["--cpu-dry-run", "--results", str(res)]) == 0
     text = _section(res, "gpu_check")
     assert "FAIL" not in text and text.count("| PASS |") == 8
+
+
+def test_methods_table_writes_its_section(tmp_path) -> None:
+    """methods_table.py turns a run's metrics.json into the RESULTS.md comparison section."""
+    import json
+
+    from compatkit.metrics import compatibility_report, load_matrix
+
+    mats = {"hoc": [[90.0], [91.0, 89.0]], "er": [[80.0], [20.0, 85.0]]}
+    metrics = {
+        "_meta": {
+            "seeds": [1],
+            "num_tasks": 2,
+            "replacement_tasks": [0, 1],
+            "methods": ["hoc", "er"],
+            "wall_time_s": 60.0,
+            "device": "cpu",
+        }
+    }
+    for name, mat in mats.items():
+        rep = compatibility_report(load_matrix(mat)).to_dict()
+        run = {"seed": 1, "matrix": mat, **rep, "final_self": mat[-1][-1], "local_final": 50.0}
+        metrics[name] = {**run, "runs": [run], "seeds": [1]}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "R.md"
+    mod = _bench("methods_table")
+    assert mod.main([str(run_dir), "--results", str(out)]) == 0
+    text = out.read_text()
+    assert "<!-- BEGIN methods_table -->" in text and "### er (seed 1)" in text
+    assert "| hoc | 1.00" in text and "| er | 0.00" in text  # AC of each hand matrix
