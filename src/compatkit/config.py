@@ -40,13 +40,14 @@ class DataSource:
     """Where a set of images comes from."""
 
     dataset: str = "fashion-mnist"
-    """Loader name: fashion-mnist, mnist, cifar10, cifar100, folder."""
+    """Loader name: fashion-mnist, mnist, cifar10, cifar100, imagenet32, folder."""
     split: str = "train"
     """``train`` or ``test``."""
     root: str | None = None
     """Directory of the files; None = the loader's search order (env vars, system package)."""
     classes: list[int] | None = None
-    """Dataset labels to use; None = all classes."""
+    """Dataset labels to use; None = all classes. Selected after the whole split is loaded
+    (ImageNet32's train split is 3.9 GB of uint8 in memory)."""
     per_class: int | None = None
     """Images per class (drawn without replacement, reproducibly); None = all that are free."""
     download: bool = False
