@@ -36,9 +36,14 @@ def default_config_path() -> Path:
     from importlib.resources import files
 
     packaged = Path(str(files("compatkit") / "configs" / DEFAULT_CONFIG))
-    if packaged.is_file():
-        return packaged
-    return Path("configs") / DEFAULT_CONFIG
+    here = Path("configs") / DEFAULT_CONFIG
+    checkout = Path(__file__).resolve().parents[3] / "configs" / DEFAULT_CONFIG  # editable install
+    for p in (packaged, here, checkout):
+        if p.is_file():
+            return p
+    raise FileNotFoundError(
+        f"no default config {DEFAULT_CONFIG}: run from the compatkit checkout or pass a CONFIG"
+    )
 
 
 def new_run_dir(name: str) -> Path:
