@@ -53,9 +53,8 @@ def runs(tmp_path_factory, fake_fashion):
 
 
 def _cache(run: Path, method: str, t: int) -> dict:
-    return torch.load(
-        run / method / "seed_7" / "features" / f"task_{t}.features.pt", weights_only=True
-    )
+    path = run / method / "seed_7" / "features" / f"task_{t}.features.pt"
+    return torch.load(path, weights_only=True)
 
 
 def _png_size(path: Path) -> tuple[int, int]:
