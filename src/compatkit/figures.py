@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
+# One figure style for the report and the paper's figures.
+from .report import _REPLACEMENT_COLOR, _new_figure, _save
+
 __all__ = [
     "DemoConfig",
     "plot_definition1",
@@ -43,26 +46,6 @@ __all__ = [
     "plot_stationarity",
     "simplex_demo",
 ]
-
-DPI = 120
-_REPLACEMENT_COLOR = "#b8860b"  # as report.py: the paper's yellow replacement markers, darker
-
-
-def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=DPI, bbox_inches="tight", facecolor="white")
-    fig.clear()
-    return p
 
 
 def _model_ticks(idx: Sequence[int], reps: Sequence[int]) -> list[str]:

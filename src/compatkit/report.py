@@ -345,11 +345,12 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | os.PathLike[str]) -> None:
+def _save(fig, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=DPI, bbox_inches="tight", facecolor="white")
     fig.clear()  # free the artists now; nothing else holds the figure
+    return p
 
 
 def _cell_text_style(t: int) -> tuple[int, float] | None:

@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-TINY = Path(__file__).parents[1] / "e2e" / "tiny.yaml"
-
-
-def _cli(args, fake_fashion, check=True):
-    env = {**os.environ, "COMPATKIT_FASHION_MNIST": str(fake_fashion), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "compatkit", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
+from .cli import TINY
+from .cli import run_cli as _cli
 
 
 @pytest.fixture(scope="module")
