@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .errors import CheckpointError, IncompatibleModels
 from .model import CompatModel, ModelSpec, build_model
 from .simplex import ClassMap
 
@@ -58,14 +59,6 @@ FORMAT_VERSION = 1
 _META_KEYS = ("format", "format_version", "compatkit_version", "contract", "classes_seen", "extra")
 _REQUIRED = (*_META_KEYS, "state_dict", "sha256")
 _FIXED_HEADS = ("simplex", "etf")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be loaded as asked; the message names the file."""
-
-
-class IncompatibleModels(ValueError):
-    """Two models whose features cannot be compared; the message says why."""
 
 
 # ----------------------------------------------------------------------------- hashing

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "DataSource",
@@ -29,10 +31,6 @@ __all__ = [
     "load_config",
     "to_dict",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type, or impossible."""
 
 
 @dataclass

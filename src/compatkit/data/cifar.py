@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .imageset import ImageSet
 
 __all__ = [
@@ -41,11 +42,11 @@ __all__ = [
 ]
 
 
-class CifarFormatError(ValueError):
+class CifarFormatError(DataError):
     """A CIFAR batch file does not have the expected content."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(DataError, pickle.UnpicklingError):
     """A pickle names a global outside the allow-list (it could run code): refused."""
 
 

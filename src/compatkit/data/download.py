@@ -15,12 +15,14 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from ..errors import DataError
+
 __all__ = ["ChecksumError", "download_file", "file_md5"]
 
 _CHUNK = 1 << 20  # bytes read per step: 1 MiB keeps memory flat for 160 MB archives
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A downloaded file's MD5 differs from the published one."""
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+
 __all__ = ["IDX_DTYPES", "IdxFormatError", "read_idx", "write_idx"]
 
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -36,7 +38,7 @@ IDX_DTYPES: dict[int, np.dtype] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(DataError):
     """A file is not a well-formed IDX file."""
 
 

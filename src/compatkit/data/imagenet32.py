@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .cifar import RestrictedUnpickler, UnsafePickleError
 from .imageset import ImageSet
 
@@ -73,7 +74,7 @@ CLASS_MAP_FILE = "map_clsloc.txt"
 _ROW = 3 * 32 * 32  # bytes per image: three 32x32 planes
 
 
-class ImageNet32FormatError(ValueError):
+class ImageNet32FormatError(DataError):
     """An ImageNet32 batch or class-map file does not have the expected content."""
 
 
