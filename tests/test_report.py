@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from compatkit import report
+from compatkit.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,6 +21,14 @@ HOC_43 = [[51.0], [52.0, 56.0], [57.0, 57.0, 61.0], [58.0, 59.0, 62.0, 63.0]]
 # A learnable-head baseline that collapses on every cross-test.
 ER_42 = [[40.0], [10.0, 42.0], [11.0, 12.0, 45.0], [9.0, 10.0, 13.0, 47.0]]
 ER_43 = [[42.0], [12.0, 44.0], [13.0, 14.0, 47.0], [11.0, 12.0, 15.0, 49.0]]
+# Local-class accuracy (%) of each task model: the plasticity beside each matrix above.
+LOCAL = {
+    ("hoc", 42): [80.0, 60.0, 50.0, 45.0],
+    ("hoc", 43): [84.0, 62.0, 52.0, 47.0],
+    ("er", 42): [90.0, 55.0, 40.0, 30.0],
+    ("er", 43): [88.0, 57.0, 42.0, 32.0],
+}
+TASKS = [[1, 3], [4], [5], [6]]  # chance on the classes seen so far: 50, 33.3, 25, 20 %
 
 
 def slow_metrics(c: list[list[float]]) -> dict:
@@ -44,8 +53,14 @@ def slow_metrics(c: list[list[float]]) -> dict:
     }
 
 
-def make_run(c: list[list[float]], seed: int, one_based: bool = False) -> dict:
+def make_run(
+    c: list[list[float]], seed: int, one_based: bool = False, local: list | None = None
+) -> dict:
     m = slow_metrics(c)
+    if local is not None:
+        m["local_accuracy"] = local
+        m["local_final"] = local[-1]
+        m["local_mean"] = sum(local) / len(local)
     base = 1 if one_based else 0
     m["violations"] = [
         {"row": i + base, "col": j + base, "value": c[i][j], "self": c[j][j]} for i, j in m["bad"]
@@ -56,8 +71,13 @@ def make_run(c: list[list[float]], seed: int, one_based: bool = False) -> dict:
     return {"seed": seed, **m}
 
 
-def make_method(matrices: list[list[list[float]]], seeds: list[int], one_based=False) -> dict:
-    runs = [make_run(c, s, one_based) for c, s in zip(matrices, seeds, strict=True)]
+def make_method(
+    matrices: list[list[list[float]]], seeds: list[int], one_based=False, name: str = ""
+) -> dict:
+    runs = [
+        make_run(c, s, one_based, LOCAL.get((name, s)))
+        for c, s in zip(matrices, seeds, strict=True)
+    ]
     summary = {}
     for key in ("AC", "AM", "BC", "FC", "final_self"):
         vals = [r[key] for r in runs]
@@ -72,13 +92,14 @@ def make_method(matrices: list[list[list[float]]], seeds: list[int], one_based=F
 def make_metrics() -> dict:
     return {
         # hoc records its violation one-based (as the paper writes C[5][4]), er zero-based.
-        "hoc": make_method([HOC_42, HOC_43], [42, 43], one_based=True),
-        "er": make_method([ER_42, ER_43], [42, 43]),
+        "hoc": make_method([HOC_42, HOC_43], [42, 43], one_based=True, name="hoc"),
+        "er": make_method([ER_42, ER_43], [42, 43], name="er"),
         "_meta": {
             "seeds": [42, 43],
             "num_tasks": 4,
             "replacement_tasks": [0, 2],
             "methods": ["hoc", "er"],
+            "tasks": TASKS,
             "dataset": "fashion-mnist",
             "compatkit_version": "0.1.0",
             "wall_time_s": 123.4,
@@ -224,6 +245,56 @@ def test_comparison_table_against_hand_computation() -> None:
     assert er["seeds"] == 2
 
 
+def test_comparison_table_plasticity_against_hand_computation() -> None:
+    rows = {r["method"]: r for r in report.comparison_table(make_metrics())}
+    hoc, er = rows["hoc"]["stats"], rows["er"]["stats"]
+    assert hoc["local_final"]["values"] == [45.0, 47.0]
+    assert hoc["local_final"]["std"] == pytest.approx(2 / math.sqrt(2))
+    assert hoc["local_mean"]["mean"] == pytest.approx((58.75 + 61.25) / 2)
+    assert er["local_mean"]["values"] == pytest.approx([53.75, 54.75])
+    assert rows["er"]["local_final"] == f"31.00 ± {math.sqrt(2):.2f}"
+    # Runs written before local_mean existed: the mean comes from the per-task list.
+    m = make_metrics()
+    for r in m["hoc"]["runs"]:
+        del r["local_mean"], r["local_final"]
+    (hoc_row, _) = report.comparison_table(m)
+    assert hoc_row["stats"]["local_mean"]["values"] == pytest.approx([58.75, 61.25])
+    assert hoc_row["stats"]["local_final"]["values"] == [45.0, 47.0]
+    mean, std, n = report.method_local(m["er"])
+    assert mean == pytest.approx([89.0, 56.0, 41.0, 31.0]) and n == 2
+    assert std == pytest.approx([math.sqrt(2)] * 4)
+    assert report.chance_levels(m) == pytest.approx([50.0, 100 / 3, 25.0, 20.0])
+
+
+def test_plasticity_plot_holds_the_given_curves(tmp_path: Path, monkeypatch) -> None:
+    from compatkit.report import plots
+
+    figs = []
+    real_save = plots.save
+
+    def keep(fig, path):
+        figs.append(fig)
+        p = Path(path)
+        fig.savefig(p, dpi=50)  # the real save clears the figure
+        return p
+
+    monkeypatch.setattr(plots, "save", keep)
+    aa = {"hoc": ([50.0, 52.0, 55.0, 56.0], [0.5, 0.7, 0.2, 0.3])}
+    local = {"hoc": ([80.0, 60.0, 50.0, 45.0], None)}
+    report.plot_plasticity(aa, local, [0, 2], tmp_path / "p.png", chance=[50, 100 / 3, 25, 20])
+    (fig,) = figs
+    left, right = fig.axes
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in right.lines}
+    assert lines["hoc"] == [80.0, 60.0, 50.0, 45.0]
+    assert lines["chance (1 / classes seen)"] == pytest.approx([50, 100 / 3, 25, 20])
+    assert [ln.get_ydata().tolist() for ln in left.lines if ln.get_label() == "hoc"] == [
+        [50.0, 52.0, 55.0, 56.0]
+    ]
+    monkeypatch.setattr(plots, "save", real_save)
+    report.plot_plasticity(aa, local, [0, 2], tmp_path / "p.png")
+    assert_png(tmp_path / "p.png")
+
+
 def test_comparison_table_without_runs_uses_summary_then_top_level() -> None:
     m = make_metrics()
     del m["hoc"]["runs"]
@@ -264,11 +335,11 @@ def test_validate_metrics_messages() -> None:
 
 
 def test_load_metrics_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="run directory not found"):
+    with pytest.raises(InputError, match="run directory not found"):
         report.load_metrics(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match=r"no metrics\.json"):
+    with pytest.raises(InputError, match=r"no metrics\.json"):
         report.load_metrics(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"no other\.json"):
+    with pytest.raises(InputError, match=r"no other\.json"):
         report.load_metrics(tmp_path / "other.json")
     (tmp_path / "metrics.json").write_text("{truncated", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -288,6 +359,7 @@ def test_render_markdown_contents(tmp_path: Path) -> None:
     assert "- Replacement tasks: 1, 3 (zero-based task ids 0, 2)" in text
     assert "- Wall time: 2 min 03 s" in text
     rows = {r["method"]: r for r in report.comparison_table(make_metrics())}
+    assert report.table_columns(list(rows.values())) == report.TABLE_COLUMNS
     for m in ("hoc", "er"):
         r = rows[m]
         line = "| " + " | ".join(str(r[k]) for k in report.TABLE_COLUMNS) + " |"
@@ -303,14 +375,22 @@ def test_render_markdown_contents(tmp_path: Path) -> None:
     assert "## Theory" in text
     # No plots exist under that directory, so no broken image links.
     assert "](plots/" not in text
-    # AA_t table: mean ± std over the two seeds, replacement tasks marked.
-    aa1 = (50.0 + 51.0) / 2
-    assert f"| **1\\*** | {aa1:.2f} ± {abs(50.0 - 51.0) / math.sqrt(2):.2f} |" in text
+    # Per-task table: AA_t and local accuracy, mean ± std over the two seeds, replacement
+    # tasks marked, chance on the classes seen so far in the last column.
+    sd = 1 / math.sqrt(2)  # sample std of two values one point apart
+    assert (
+        f"| **1\\*** | 50.50 ± {sd:.2f} | 82.00 ± {4 * sd:.2f} | 41.00 ± {2 * sd:.2f} "
+        f"| 89.00 ± {2 * sd:.2f} | 50.0 |" in text
+    )
+    assert "| 4 | " in text and text.count("| 20.0 |") == 1
+    assert "chance: 20.0 % for the final model" in text
 
 
 def test_render_markdown_single_task(tmp_path: Path) -> None:
     text = report.render_markdown(make_t1_metrics(), tmp_path)
+    # A run without local accuracy keeps the compatibility columns only.
     assert "| hoc | n/a | 70.00 | n/a | n/a | 70.00 | 0 / 0 |" in text
+    assert "final local acc. (%)" not in text and "## AA_t per task" in text
     assert "⚠" not in text.split("## Method: hoc")[1]
 
 
@@ -364,13 +444,18 @@ def test_write_report_end_to_end(tmp_path: Path) -> None:
         json.dumps({"title": "Drift analysis", "markdown": "Feature drift was small."}),
         encoding="utf-8",
     )
+    (run_dir / "plots").mkdir()
+    (run_dir / "plots" / "aa.png").write_bytes(b"stale")  # from a report of an older version
     path = report.write_report(run_dir)
     assert path == run_dir / "report.md"
-    for name in ("matrix_hoc.png", "matrix_er.png", "matrices.png", "aa.png"):
+    names = ("matrix_hoc.png", "matrix_er.png", "matrices.png", "plasticity.png")
+    for name in names:
         assert_png(run_dir / "plots" / name)
     text = path.read_text(encoding="utf-8")
-    for name in ("matrix_hoc.png", "matrix_er.png", "matrices.png", "aa.png"):
-        assert f"](plots/{name})" in text
+    for name in names:
+        assert text.count(f"](plots/{name})") == 1
+    # AA_t is the left panel of plasticity.png: no second copy of it.
+    assert not (run_dir / "plots" / "aa.png").exists() and "aa.png" not in text
     assert "## Drift analysis" in text and "Feature drift was small." in text
     assert not list(run_dir.glob(".*.tmp"))
 
@@ -385,9 +470,9 @@ def test_write_report_single_task_and_analysis_without_markdown(tmp_path: Path) 
 
 
 def test_write_report_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="run directory not found"):
+    with pytest.raises(InputError, match="run directory not found"):
         report.write_report(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match=r"metrics\.json"):
+    with pytest.raises(InputError, match=r"metrics\.json"):
         report.write_report(tmp_path)
     bad = make_metrics()
     bad["hoc"]["runs"][0]["matrix"] = [[1.0], [2.0]]

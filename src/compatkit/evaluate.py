@@ -215,6 +215,8 @@ def evaluate_sequence(
         ]
         res["local_accuracy"] = [None if a is None else round(a, 4) for a in accs]
         res["local_final"] = res["local_accuracy"][-1]
+        known = [a for a in res["local_accuracy"] if a is not None]
+        res["local_mean"] = round(statistics.fmean(known), 4) if known else None
     if full_gallery:
         res["recall1_matrix"] = _tri(cross_model_matrix(qf, gf, ql, gl, metric="recall@1"))
         res["map_matrix"] = _tri(cross_model_matrix(qf, gf, ql, gl, metric="mAP"))
@@ -224,7 +226,7 @@ def evaluate_sequence(
 def summarize(runs: list[dict]) -> dict:
     """Mean, sample standard deviation and values over seeds of the scalar metrics."""
     out = {}
-    for k in ("AC", "AM", "BC", "FC", "final_self", "local_final"):
+    for k in ("AC", "AM", "BC", "FC", "final_self", "local_final", "local_mean"):
         vals = [r[k] for r in runs if r.get(k) is not None]
         if not vals:
             out[k] = {"mean": None, "std": None, "values": []}

@@ -36,7 +36,10 @@ import numpy as np
 import torch
 
 # One figure style for the report and the paper's figures.
-from .report import _REPLACEMENT_COLOR, _new_figure, _save
+from .report.style import REPLACEMENT_COLOR as _REPLACEMENT_COLOR
+from .report.style import REPLACEMENT_STAR
+from .report.style import new_figure as _new_figure
+from .report.style import save as _save
 
 __all__ = [
     "DemoConfig",
@@ -238,16 +241,7 @@ def plot_stationarity(
             ax_d.plot(*zip(*first, strict=True), "s:", color=c, alpha=0.8, label=f"{m}: from 1")
         for r in recs:
             if r["task"] in reps:
-                ax_s.scatter(
-                    [r["task"] + 1],
-                    [r["mean_spread"]],
-                    s=90,
-                    marker="*",
-                    color="gold",
-                    edgecolors="black",
-                    linewidths=0.6,
-                    zorder=5,
-                )
+                ax_s.scatter([r["task"] + 1], [r["mean_spread"]], zorder=5, **REPLACEMENT_STAR)
     for ax in (ax_s, ax_a, ax_d):
         _mark_replacements(ax, reps, t_max)
         _model_axis(ax, t_max, reps)

@@ -29,7 +29,7 @@ def test_run_writes_every_output(run_dir):
         "log.txt",
         "metrics.json",
         "report.md",
-        "plots/aa.png",
+        "plots/plasticity.png",
         "plots/matrix_hoc.png",
         "plots/matrix_er.png",
     ):
@@ -53,6 +53,10 @@ def test_metrics_schema(run_dir):
         assert r["seed"] == 7
         assert _tri_ok(r["matrix"], 3) and _tri_ok(r["recall1_matrix"], 3)
         assert len(r["AA"]) == 3 and 0.0 <= r["AC"] <= 1.0
+        # plasticity beside compatibility: every task model's local-class accuracy, its mean
+        assert len(r["local_accuracy"]) == 3 and r["local_final"] == r["local_accuracy"][-1]
+        assert r["local_mean"] == pytest.approx(sum(r["local_accuracy"]) / 3, abs=1e-3)
+        assert r["summary"]["local_mean"]["values"] == [r["local_mean"]]
         assert all(0.0 <= v <= 100.0 for row in r["matrix"] for v in row)
         am = [v for row in r["matrix"] for v in row]
         assert r["AM"] == pytest.approx(sum(am) / len(am), abs=1e-3)

@@ -21,7 +21,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..report import TABLE_COLUMNS, comparison_table, load_metrics, table_header, write_report
+    from ..report import comparison_table, load_metrics, table_columns, table_header, write_report
 
     path = write_report(Path(args.run_dir))
     # write_report validated the file already; reading it again keeps this module thin.
@@ -31,12 +31,13 @@ def main(args: argparse.Namespace) -> int:
         # Piped or logged: no width to respect, and wrapped "mean ±\n std" cells read badly.
         console = Console(width=160)
     table = Table(title="Comparison (mean ± std over seeds)", title_justify="left")
-    for key in TABLE_COLUMNS:
+    columns = table_columns(rows)
+    for key in columns:
         table.add_column(
             table_header(key), justify="left" if key == "method" else "right", no_wrap=True
         )
     for row in rows:
-        table.add_row(*(str(row[k]) for k in TABLE_COLUMNS))
+        table.add_row(*(str(row[k]) for k in columns))
     console.print(table)
     # Plain print of the path: a terminal may wrap or style rich output, scripts read this line.
     print(f"report: {path}")

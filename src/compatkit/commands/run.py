@@ -103,9 +103,15 @@ def main(args: argparse.Namespace) -> int:
         log.info(f"done in {time.perf_counter() - t0:.0f}s: {run_dir / 'metrics.json'}, {report}")
         for m in cfg.methods:
             s = results[m]["summary"]
+            local = s.get("local_final") or {}
+            plasticity = (
+                f"   final local acc. {local['mean']:.2f} ± {local['std']:.2f}"
+                if local.get("mean") is not None
+                else ""
+            )
             log.info(
                 f"  {m:12s} AC {s['AC']['mean']:.2f} ± {s['AC']['std']:.2f}   "
-                f"AM {s['AM']['mean']:.2f} ± {s['AM']['std']:.2f}"
+                f"AM {s['AM']['mean']:.2f} ± {s['AM']['std']:.2f}{plasticity}"
             )
     finally:
         log.close()

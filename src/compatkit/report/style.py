@@ -1,0 +1,83 @@
+"""One figure style for every plot of compatkit (run report, paper figures, sweeps).
+
+Plots use matplotlib's object API with the Agg canvas rather than ``pyplot``: no global
+backend switch (a notebook user's backend is left alone), no figure registry to leak.
+Legends of line plots go outside the axes, so they never cover a curve.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "DPI",
+    "REPLACEMENT_COLOR",
+    "REPLACEMENT_STAR",
+    "VIOLATION_EDGE",
+    "VIOLATION_FACE",
+    "legend_outside",
+    "model_labels",
+    "new_figure",
+    "save",
+]
+
+DPI = 120
+VIOLATION_FACE = "#ffb8b8"  # light red, opaque so the printed value stays legible (paper Fig. 5)
+VIOLATION_EDGE = "#c00000"
+REPLACEMENT_COLOR = "#b8860b"  # dark goldenrod: the paper's yellow markers, readable on white
+REPLACEMENT_STAR = {
+    "s": 90,
+    "marker": "*",
+    "color": "gold",
+    "edgecolors": "black",
+    "linewidths": 0.6,
+}
+"""``ax.scatter`` style of the star on a curve at a replacement model (the paper's marker)."""
+
+
+def new_figure(width: float, height: float):
+    """A Figure on the Agg canvas, outside pyplot (see the module docstring)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as PNG (white background, tight box) and free its artists."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.clear()  # free the artists now; nothing else holds the figure
+    return p
+
+
+def legend_outside(ax, fontsize: float = 8, **kw) -> None:
+    """The axes' legend under the axes (below the x label), where it can cover no data.
+
+    ``bbox_inches="tight"`` at save time grows the canvas to keep it in the picture.
+    """
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ncol = kw.pop("ncol", min(len(handles), 3))
+    ax.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        fontsize=fontsize,
+        ncol=ncol,
+        frameon=False,
+        **kw,
+    )
+
+
+def model_labels(idx: Sequence[int], replacement_tasks: Sequence[int]) -> list[str]:
+    """One-based model labels with ``*`` on replacement models (the project's convention)."""
+    reps = set(replacement_tasks)
+    return [f"{k + 1}*" if k in reps else str(k + 1) for k in idx]
