@@ -1,0 +1,173 @@
+"""The grid of a sweep: ``--vary KEY=V1,V2,...`` options to settings, one per method.
+
+A grid point is the base configuration with one value of each varied key (the product of the
+``--vary`` options). Each method of a grid point becomes its own *setting*: the configuration
+with ``methods: [m]`` and only ``m``'s options, which is all that shapes that method's results.
+Settings are identified by a hash of that effective configuration, seeds excluded, so
+
+- a key that does not apply to a method (``method_options.hoc.lam`` for ER) does not make
+  that method run again: ER is run once in a lambda sweep;
+- a setting run with one seed while exploring is reused, and completed, when a later sweep
+  asks for three seeds;
+- a sweep directory can take several ``compatkit sweep`` invocations, each adding its grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import RunConfig, load_config, to_dict
+from ..errors import ConfigError
+
+__all__ = ["Setting", "Vary", "expand", "parse_vary", "setting_hash", "split_top_level"]
+
+NOT_SHAPING = ("name", "seeds", "providers_dir", "num_workers_threads")
+"""Config keys that decide where and how fast a run goes, not its numbers (not hashed)."""
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside ``[]``, ``{}``, ``()`` or quotes.
+
+    ``"[42,43],[44]"`` -> ``["[42,43]", "[44]"]``; ``"1e-3,3e-3"`` -> ``["1e-3", "3e-3"]``.
+    """
+    parts, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"--vary: unbalanced {ch!r} in {text!r}")
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    if depth or quote:
+        raise ConfigError(f"--vary: unbalanced brackets or quotes in {text!r}")
+    parts.append("".join(cur).strip())
+    return parts
+
+
+@dataclass(frozen=True)
+class Vary:
+    """One ``--vary KEY=V1,V2,...`` option: the key and the values as written (YAML text)."""
+
+    key: str
+    values: tuple[str, ...]
+
+
+def parse_vary(items: list[str]) -> list[Vary]:
+    """``["train.lr=1e-3,3e-3", "seeds=[42],[43]"]`` -> ``[Vary, ...]``, checked."""
+    out: list[Vary] = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--vary expects KEY=V1,V2,..., got {item!r}")
+        key, text = (s.strip() for s in item.split("=", 1))
+        if not key:
+            raise ConfigError(f"--vary {item!r}: no key before '='")
+        values = split_top_level(text)
+        if any(v == "" for v in values):
+            raise ConfigError(f"--vary {key}: an empty value in {text!r}")
+        for v in values:
+            try:
+                yaml.safe_load(v)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"--vary {key}: cannot read value {v!r} as YAML") from e
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--vary {key}: a value is listed twice in {text!r}")
+        if any(v.key == key for v in out):
+            raise ConfigError(f"--vary {key} is given twice; list every value in one option")
+        out.append(Vary(key, tuple(values)))
+    return out
+
+
+def _applies(key: str, method: str) -> bool:
+    """Whether a varied key can change ``method``'s results (other methods' options cannot)."""
+    parts = key.split(".")
+    if parts[0] == "methods" or parts[0] in NOT_SHAPING:
+        return False  # which methods run, the seeds (aggregated), where files go
+    if parts[0] == "method_options" and len(parts) > 1:
+        return parts[1] == method
+    return True
+
+
+def _effective(cfg: RunConfig, method: str) -> dict[str, Any]:
+    """The configuration of one method's runs, as a dict: ``methods: [m]``, m's options only."""
+    d = to_dict(cfg)
+    d["methods"] = [method]
+    d["method_options"] = {k: v for k, v in d["method_options"].items() if k == method}
+    return d
+
+
+def setting_hash(effective: dict[str, Any]) -> str:
+    """Identity of a setting: its effective configuration without :data:`NOT_SHAPING` keys."""
+    blob = {k: v for k, v in effective.items() if k not in NOT_SHAPING}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _slug(values: dict[str, str]) -> str:
+    text = "_".join(f"{k.split('.')[-1]}{v}" for k, v in values.items())
+    text = re.sub(r"[^A-Za-z0-9.+-]+", "", text.replace("_", "-"))
+    return text[:48].strip("-")
+
+
+@dataclass
+class Setting:
+    """One method under one configuration: a run directory holding one sequence per seed."""
+
+    method: str
+    hash: str
+    config: dict[str, Any]
+    """The effective configuration (``methods: [method]``), seeds included."""
+    values: dict[str, str] = field(default_factory=dict)
+    """The varied keys that apply to this method and their values, as written."""
+
+    @property
+    def name(self) -> str:
+        slug = _slug(self.values)
+        return f"{self.method}-{slug}-{self.hash}" if slug else f"{self.method}-{self.hash}"
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.config["seeds"])
+
+
+def expand(config: str | Path | None, overrides: list[str], vary: list[Vary]) -> list[Setting]:
+    """Every setting of the grid, validated, in grid order, each once (see the module doc).
+
+    Each grid point is read as ``load_config(config, overrides + KEY=VALUE of the point)``,
+    so a value means exactly what it means after ``--set``; a refused point names its values.
+    """
+    seen: dict[str, Setting] = {}
+    for combo in itertools.product(*(v.values for v in vary)):
+        point = dict(zip((v.key for v in vary), combo, strict=True))
+        sets = [*overrides, *(f"{k}={val}" for k, val in point.items())]
+        try:
+            cfg = load_config(config, sets)
+        except ConfigError as e:
+            where = ", ".join(f"{k}={val}" for k, val in point.items())
+            raise ConfigError(f"sweep point {where}: {e}") from e
+        for m in cfg.methods:
+            eff = _effective(cfg, m)
+            h = setting_hash(eff)
+            if h in seen:  # e.g. --vary seeds=[42],[43]: one setting over both seeds
+                known = seen[h].config["seeds"]
+                known += [s for s in eff["seeds"] if s not in known]
+                continue
+            values = {k: val for k, val in point.items() if _applies(k, m)}
+            seen[h] = Setting(m, h, eff, values)
+    return list(seen.values())
