@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from . import add_set_argument
+
 HELP = "run the IAM-CL2R scenario: providers, task sequence per method and seed, evaluation, report"
 
 DEFAULT_CONFIG = "fashion.yaml"
@@ -13,14 +15,7 @@ DEFAULT_CONFIG = "fashion.yaml"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help=f"YAML config (default: configs/{DEFAULT_CONFIG})")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
-    )
+    add_set_argument(p)
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
     p.add_argument(
         "--resume",

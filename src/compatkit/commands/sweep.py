@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import add_set_argument
+
 HELP = "run a grid of settings (resumable) and plot compatibility against plasticity"
 
 
@@ -27,14 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "seeds=[42],[43] or local.data.classes=[1,3],[4,5] work (repeatable: the grid is the "
         "product)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value for every grid point, as in `compatkit run`",
-    )
+    add_set_argument(p, " for every grid point")
     p.add_argument("--out", required=True, help="the sweep directory (created, or continued)")
     p.add_argument(
         "--jobs",
