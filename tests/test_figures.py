@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compatkit import figures
+from compatkit import figures, simplex_demo
+
+from .plot_checks import assert_legends_outside
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -127,7 +129,7 @@ def test_stationarity_plot_lines(captured, tmp_path):
 
 def test_simplex_demo_on_separable_data(tmp_path, fake_fashion, monkeypatch):
     monkeypatch.setenv("COMPATKIT_FASHION_MNIST", str(fake_fashion))
-    cfg = figures.DemoConfig(
+    cfg = simplex_demo.DemoConfig(
         classes=(0, 1, 3),  # fake classes 0 and 2 are mirror images: a flip would mix them
         old_per_class=40,
         new_per_class=40,
@@ -135,7 +137,7 @@ def test_simplex_demo_on_separable_data(tmp_path, fake_fashion, monkeypatch):
         epochs=4,
         batch_size=8,
     )
-    res = figures.simplex_demo(tmp_path / "demo", cfg)
+    res = simplex_demo.simplex_demo(tmp_path / "demo", cfg)
     png = tmp_path / "demo" / "simplex_demo.png"
     assert png.read_bytes()[:8] == PNG_MAGIC
     on_disk = json.loads((tmp_path / "demo" / "simplex_demo.json").read_text())
@@ -175,6 +177,27 @@ def test_simplex_demo_on_separable_data(tmp_path, fake_fashion, monkeypatch):
 
 def test_demo_refuses_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="three distinct"):
-        figures.simplex_demo(tmp_path, figures.DemoConfig(classes=(0, 1, 1)))
+        simplex_demo.simplex_demo(tmp_path, simplex_demo.DemoConfig(classes=(0, 1, 1)))
     with pytest.raises(ValueError, match=">= 1"):
-        figures.simplex_demo(tmp_path, figures.DemoConfig(epochs=0))
+        simplex_demo.simplex_demo(tmp_path, simplex_demo.DemoConfig(epochs=0))
+
+
+def test_figure_legends_cover_no_curve(captured, tmp_path):
+    def rec(t, spread, ang, drift):
+        return {
+            "task": t,
+            "mean_spread": spread,
+            "mean_angle_to_vertex_deg": ang,
+            "mean_direction_angle_deg": ang,
+            "centre_drift_prev_deg": drift,
+            "centre_drift_first_deg": drift,
+        }
+
+    series = {"hoc": [rec(0, 0.3, 20.0, None), rec(1, 0.2, 21.0, 1.0), rec(2, 0.1, 19.0, 2.0)]}
+    figures.plot_stationarity(series, [0, 2], tmp_path / "st.png")
+    hist = [
+        {"task": t, "replaced": t != 1, "losses": [3.0, 2.0], "loss_parts": [{"ce": 5.0}] * 2}
+        for t in range(3)
+    ]
+    figures.plot_loss_across_updates({"hoc": hist, "cores": hist}, [0, 2], tmp_path / "l.png")
+    assert sum(assert_legends_outside(f) for f in captured) == 5

@@ -12,6 +12,8 @@ import pytest
 from compatkit import report
 from compatkit.errors import InputError
 
+from .plot_checks import assert_legends_outside, gold_pixels
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # T = 4, zero-based cell (2, 1) breaks the criterion: C[2][1] = 54 < C[1][1] = 55.
@@ -512,3 +514,38 @@ def test_report_reads_what_the_metrics_module_writes(tmp_path: Path) -> None:
     assert "- Evaluation: 12,000 query images, 10 gallery images" in text
     assert "- Device: cpu (fp32)" in text
     assert "**54.00 ⚠**" in text
+
+
+# --------------------------------------------------------------------------- plot hygiene
+
+
+def test_replacement_boundaries_stay_visible_over_violation_boxes(tmp_path: Path) -> None:
+    """Every cross-test of ER_42 is a violation, so its boundaries run along violation boxes;
+    they must show as much as on a matrix without any violation."""
+    report.plot_matrix(ER_42, None, "er", tmp_path / "er.png", replacement_tasks=[0, 2])
+    report.plot_matrix(HOC_43, [], "clean", tmp_path / "clean.png", replacement_tasks=[0, 2])
+    er = gold_pixels(assert_png(tmp_path / "er.png"))
+    clean = gold_pixels(assert_png(tmp_path / "clean.png"))
+    assert clean > 300  # the dashed boundary and its key are there at all
+    assert er > 0.85 * clean
+
+
+def test_no_legend_covers_a_curve_or_a_cell(tmp_path: Path, monkeypatch) -> None:
+    from compatkit.report import plots
+
+    figs = []
+
+    def keep(fig, path):
+        figs.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    curves = {"hoc": ([50.0, 52.0, 55.0, 56.0], [0.5, 0.7, 0.2, 0.3]), "er": [40.0, 30, 20, 18]}
+    report.plot_aa(curves, [0, 2], tmp_path / "aa.png")
+    report.plot_aa(curves, [0, 2], tmp_path / "aa2.png", no_replacement=curves)
+    report.plot_plasticity(curves, curves, [0, 2], tmp_path / "p.png", chance=[50, 33, 25, 20])
+    report.plot_matrix(HOC_42, None, "hoc", tmp_path / "m.png", replacement_tasks=[0, 2])
+    report.plot_matrices_grid(
+        {f"m{k}": HOC_42 for k in range(5)}, tmp_path / "grid.png", [0, 2]
+    )  # two rows of panels: a key under the first would cover the second row
+    assert sum(assert_legends_outside(f) for f in figs) >= 7

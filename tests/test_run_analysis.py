@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from itertools import pairwise
 from pathlib import Path
@@ -221,16 +222,20 @@ def test_plots_report_and_two_panel_aa(runs):
         "plots/definition1_er.png",
         "plots/stationarity.png",
         "plots/loss_across_updates.png",
-        "plots/figure5_matrices.png",
         "plots/aa_replacement_vs_none.png",
     }
     assert set(result["plots"]) == expected
     for p in expected:
         _png_size(run / p)
-    # the comparison has two panels side by side: about twice as wide as the one-panel aa.png
+    # the comparison has two panels side by side: about twice as wide as a one-panel AA plot
+    from compatkit.report import plot_aa
+
+    plot_aa(ra.aa_curves(result_metrics(run)), [0, 2], run / "one_panel.png")
     w2, _ = _png_size(run / "plots/aa_replacement_vs_none.png")
-    w1, _ = _png_size(run / "plots/aa.png")
+    w1, _ = _png_size(run / "one_panel.png")
     assert w2 > 1.6 * w1
+    # Figure 5 is the report's matrices.png: not drawn twice, embedded once
+    assert not (run / "plots/figure5_matrices.png").exists()
     nr_metrics = json.loads((nr / "metrics.json").read_text())
     for m in ("hoc", "er"):
         assert result["aa"]["without_replacement"][m] == pytest.approx(nr_metrics[m]["AA"])
@@ -240,6 +245,12 @@ def test_plots_report_and_two_panel_aa(runs):
     assert "![stationarity](plots/stationarity.png)" in report
     assert "plots/aa_replacement_vs_none.png" in report
     assert result["markdown"].strip() in report
+    for link in re.findall(r"!\[[^]]*\]\((plots/[^)]+)\)", report):
+        assert report.count(f"]({link})") == 1, link
+
+
+def result_metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
 
 
 def test_missing_cache_is_recomputed(runs, fake_fashion, monkeypatch):

@@ -35,6 +35,18 @@ def test_analyze_prints_verdicts_and_writes_everything(run_dir, fake_fashion):
     assert "## Analysis: Definition 1 and stationarity" in report
 
 
+def test_analyze_no_plots_keeps_the_figures_it_did_not_redraw(run_dir, fake_fashion):
+    before = json.loads((run_dir / "analysis.json").read_text())["plots"]
+    assert before  # the test above drew them
+    _cli(["analyze", str(run_dir), "--pairs", "200", "--no-plots"], fake_fashion)
+    a = json.loads((run_dir / "analysis.json").read_text())
+    assert a["plots"] == before
+    report = (run_dir / "report.md").read_text()
+    for p in before:
+        assert report.count(f"]({p})") == 1, p
+    assert "figure5_matrices" not in report and report.count("](plots/matrices.png)") == 1
+
+
 def test_analyze_json_one_metric_one_method(run_dir, fake_fashion):
     r = _cli(
         ["analyze", str(run_dir), "--json", "--metric", "cosine", "--methods", "hoc", "--no-plots"],

@@ -3,8 +3,8 @@
 Paper: Biondi et al., CVPR 2024, Definition 1 (from BCT), Theorem 1 (a
 stationary representation satisfies Definition 1 in expectation) and
 Corollary 1 (no representation satisfies it for every pair); Figures 3-5.
-See ``compatkit.run_analysis`` for what is measured and ``compatkit.figures``
-for the plots and the K = 3 demo (``--simplex-demo OUT_DIR``).
+See ``compatkit.run_analysis`` for what is measured, ``compatkit.figures`` for the plots
+and ``compatkit.simplex_demo`` for the K = 3 demo (``--simplex-demo OUT_DIR``).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _print_summary(result: dict) -> None:
 
 
 def _demo(args: argparse.Namespace) -> dict:
-    from ..figures import DemoConfig, simplex_demo
+    from ..simplex_demo import DemoConfig, simplex_demo
 
     cfg = DemoConfig()
     if args.demo_classes:

@@ -115,8 +115,8 @@ HOW_TO_READ = """\
 - **Compatibility matrix** C: C[i][j] is the 1:N search accuracy (%) when the query set is \
 encoded by model i (the model after task i) and the gallery by model j, for j ≤ i; the \
 diagonal C[i][i] is each model's self-test. Models and tasks are numbered from 1; `*` marks \
-a replacement model: at that task the model was replaced by a provider's model, trained \
-elsewhere, which the task then fine-tuned.
+a replacement model: at that task a provider's model, trained elsewhere, took over and \
+was fine-tuned on the task.
 - **Compatibility criterion** (BCT, strict): model i is compatible with the older model j \
 when C[i][j] > C[j][j], i.e. searching the old gallery with the new model beats the old \
 model. A cell where this fails is a **violation** (⚠ in the tables, red hatching in the plots).

@@ -24,6 +24,8 @@ __all__ = [
 ]
 
 DPI = 120
+LEGEND_GAP_PT = 34.0
+"""Points between the bottom of an axes and a legend under it: tick labels and x label."""
 VIOLATION_FACE = "#ffb8b8"  # light red, opaque so the printed value stays legible (paper Fig. 5)
 VIOLATION_EDGE = "#c00000"
 REPLACEMENT_COLOR = "#b8860b"  # dark goldenrod: the paper's yellow markers, readable on white
@@ -57,9 +59,11 @@ def save(fig, path: str | os.PathLike[str]) -> Path:
 
 
 def legend_outside(ax, fontsize: float = 8, **kw) -> None:
-    """The axes' legend under the axes (below the x label), where it can cover no data.
+    """The axes' legend under the axes, below its tick labels and x label, where it can
+    cover no data.
 
-    ``bbox_inches="tight"`` at save time grows the canvas to keep it in the picture.
+    The gap is fixed in points (not in axes fractions), so it clears the x label whatever
+    the height of the axes; ``bbox_inches="tight"`` at save time keeps it in the picture.
     """
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
@@ -69,7 +73,8 @@ def legend_outside(ax, fontsize: float = 8, **kw) -> None:
         handles,
         labels,
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.16),
+        bbox_to_anchor=(0.5, 0.0),
+        borderaxespad=LEGEND_GAP_PT / fontsize,  # in units of the legend's font size
         fontsize=fontsize,
         ncol=ncol,
         frameon=False,

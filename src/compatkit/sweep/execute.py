@@ -79,7 +79,7 @@ class SweepDir:
                 raise InputError(f"{self.index_path}: not a readable sweep index ({e})") from e
             if not isinstance(self.index, dict) or self.index.get("format") != FORMAT:
                 raise InputError(f"{self.index_path}: not a compatkit sweep index (format)")
-        elif self.path.exists() and any(self.path.iterdir()):
+        elif self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir()):
             raise InputError(
                 f"{self.path} exists and is not a sweep directory (no {INDEX}); "
                 "choose another --out"
