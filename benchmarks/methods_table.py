@@ -19,30 +19,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import machine, md_table, render_section, write_section
-from compatkit.report import comparison_table, markdown_matrix, table_header
+from compatkit.report import comparison_table, markdown_matrix, table_columns, table_header
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-
-def _pm(stat: dict | None, digits: int = 2) -> str:
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def build(run_dir: Path, run_command: str) -> tuple[str, str]:
     m = json.loads((run_dir / "metrics.json").read_text())
     meta = m["_meta"]
     rows = comparison_table(m)
-    keys = [k for k in rows[0] if k not in ("stats",)] if rows else []
-    cols = [k for k in keys if k in ("method", "AC", "AM", "BC", "FC", "final_self", "violations")]
-    table = md_table(
-        [table_header(k) for k in cols] + ["local-class accuracy, final (%)"],
-        [
-            [r[k] for k in cols] + [_pm(m[r["method"]].get("summary", {}).get("local_final"))]
-            for r in rows
-        ],
-    )
+    cols = table_columns(rows)
+    table = md_table([table_header(k) for k in cols], [[r[k] for k in cols] for r in rows])
     reps = meta.get("replacement_tasks", [])
     parts = [
         f"Run: `{run_command}`; {len(meta['seeds'])} seeds {meta['seeds']}, {meta['num_tasks']} "
@@ -53,8 +40,9 @@ def build(run_dir: Path, run_command: str) -> tuple[str, str]:
         table,
         "",
         "AC: fraction of pairs j < i with C[i][j] > C[j][j]; AM: mean of the lower triangle (%); "
-        "BC, FC in percentage points; local-class accuracy: the final model's classification "
-        "accuracy over the 6 local classes' test images (chance 16.7 %). Mean ± sample std over "
+        "BC, FC in percentage points; local-class accuracy: the classification accuracy over the "
+        "test images of the local classes seen so far, of the final model and averaged over the "
+        "task models (chance for the final model: 100 / local classes). Mean ± sample std over "
         "seeds.",
     ]
     for name in meta["methods"]:

@@ -293,3 +293,6 @@ def test_methods_table_writes_its_section(tmp_path) -> None:
     text = out.read_text()
     assert "<!-- BEGIN methods_table -->" in text and "### er (seed 1)" in text
     assert "| hoc | 1.00" in text and "| er | 0.00" in text  # AC of each hand matrix
+    # plasticity beside compatibility: the final local-class accuracy, its mean over tasks
+    assert "final local acc. (%) | mean local acc. (%)" in text
+    assert text.count("| 50.00 | 50.00 |") == 2
