@@ -282,7 +282,8 @@ def test_methods_table_writes_its_section(tmp_path) -> None:
     }
     for name, mat in mats.items():
         rep = compatibility_report(load_matrix(mat)).to_dict()
-        run = {"seed": 1, "matrix": mat, **rep, "final_self": mat[-1][-1], "local_final": 50.0}
+        run = {"seed": 1, "matrix": mat, **rep, "final_self": mat[-1][-1]}
+        run |= {"local_accuracy": [60.0, 50.0], "local_final": 50.0, "local_mean": 55.0}
         metrics[name] = {**run, "runs": [run], "seeds": [1]}
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -295,4 +296,4 @@ def test_methods_table_writes_its_section(tmp_path) -> None:
     assert "| hoc | 1.00" in text and "| er | 0.00" in text  # AC of each hand matrix
     # plasticity beside compatibility: the final local-class accuracy, its mean over tasks
     assert "final local acc. (%) | mean local acc. (%)" in text
-    assert text.count("| 50.00 | 50.00 |") == 2
+    assert text.count("| 50.00 | 55.00 |") == 2
