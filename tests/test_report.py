@@ -30,6 +30,8 @@ LOCAL = {
     ("er", 42): [90.0, 55.0, 40.0, 30.0],
     ("er", 43): [88.0, 57.0, 42.0, 32.0],
 }
+# ... and of the model each task started from (fixed head only: er's start is not defined)
+START = {("hoc", 42): [50.0, 40.0, 30.0, 35.0], ("hoc", 43): [50.0, 41.0, 32.0, 36.0]}
 TASKS = [[1, 3], [4], [5], [6]]  # chance on the classes seen so far: 50, 33.3, 25, 20 %
 
 
@@ -56,13 +58,20 @@ def slow_metrics(c: list[list[float]]) -> dict:
 
 
 def make_run(
-    c: list[list[float]], seed: int, one_based: bool = False, local: list | None = None
+    c: list[list[float]],
+    seed: int,
+    one_based: bool = False,
+    local: list | None = None,
+    start: list | None = None,
 ) -> dict:
     m = slow_metrics(c)
     if local is not None:
         m["local_accuracy"] = local
         m["local_final"] = local[-1]
         m["local_mean"] = sum(local) / len(local)
+    if start is not None:
+        m["local_start"] = start
+        m["local_gain"] = sum(a - b for a, b in zip(local, start, strict=True)) / len(local)
     base = 1 if one_based else 0
     m["violations"] = [
         {"row": i + base, "col": j + base, "value": c[i][j], "self": c[j][j]} for i, j in m["bad"]
@@ -77,7 +86,7 @@ def make_method(
     matrices: list[list[list[float]]], seeds: list[int], one_based=False, name: str = ""
 ) -> dict:
     runs = [
-        make_run(c, s, one_based, LOCAL.get((name, s)))
+        make_run(c, s, one_based, LOCAL.get((name, s)), START.get((name, s)))
         for c, s in zip(matrices, seeds, strict=True)
     ]
     summary = {}
@@ -252,16 +261,23 @@ def test_comparison_table_plasticity_against_hand_computation() -> None:
     hoc, er = rows["hoc"]["stats"], rows["er"]["stats"]
     assert hoc["local_final"]["values"] == [45.0, 47.0]
     assert hoc["local_final"]["std"] == pytest.approx(2 / math.sqrt(2))
+    # gain over the task's starting model: (30 + 20 + 20 + 10) / 4 and (34 + 21 + 20 + 11) / 4
+    assert hoc["local_gain"]["values"] == pytest.approx([20.0, 21.5])
+    assert er["local_gain"] is None and rows["er"]["local_gain"] == "n/a"
     assert hoc["local_mean"]["mean"] == pytest.approx((58.75 + 61.25) / 2)
     assert er["local_mean"]["values"] == pytest.approx([53.75, 54.75])
     assert rows["er"]["local_final"] == f"31.00 ± {math.sqrt(2):.2f}"
     # Runs written before local_mean existed: the mean comes from the per-task list.
     m = make_metrics()
     for r in m["hoc"]["runs"]:
-        del r["local_mean"], r["local_final"]
+        del r["local_mean"], r["local_final"], r["local_gain"]
     (hoc_row, _) = report.comparison_table(m)
     assert hoc_row["stats"]["local_mean"]["values"] == pytest.approx([58.75, 61.25])
     assert hoc_row["stats"]["local_final"]["values"] == [45.0, 47.0]
+    assert hoc_row["stats"]["local_gain"]["values"] == pytest.approx([20.0, 21.5])
+    start, _, _ = report.method_local(m["hoc"], "local_start")
+    assert start == pytest.approx([50.0, 40.5, 31.0, 35.5])
+    assert report.method_local(m["er"], "local_start") is None
     mean, std, n = report.method_local(m["er"])
     assert mean == pytest.approx([89.0, 56.0, 41.0, 31.0]) and n == 2
     assert std == pytest.approx([math.sqrt(2)] * 4)
@@ -381,9 +397,10 @@ def test_render_markdown_contents(tmp_path: Path) -> None:
     # tasks marked, chance on the classes seen so far in the last column.
     sd = 1 / math.sqrt(2)  # sample std of two values one point apart
     assert (
-        f"| **1\\*** | 50.50 ± {sd:.2f} | 82.00 ± {4 * sd:.2f} | 41.00 ± {2 * sd:.2f} "
-        f"| 89.00 ± {2 * sd:.2f} | 50.0 |" in text
+        f"| **1\\*** | 50.50 ± {sd:.2f} | 82.00 ± {4 * sd:.2f} | 50.00 ± 0.00 "
+        f"| 41.00 ± {2 * sd:.2f} | 89.00 ± {2 * sd:.2f} | 50.0 |" in text
     )
+    assert "| hoc: at the task's start |" in text and "er: at the task's start" not in text
     assert "| 4 | " in text and text.count("| 20.0 |") == 1
     assert "chance: 20.0 % for the final model" in text
 

@@ -104,6 +104,13 @@ class LocalConfig:
     """Classes in each later task (paper: 15 or 3)."""
     memory_per_class: int = 20
     """Images kept per seen class for rehearsal (paper: 20)."""
+    keep_provider_rows: bool = False
+    """A local class that the task's provider already knows keeps the provider's head row
+    (its vertex, on a fixed head) instead of a new row from the bottom (K-1-y), so every
+    class sits on one vertex for the life of the scenario. The local accuracy of a task model
+    then includes what its provider knew: the report's gain over the task's start is what the
+    local learner added. False: local classes always take their own rows (the paper's setting,
+    where provider and local label spaces are disjoint)."""
 
 
 @dataclass

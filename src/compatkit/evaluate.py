@@ -153,12 +153,24 @@ def _local_accuracy_cached(
     device: torch.device,
     cache_dir: Path | None,
     write: bool,
+    start: bool = False,
+    keep_provider_rows: bool = False,
 ) -> float | None:
+    """Local accuracy of a checkpoint, cached next to the features by checkpoint hash.
+
+    ``start``: the checkpoint is the model a task *started* from (a provider at a
+    replacement, else the previous task's model), evaluated on the classes of that task; a
+    fixed head gets the rows of classes it has not seen yet (their vertices are fixed, so
+    this is the model the task really began with). A learnable head would get fresh random
+    rows, whose accuracy says nothing: None.
+    """
     import json
 
     sha = file_sha256(ckpt)
     key = {"sha256": sha, "n": len(data), "seen": sorted(seen)}
-    cache = cache_dir / f"{ckpt.stem}.local.json" if cache_dir is not None else None
+    key["keep_provider_rows"] = keep_provider_rows
+    suffix = "start-" + "-".join(str(c) for c in sorted(seen)) + ".local" if start else "local"
+    cache = cache_dir / f"{ckpt.stem}.{suffix}.json" if cache_dir is not None else None
     if cache is not None and cache.is_file():
         try:
             c = json.loads(cache.read_text())
@@ -167,10 +179,16 @@ def _local_accuracy_cached(
         except (ValueError, OSError):
             pass
     model, _ = load_checkpoint(ckpt, map_location=device)
+    if start:
+        if not model.head.fixed:
+            return None
+        model.add_classes(seen, "local", keep_provider_rows)  # as the task did
     acc = local_accuracy(model.to(device), data, seen, normalize, batch_size, precision)
     if cache is not None and write:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({**key, "accuracy": acc}))
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**key, "accuracy": acc}))
+        tmp.replace(cache)
     return acc
 
 
@@ -191,8 +209,16 @@ def evaluate_sequence(
     dist: Dist | None = None,
     local_test: ImageSet | None = None,
     seen: list[list[int]] | None = None,
+    starts: list[Path | None] | None = None,
+    keep_provider_rows: bool = False,
 ) -> tuple[dict, int]:
-    """Matrices and metrics of one method/seed; returns (result dict, extractions done)."""
+    """Matrices and metrics of one method/seed; returns (result dict, extractions done).
+
+    With ``local_test`` and ``seen`` (the local classes seen after each task), the result
+    also holds the local-class accuracy of every task model; with ``starts`` (the checkpoint
+    each task started from), the accuracy of those starting models on the same classes and
+    the mean gain of the tasks over them (fixed heads only: see ``_local_accuracy_cached``).
+    """
     qf, gf, fresh = [], [], 0
     for c in ckpts:
         q, g, cached = features_for(
@@ -217,6 +243,19 @@ def evaluate_sequence(
         res["local_final"] = res["local_accuracy"][-1]
         known = [a for a in res["local_accuracy"] if a is not None]
         res["local_mean"] = round(statistics.fmean(known), 4) if known else None
+        if starts is not None:
+            begun = [
+                None
+                if c is None or not c.is_file()  # e.g. providers not copied with the run
+                else _local_accuracy_cached(
+                    c, local_test, seen[t], normalize, batch_size, precision, device, cache_dir,
+                    d.main, start=True, keep_provider_rows=keep_provider_rows,
+                )
+                for t, c in enumerate(starts)
+            ]  # fmt: skip
+            res["local_start"] = [None if a is None else round(a, 4) for a in begun]
+            gains = [a - b for a, b in zip(accs, begun, strict=True) if None not in (a, b)]
+            res["local_gain"] = round(statistics.fmean(gains), 4) if gains else None
     if full_gallery:
         res["recall1_matrix"] = _tri(cross_model_matrix(qf, gf, ql, gl, metric="recall@1"))
         res["map_matrix"] = _tri(cross_model_matrix(qf, gf, ql, gl, metric="mAP"))
@@ -226,7 +265,7 @@ def evaluate_sequence(
 def summarize(runs: list[dict]) -> dict:
     """Mean, sample standard deviation and values over seeds of the scalar metrics."""
     out = {}
-    for k in ("AC", "AM", "BC", "FC", "final_self", "local_final", "local_mean"):
+    for k in ("AC", "AM", "BC", "FC", "final_self", "local_final", "local_mean", "local_gain"):
         vals = [r[k] for r in runs if r.get(k) is not None]
         if not vals:
             out[k] = {"mean": None, "std": None, "values": []}

@@ -72,9 +72,12 @@ class CompatModel(nn.Module):
         if need > self.head.num_rows:
             self.head.grow(need)
 
-    def add_classes(self, classes, space: str = "local") -> list[int]:
+    def add_classes(
+        self, classes, space: str = "local", keep_provider_rows: bool = False
+    ) -> list[int]:
+        """Map new classes to head rows (see ``ClassMap``); returns their rows."""
         rows = (
-            self.class_map.add_local(classes)
+            self.class_map.add_local(classes, keep_provider_rows)
             if space == "local"
             else self.class_map.add_provider(classes)
         )

@@ -146,12 +146,16 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
         provider_classes.append(sorted(set(d.labels.tolist())))
     k = cfg.model.num_classes
     for i, pc in enumerate(provider_classes):
+        # with keep_provider_rows a local class the provider knows takes no row of its own
+        own = [c for c in order if not (loc.keep_provider_rows and c in pc)]
+        if not own:
+            continue
         top = max(pc) + 1 if pc else 0
-        bottom = k - 1 - max(order)
-        if top > bottom or len(order) + len(pc) > k:
+        bottom = k - 1 - max(own)
+        if top > bottom or len(own) + len(pc) > k:
             raise ConfigError(
                 f"model.num_classes K={k} is too small: provider {i} uses rows 0..{top - 1} and "
-                f"the local classes rows {bottom}..{k - 1 - min(order)}; raise K"
+                f"the local classes rows {bottom}..{k - 1 - min(own)}; raise K"
             )
     gallery = pool(cfg.eval.gallery).draw(cfg.eval.gallery, gen, "eval.gallery")
     query = pool(cfg.eval.query).draw(cfg.eval.query, gen, "eval.query")

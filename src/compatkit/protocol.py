@@ -196,7 +196,8 @@ class Runner:
         except ValueError as e:
             raise ValueError(f"providers[{index}].checkpoint.{head}: {e}") from e
         k = spec.num_classes
-        local_rows = {k - 1 - c for c in self.plan.class_order}
+        shared = set(model.class_map.provider) if self.cfg.local.keep_provider_rows else set()
+        local_rows = {k - 1 - c for c in self.plan.class_order if c not in shared}
         clash = (
             local_rows & set(model.class_map.provider.values()) if head != "learnable" else set()
         )
@@ -354,7 +355,7 @@ class Runner:
                 assert prev is not None
                 model = copy.deepcopy(prev)
             seen = [c for i in range(t + 1) for c in plan.scenario[i].classes]
-            model.add_classes(seen, "local")
+            model.add_classes(seen, "local", cfg.local.keep_provider_rows)
             model.to(env.device)
             old = None
             if method.needs_old:
@@ -456,6 +457,8 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
     results: dict = {}
     extractions = 0
     t0 = time.perf_counter()
+    segs = plan.segments(cfg)
+    firsts = {t for t in range(plan.num_tasks) if t == 0 or segs[t] != segs[t - 1]}
     for m in methods or cfg.methods:
         runs = []
         for seed in cfg.seeds:
@@ -464,6 +467,10 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
             missing = [p.name for p in ckpts if not p.is_file()]
             if missing:
                 raise FileNotFoundError(f"{m} seed {seed}: missing checkpoints {missing} in {d}")
+            starts = [
+                runner.provider_path(segs[t], METHODS[m].head) if t in firsts else ckpts[t - 1]
+                for t in range(plan.num_tasks)
+            ]
             res, n = evaluate_sequence(
                 ckpts,
                 query,
@@ -477,6 +484,8 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
                 runner.dist,
                 local_test,
                 seen,
+                starts,
+                cfg.local.keep_provider_rows,
             )
             extractions += n
             runs.append({"seed": seed, **res})

@@ -48,7 +48,7 @@ def simplex_vertices(num_classes: int, dtype: torch.dtype = torch.float32) -> to
 class ClassMap:
     """Which head row (simplex vertex, or learnable-classifier row) each class uses.
 
-    Two label spaces share one head and must never collide:
+    Two label spaces share one head and, by default, never collide:
 
     - ``local``: the classes the model is fine-tuned on task after task. With a
       fixed head of K rows they are written "from the bottom": class y uses row
@@ -57,7 +57,8 @@ class ClassMap:
       the top": class p uses row p.
 
     A learnable head has no fixed size; there rows are handed out in order of
-    arrival, which is what a growing classifier does. The map is part of a
+    arrival, which is what a growing classifier does. With ``keep_provider_rows``
+    a local class that is also a provider class shares the provider's row. The map is part of a
     model's contract: it is saved in every checkpoint and two models can only be
     compared when their shared classes sit on the same rows.
     """
@@ -82,14 +83,24 @@ class ClassMap:
         used = self._used()
         return max(used) + 1 if used else 0
 
-    def add_local(self, classes: Iterable[int]) -> list[int]:
-        """Assign rows to new local classes (bottom-up on a fixed head); return their rows."""
+    def add_local(self, classes: Iterable[int], keep_provider_rows: bool = False) -> list[int]:
+        """Assign rows to new local classes (bottom-up on a fixed head); return their rows.
+
+        ``keep_provider_rows``: a local class this map already holds as a provider class
+        takes the provider's row (its vertex, on a fixed head) instead of a new one, so the
+        class keeps one row for the life of the scenario.
+        """
         new = [int(c) for c in classes if int(c) not in self.local]
-        self._check_room(len(new))
+        shared = [c for c in new if keep_provider_rows and c in self.provider]
+        self._check_room(len(new) - len(shared))
         rows = []
         for c in new:
             if c < 0:
                 raise ValueError(f"class labels must be >= 0, got {c}")
+            if c in shared:
+                self.local[c] = self.provider[c]
+                rows.append(self.provider[c])
+                continue
             if self.num_rows is not None:
                 row = self.num_rows - 1 - c
                 if row < 0:

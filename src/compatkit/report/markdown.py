@@ -137,8 +137,11 @@ on held-out test images of the local classes seen so far (model t: the classes o
 1..t), arg-max over the head rows of those classes; chance is 100 / (classes seen). It says \
 how much the local learner learned, which compatibility alone cannot say: a model that does \
 not move is trivially compatible. "final local acc." is the last model's, "mean local acc." \
-the mean over the T models. A replacement model starts from a provider's weights, so its \
-accuracy includes whatever the provider already knew about those classes.
+the mean over the T models. "at the task's start" is the accuracy, on the same classes, of \
+the model the task began from (the provider at a replacement, else the previous model; fixed \
+heads only, as a learnable head begins a new class with random rows), and "gain over start" \
+the mean over tasks of the difference: what the local learner itself added. A replacement \
+model includes whatever its provider already knew about the local classes.
 - Values are mean ± sample standard deviation over seeds where there is more than one seed; \
 matrices and violation lists are shown for the first seed."""
 
@@ -157,12 +160,15 @@ def _per_task_section(
 
     aa = {m: method_aa(metrics[m]) for m in methods}
     acc = {m: method_local(metrics[m]) for m in methods} if local else {}
+    start = {m: method_local(metrics[m], "local_start") for m in methods} if local else {}
     chance = chance_levels(metrics) if local else None
     header = ["t"]
     for m in methods:
         header.append(f"{_md_escape(m)}: AA_t" if local else _md_escape(m))
         if local:
             header.append(f"{_md_escape(m)}: local acc.")
+            if start[m] is not None:
+                header.append(f"{_md_escape(m)}: at the task's start")
     if chance is not None:
         header.append("chance")
     rows = []
@@ -172,6 +178,8 @@ def _per_task_section(
             row.append(cell(aa[m], k))
             if local:
                 row.append("n/a" if acc[m] is None else cell(acc[m], k))
+                if start[m] is not None:
+                    row.append(cell(start[m], k))
         if chance is not None:
             row.append(f"{chance[k]:.1f}" if k < len(chance) else "")
         rows.append(row)

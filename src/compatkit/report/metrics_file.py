@@ -21,9 +21,10 @@ from ..errors import InputError
 METRIC_KEYS = ("AC", "AM", "BC", "FC", "final_self")
 """Scalar compatibility metrics of one run. AC is a fraction; the others are percent."""
 
-PLASTICITY_KEYS = ("local_final", "local_mean")
-"""Scalar plasticity metrics of one run (percent): the local-class accuracy of the last task
-model, and its mean over the task models (see ``compatkit.evaluate.local_accuracy``)."""
+PLASTICITY_KEYS = ("local_final", "local_mean", "local_gain")
+"""Scalar plasticity metrics of one run: the local-class accuracy (%) of the last task model,
+its mean over the task models, and the mean gain (percentage points) of each task model over
+the model its task started from (see ``compatkit.evaluate``)."""
 
 _VALUE_TOL = 0.01
 """Percent points; a violation's stored ``value`` may be rounded to two decimals."""
@@ -189,15 +190,16 @@ def validate_metrics(metrics: Any, source: str = "metrics.json") -> dict[str, An
                 or not all(is_number(a) for a in aa)
             ):
                 raise InputError(f"{where}: AA must list {c.shape[0]} numbers, one per task")
-            local = run.get("local_accuracy")
-            if local is not None and (
-                not isinstance(local, Sequence)
-                or len(local) != c.shape[0]
-                or not all(a is None or is_number(a) for a in local)
-            ):
-                raise InputError(
-                    f"{where}: local_accuracy must list {c.shape[0]} numbers or nulls, one per task"
-                )
+            for key in ("local_accuracy", "local_start"):
+                local = run.get(key)
+                if local is not None and (
+                    not isinstance(local, Sequence)
+                    or len(local) != c.shape[0]
+                    or not all(a is None or is_number(a) for a in local)
+                ):
+                    raise InputError(
+                        f"{where}: {key} must list {c.shape[0]} numbers or nulls, one per task"
+                    )
             resolve_violations(c, run.get("violations"))  # raises on a mismatch
     if len(sizes) > 1:
         raise InputError(f"{source}: matrices of different sizes {sorted(sizes)} in one run")

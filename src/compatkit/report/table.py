@@ -8,6 +8,7 @@ does not move is trivially compatible. Statistics are recomputed from the per-se
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,7 @@ METRIC_LABELS = {
     "final_self": "final self-test (%)",
     "local_final": "final local acc. (%)",
     "local_mean": "mean local acc. (%)",
+    "local_gain": "gain over start (pp)",
 }
 
 TABLE_COLUMNS = ("method", "AC", "AM", *PLASTICITY_KEYS, "BC", "FC", "final_self", "violations")
@@ -72,9 +74,10 @@ def fmt_stat(s: Mapping[str, Any] | None, digits: int = 2) -> str:
     return f"{s['mean']:.{digits}f}"
 
 
-def local_curve(run: Mapping[str, Any]) -> list[float | None] | None:
-    """Local-class accuracy (%) of each task model of one run, or None when not recorded."""
-    acc = run.get("local_accuracy")
+def local_curve(run: Mapping[str, Any], key: str = "local_accuracy") -> list[float | None] | None:
+    """Local-class accuracy (%) of each task model of one run (``key="local_start"``: of the
+    model each task started from), or None when not recorded."""
+    acc = run.get(key)
     if not isinstance(acc, Sequence) or not acc:
         return None
     return [float(a) if is_number(a) else None for a in acc]
@@ -90,7 +93,11 @@ def run_value(run: Mapping[str, Any], key: str) -> float | None:
             return None
         if key == "local_final":
             return curve[-1]
-        vals = [a for a in curve if a is not None]
+        if key == "local_gain":
+            start = local_curve(run, "local_start") or []
+            vals = [a - b for a, b in zip(curve, start, strict=False) if None not in (a, b)]
+        else:
+            vals = [a for a in curve if a is not None]
         return float(np.mean(vals)) if vals else None
     return None
 
@@ -142,9 +149,12 @@ def comparison_table(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def table_columns(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
-    """The columns worth showing: the plasticity ones only when some method recorded them."""
-    has_local = any(r["stats"].get(k) is not None for r in rows for k in PLASTICITY_KEYS)
-    return tuple(k for k in TABLE_COLUMNS if has_local or k not in PLASTICITY_KEYS)
+    """The columns worth showing: a plasticity column only when some method recorded it."""
+    return tuple(
+        k
+        for k in TABLE_COLUMNS
+        if k not in PLASTICITY_KEYS or any(r["stats"].get(k) is not None for r in rows)
+    )
 
 
 def table_header(key: str) -> str:
@@ -155,9 +165,12 @@ def table_header(key: str) -> str:
 
 
 def _mean_std(curves: list[list[float]]) -> tuple[list[float], list[float] | None]:
+    """Per-task mean and sample std over seeds; a task without any value stays NaN."""
     arr = np.asarray(curves, dtype=float)
-    mean = np.nanmean(arr, axis=0).tolist() if np.isfinite(arr).any() else arr[0].tolist()
-    std = np.nanstd(arr, axis=0, ddof=1).tolist() if len(curves) > 1 else None
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: NaN, on purpose
+        mean = np.nanmean(arr, axis=0).tolist()
+        std = np.nanstd(arr, axis=0, ddof=1).tolist() if len(curves) > 1 else None
     return mean, std
 
 
@@ -173,10 +186,17 @@ def method_aa(entry: Mapping[str, Any]) -> tuple[list[float], list[float] | None
     return mean, std, len(curves)
 
 
-def method_local(entry: Mapping[str, Any]) -> tuple[list[float], list[float] | None, int] | None:
-    """Mean and sample std over seeds of the local-class accuracy per task, or None."""
-    curves = [local_curve(r) for r in method_runs(entry)]
-    curves = [[np.nan if a is None else a for a in c] for c in curves if c is not None]
+def method_local(
+    entry: Mapping[str, Any], key: str = "local_accuracy"
+) -> tuple[list[float], list[float] | None, int] | None:
+    """Mean and sample std over seeds of the local-class accuracy per task (``key``: of the
+    task models, or ``local_start`` of the models the tasks started from), or None."""
+    curves = [local_curve(r, key) for r in method_runs(entry)]
+    curves = [
+        [np.nan if a is None else a for a in c]
+        for c in curves
+        if c is not None and any(a is not None for a in c)
+    ]
     if not curves:
         return None
     mean, std = _mean_std(curves)
