@@ -101,3 +101,49 @@ def test_refusals_happen_before_training(tmp_path, fake_fashion):
 def test_run_refuses_to_overwrite_without_resume(run_dir, fake_fashion):
     r = _cli(["run", str(TINY), "--out", str(run_dir)], fake_fashion, check=False)
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+@pytest.mark.slow
+def test_keep_provider_rows_and_the_gain_over_each_tasks_start(tmp_path, fake_fashion, monkeypatch):
+    """Providers that know the local classes; with keep_provider_rows each local class keeps
+    the provider's row, and the report's start accuracy is that of the model each task began
+    from, recomputed here independently."""
+    import torch
+
+    from compatkit.checkpoint import load_checkpoint
+    from compatkit.config import load_config
+    from compatkit.evaluate import local_accuracy
+    from compatkit.plan import make_plan
+    from compatkit.train import Precision
+
+    out = tmp_path / "keep"
+    both = "[0, 1, 2, 3, 4, 5]"
+    _cli(
+        ["run", str(TINY), "--out", str(out), "--quiet", "--set", "local.keep_provider_rows=true",
+         "--set", f"providers.0.data.classes={both}", "--set", f"providers.1.data.classes={both}"],
+        fake_fashion,
+    )  # fmt: skip
+    m = json.loads((out / "metrics.json").read_text())
+    for name in ("hoc", "er"):
+        model, _ = load_checkpoint(out / name / "seed_7" / "task_2.pt")
+        cm = model.class_map
+        assert all(cm.local[c] == cm.provider[c] for c in (0, 1, 2, 3)), (name, cm)
+    assert m["er"]["local_start"] == [None, None, None] and m["er"]["local_gain"] is None
+    start = m["hoc"]["local_start"]
+    assert None not in start
+    acc = m["hoc"]["local_accuracy"]
+    gain = sum(a - b for a, b in zip(acc, start, strict=True)) / 3
+    assert m["hoc"]["local_gain"] == pytest.approx(gain, abs=1e-3)
+    # task 2 (zero-based 1) starts from task 1's model, given the row of its new class
+    monkeypatch.setenv("COMPATKIT_FASHION_MNIST", str(fake_fashion))
+    plan = make_plan(load_config(out / "config.yaml"))
+    prev, _ = load_checkpoint(out / "hoc" / "seed_7" / "task_0.pt")
+    seen = [c for t in range(2) for c in plan.scenario[t].classes]
+    prev.add_classes(seen, "local", keep_provider_rows=True)
+    mean = torch.tensor(plan.mean).view(1, -1, 1, 1)
+    std = torch.tensor(plan.std).view(1, -1, 1, 1)
+    want = local_accuracy(
+        prev, plan.local_test, seen, lambda x: (x.float() / 255 - mean) / std, 64,
+        Precision(None, False),
+    )  # fmt: skip
+    assert start[1] == pytest.approx(want, abs=1e-3)

@@ -154,7 +154,7 @@ def _assemble_if_complete(sweep, h: str) -> None:
         return
     run_dir = sweep.setting_dir(entry)
     metrics = run_dir / "metrics.json"
-    if metrics.is_file():
+    if metrics.is_file() and (run_dir / "report.md").is_file():
         meta = json.loads(metrics.read_text()).get("_meta", {})
         if sorted(meta.get("seeds") or []) == sorted(done):
             return

@@ -260,11 +260,16 @@ def execute(
         initargs=(threads,),
     ) as pool:
         futures = {pool.submit(run_job, job, threads): job for job in jobs}
-        while futures:
-            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-            for f in finished:
-                job = futures.pop(f)
-                on_done(job, f.result())
+        try:
+            while futures:
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    job = futures.pop(f)
+                    on_done(job, f.result())
+        except BaseException:
+            for f in futures:  # a failed job stops the sweep: start nothing more
+                f.cancel()
+            raise
 
 
 def default_threads(jobs_n: int) -> int:
