@@ -287,3 +287,26 @@ def test_sweep_cli_refusals(tmp_path, fake_fashion):
                  check=False)  # fmt: skip
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x" / "runs").exists()
+
+
+def test_a_later_invocation_finds_a_setting_by_hash_not_by_name(tmp_path):
+    """The first sweep varies only the rate; a second one varies lambda too, and its point
+    with the default lambda is the same setting: same directory, seeds added to it."""
+    sweep = SweepDir(tmp_path / "s")
+    first = expand(TINY, ["methods=[hoc]"], parse_vary(["train.lr=0.001,0.01"]))
+    sweep.add(first, ["sweep", "first"])
+    second = expand(
+        TINY,
+        ["methods=[hoc]", "seeds=[7,8]"],
+        parse_vary(["method_options.hoc.lam=0.1,0.5", "train.lr=0.001,0.01"]),
+    )
+    sweep.add(second, ["sweep", "second"])
+    assert len(second) == 4 and len(sweep.index["settings"]) == 4
+    for s in first:
+        twin = next(t for t in second if t.hash == s.hash)  # lam 0.1 is the config's value
+        assert twin.name != s.name and sweep.setting_dir(twin) == sweep.setting_dir(s)
+        assert sweep.index["settings"][s.hash]["seeds"] == [7, 8]
+        on_disk = yaml.safe_load((sweep.setting_dir(s) / "config.yaml").read_text())
+        assert on_disk["seeds"] == [7, 8]
+    pending, finished = sweep.jobs([s.hash for s in second])
+    assert len(pending) == 8 and not finished

@@ -103,8 +103,12 @@ class SweepDir:
 
     # ------------------------------------------------------------------ settings
     def setting_dir(self, s: Setting | dict) -> Path:
-        name = s.name if isinstance(s, Setting) else s["name"]
-        return self.runs / name
+        """A setting's run directory, named when the setting was first added (a later
+        invocation that varies other keys finds it by its hash, not by a new name)."""
+        if isinstance(s, Setting):
+            entry = self.index["settings"].get(s.hash)
+            return self.runs / (entry["name"] if entry else s.name)
+        return self.runs / s["name"]
 
     def add(self, settings: list[Setting], argv: list[str]) -> None:
         """Record an invocation; write or update each setting's config.yaml (seeds: union)."""

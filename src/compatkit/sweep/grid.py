@@ -14,6 +14,7 @@ Settings are identified by a hash of that effective configuration, seeds exclude
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -106,10 +107,15 @@ def _applies(key: str, method: str) -> bool:
 
 
 def _effective(cfg: RunConfig, method: str) -> dict[str, Any]:
-    """The configuration of one method's runs, as a dict: ``methods: [m]``, m's options only."""
+    """The configuration of one method's runs, as a dict: ``methods: [m]`` and m's options
+    only, every option written out (a default left implicit and the same value written
+    explicitly are one setting)."""
+    from ..methods import build_method
+
     d = to_dict(cfg)
     d["methods"] = [method]
-    d["method_options"] = {k: v for k, v in d["method_options"].items() if k == method}
+    opts = build_method(method, d["method_options"].get(method)).cfg
+    d["method_options"] = {method: dataclasses.asdict(opts)}
     return d
 
 
