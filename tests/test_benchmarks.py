@@ -297,3 +297,36 @@ def test_methods_table_writes_its_section(tmp_path) -> None:
     # plasticity beside compatibility: the final local-class accuracy, its mean over tasks
     assert "final local acc. (%) | mean local acc. (%)" in text
     assert text.count("| 50.00 | 55.00 |") == 2
+
+
+def test_front_table_writes_its_section(tmp_path) -> None:
+    """front_table.py turns a sweep's summary.json into the RESULTS.md front section."""
+    import json
+
+    def st(mean, std, n=3):
+        return {"mean": mean, "std": std, "n": n, "values": [mean] * n}
+
+    rows = [
+        {"method": "hoc", "values": {"method_options.hoc.lam": "0.1"}, "seeds": [1, 2, 3],
+         "stats": {"AC": st(0.7, 0.1), "AM": st(91.0, 0.5), "local_final": st(55.0, 4.0),
+                   "local_mean": st(70.0, 2.0), "local_gain": st(25.0, 3.0),
+                   "final_self": st(94.0, 0.2)},
+         "front": {"AM": True, "AC": True}},
+        {"method": "er", "values": {"method_options.hoc.lam": None}, "seeds": [1],
+         "stats": {"AC": st(0.0, 0.0, 1), "AM": st(45.0, 0.0, 1), "local_final": st(30.0, 0.0, 1),
+                   "local_mean": st(40.0, 0.0, 1), "local_gain": None,
+                   "final_self": st(70.0, 0.0, 1)},
+         "front": {"AM": False, "AC": False}},
+    ]  # fmt: skip
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    summary = {"commands": [], "varied": ["method_options.hoc.lam"], "rows": rows, "pending": []}
+    (sweep / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "R.md"
+    mod = _bench("front_table")
+    assert mod.main([str(sweep), "--command", "compatkit sweep X", "--results", str(out)]) == 0
+    text = out.read_text()
+    assert "<!-- BEGIN front -->" in text and "compatkit sweep X" in text
+    assert "| hoc | 0.1 | 3 | 0.70 ± 0.10 | 91.00 ± 0.50 | 55.00 ± 4.00 | 70.00 ± 2.00 " in text
+    assert "| er | — | 1 | 0.00 | 45.00 | 30.00 | 40.00 | n/a | 70.00 |  |" in text
+    assert "(final local acc., AM), from the most compatible to the most plastic: hoc " in text
