@@ -25,7 +25,7 @@ from ..report.table import METRIC_LABELS, fmt_stat
 
 __all__ = ["STAT_KEYS", "collect", "pareto", "plot_front", "write_summary"]
 
-STAT_KEYS = ("AC", "AM", "local_final", "local_mean", "BC", "FC", "final_self")
+STAT_KEYS = ("AC", "AM", "local_final", "local_mean", "local_gain", "BC", "FC", "final_self")
 PLASTICITY = "local_final"
 COMPATIBILITY = ("AM", "AC")
 
