@@ -320,12 +320,20 @@ def _contract_of(c: Mapping) -> Mapping:
     return c["contract"] if "contract" in c and isinstance(c["contract"], Mapping) else c
 
 
-def _row_owners(class_map: Mapping) -> dict[int, tuple[str, int]]:
-    owners = {}
+def _placements(class_map: Mapping, by_name: bool) -> dict[tuple[str, str | int], int]:
+    """Row of each class, keyed by ``(space, class)``; local classes by name when ``by_name``."""
+    names = class_map.get("names") or {}
+    out: dict[tuple[str, str | int], int] = {}
     for space in ("local", "provider"):
         for cls, row in class_map.get(space, {}).items():
-            owners[int(row)] = (space, int(cls))
-    return owners
+            key = names[str(cls)] if by_name and space == "local" else int(cls)
+            out[(space, key)] = int(row)
+    return out
+
+
+def _fully_named(class_map: Mapping) -> bool:
+    names = class_map.get("names") or {}
+    return bool(names) and set(names) == {str(k) for k in class_map.get("local", {})}
 
 
 def check_compatible(
@@ -338,6 +346,8 @@ def check_compatible(
     kind, K or ETF seed; and, between fixed heads, a class placed on different
     rows, or one row holding different classes, in the two class maps, since
     the fixed rows are where the features of each class are trained to be.
+    When both class maps name every local class (``ClassMap.names``), a class
+    is identified by its name, otherwise by its label.
     Allowed: any backbone change, and pairs involving a learnable head as
     long as the dimension matches (their rows carry no shared geometry, and
     measuring how such a pair fares is exactly what the ER baseline is for).
@@ -371,19 +381,19 @@ def check_compatible(
             f"{b.get('etf_seed', 0)}), so their rows point in different directions"
         )
     ma, mb = a.get("class_map") or {}, b.get("class_map") or {}
-    for space in ("local", "provider"):
-        ra = {int(k): int(v) for k, v in ma.get(space, {}).items()}
-        rb = {int(k): int(v) for k, v in mb.get(space, {}).items()}
-        for cls in sorted(ra.keys() & rb.keys()):
-            if ra[cls] != rb[cls]:
-                refuse(
-                    f"{space} class {cls} sits on row {ra[cls]} in {na} but on row "
-                    f"{rb[cls]} in {nb}"
-                )
-    oa, ob = _row_owners(ma), _row_owners(mb)
+    # Classes named in both maps (checkpoints of `compatkit train`) are the same class when
+    # they have the same name, whatever their labels; otherwise labels identify classes.
+    by_name = _fully_named(ma) and _fully_named(mb)
+    pa, pb = _placements(ma, by_name), _placements(mb, by_name)
+
+    def show(key: tuple[str, str | int]) -> str:
+        space, cls = key
+        return f"class {cls!r}" if isinstance(cls, str) else f"{space} class {cls}"
+
+    for key in sorted(pa.keys() & pb.keys(), key=lambda k: (k[0], isinstance(k[1], str), k[1])):
+        if pa[key] != pb[key]:
+            refuse(f"{show(key)} sits on row {pa[key]} in {na} but on row {pb[key]} in {nb}")
+    oa, ob = {r: k for k, r in pa.items()}, {r: k for k, r in pb.items()}
     for row in sorted(oa.keys() & ob.keys()):
         if oa[row] != ob[row]:
-            refuse(
-                f"row {row} holds {oa[row][0]} class {oa[row][1]} in {na} but "
-                f"{ob[row][0]} class {ob[row][1]} in {nb}"
-            )
+            refuse(f"row {row} holds {show(oa[row])} in {na} but {show(ob[row])} in {nb}")
