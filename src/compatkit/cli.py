@@ -22,6 +22,8 @@ COMMANDS = {
     "metrics": "compatkit.commands.metrics",
     "analyze": "compatkit.commands.analyze",
     "theory": "compatkit.commands.theory",
+    "train": "compatkit.commands.train",
+    "check": "compatkit.commands.check",
 }
 
 
