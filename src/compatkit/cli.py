@@ -24,6 +24,7 @@ COMMANDS = {
     "theory": "compatkit.commands.theory",
     "train": "compatkit.commands.train",
     "check": "compatkit.commands.check",
+    "index": "compatkit.commands.index",
 }
 
 
