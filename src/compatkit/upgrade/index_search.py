@@ -156,8 +156,8 @@ def search(
             # queries at a time: the gathered candidates are chunk x kk x dim doubles).
             for b in range(0, rows.shape[0], RESCORE_CHUNK):
                 cand = g[rows[b : b + RESCORE_CHUNK]].astype(np.float64)
-                qq = q64[a + b : a + b + RESCORE_CHUNK]
-                s_blk[a + b : a + b + cand.shape[0]] = np.einsum("qkd,qd->qk", cand, qq)
+                n = cand.shape[0]
+                s_blk[a + b : a + b + n] = np.einsum("qkd,qd->qk", cand, q64[a + b : a + b + n])
         best_s, best_p = _merge(best_s, best_p, s_blk, p_blk, keep)
     return SearchResult(best_p[:, :k], best_s[:, :k], be)
 
