@@ -1,8 +1,10 @@
 """Real checkpoints and an index for the index, backfill and curve tests, made once.
 
 The models are trained by :func:`compatkit.upgrade.train.train_model` on the tiny image
-folders of ``conftest.py`` (v1: three classes; v2: its HOC successor on five), so the
+folders of ``folders.py`` (v1: three classes; v2: its HOC successor on five), so the
 checkpoints carry what ``compatkit train`` writes: normalisation, input size, class names.
+The folders are written with fixed seeds, so models trained on one copy of them serve the
+tests of every other copy: they are trained once per session.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def trained_models(tmp_path_factory, tiny: dict[str, Path]) -> dict[str, Path]:
     ``other``: a first model trained from scratch on v2's classes with another seed: same
     contract as v1 (classes by name on the same vertices), a different fingerprint.
     """
-    key = str(tiny["v1"])
+    key = "models"
     if key not in _CACHE:
         from compatkit.progress import RunLog
         from compatkit.upgrade.train import TrainOptions, train_model

@@ -48,7 +48,7 @@ def test_uncertainty_puts_the_least_confident_first() -> None:
     x = unit_rows(40, 6, 1)
     labels = np.array([i % 4 for i in range(40)])
     eligible = np.arange(3, 40, 2)
-    order, why = priority("uncertainty", eligible, 0, labels, stored=lambda p: x[p])
+    order, why = priority("uncertainty", eligible, 0, 40, labels, stored=lambda p: x[p])
     m = margins(lambda p: x[p], labels)
     assert sorted(order.tolist()) == eligible.tolist()
     assert np.all(np.diff(m[order]) >= 0)
@@ -63,7 +63,7 @@ def test_class_policy_takes_whole_classes_that_moved_most_first() -> None:
     new[labels == 0] = old[labels == 0] + 0.05 * unit_rows(20, 6, 4)  # class 0 a little
     eligible = np.arange(60)
     order, why = priority(
-        "class", eligible, 7, labels, stored=lambda p: old[p], new=lambda p: new[p]
+        "class", eligible, 7, 60, labels, stored=lambda p: old[p], new=lambda p: new[p]
     )
     assert why["class_order"] == [2, 0, 1]  # class 1 did not move at all
     assert [set(labels[order[a : a + 20]].tolist()) for a in (0, 20, 40)] == [{2}, {0}, {1}]
@@ -72,24 +72,29 @@ def test_class_policy_takes_whole_classes_that_moved_most_first() -> None:
         full = 1 - np.sum(old[labels == c] * new[labels == c], axis=1)
         assert full.min() - 1e-9 <= drift[c] <= full.max() + 1e-9
     assert drift[1] == pytest.approx(0.0, abs=1e-6)
-    again, _ = priority("class", eligible, 7, labels, stored=lambda p: old[p], new=lambda p: new[p])
+    again, _ = priority(
+        "class", eligible, 7, 60, labels, stored=lambda p: old[p], new=lambda p: new[p]
+    )
     np.testing.assert_array_equal(order, again)  # seeded
 
 
 def test_random_policy_is_a_seeded_permutation() -> None:
     eligible = np.arange(5, 50)
-    a, _ = priority("random", eligible, 3)
-    b, _ = priority("random", eligible, 3)
-    c, _ = priority("random", eligible, 4)
+    a, _ = priority("random", eligible, 3, 50)
+    b, _ = priority("random", eligible, 3, 50)
+    c, _ = priority("random", eligible, 4, 50)
     np.testing.assert_array_equal(a, b)
     assert sorted(a.tolist()) == eligible.tolist() and not np.array_equal(a, c)
+    # One permutation of all items: fewer eligible items keep their relative order.
+    d, _ = priority("random", eligible[::2], 3, 50)
+    np.testing.assert_array_equal(d, a[np.isin(a, eligible[::2])])
 
 
 def test_label_policies_need_labels() -> None:
     with pytest.raises(InputError, match="no class labels; use --policy random"):
-        priority("uncertainty", np.arange(4), 0, None)
+        priority("uncertainty", np.arange(4), 0, 4, None)
     with pytest.raises(InputError, match="--policy 'oldest'"):
-        priority("oldest", np.arange(4), 0, np.zeros(4, dtype=np.int64))
+        priority("oldest", np.arange(4), 0, 4, np.zeros(4, dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------- backfill

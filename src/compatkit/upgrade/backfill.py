@@ -8,7 +8,8 @@ the answers are during the migration; :mod:`.curve` measures it per policy.
 
 Policies (each gives a priority order over the items not yet embedded by NEW):
 
-- ``random``: a seeded permutation; the baseline every other order must beat.
+- ``random``: one seeded permutation of all items (the items already embedded
+  by NEW are skipped in it); the baseline every other order must beat.
 - ``class``: whole classes, the classes that moved most first. Movement of a
   class = 1 - the mean cosine between the stored vector and the NEW vector of
   up to ``CLASS_SAMPLE`` of its items (a seeded sample, embedded by NEW while
@@ -24,7 +25,11 @@ Policies (each gives a priority order over the items not yet embedded by NEW):
   then the correctly placed items with the smallest lead over the runner-up.
 
 ``class`` and ``uncertainty`` need class labels in the index. Ties in any order
-go to the lower item position.
+go to the lower item position. Both are planned on the gallery as it is when
+the command starts (its current vectors, the items not yet NEW), so backfilling
+to 20 % and then to 40 % re-plans the second step on the mixed gallery the first
+one left, and may pick other items than one step straight to 40 % would; the
+random order does not depend on the steps.
 
 Atomic and resumable. ``--fraction F`` is a target: afterwards a fraction F of
 the gallery holds NEW vectors. The plan (the items to embed, in order, cut into
@@ -143,19 +148,22 @@ def priority(
     policy: str,
     eligible: np.ndarray,
     seed: int,
+    count: int,
     labels: np.ndarray | None = None,
     stored: Vectors | None = None,
     new: Vectors | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The eligible item positions in the policy's order, and what decided it (JSON-able).
 
-    ``stored``: the gallery's current vectors (uncertainty, class); ``new``: NEW's vectors
-    of a few items (class).
+    ``count``: items in the gallery; ``stored``: the gallery's current vectors (uncertainty,
+    class); ``new``: NEW's vectors of a few items (class). The random order is one seeded
+    permutation of all ``count`` items, restricted to the eligible ones: backfilling to 20 %
+    and then to 40 % picks the same items as backfilling to 40 % at once.
     """
     eligible = np.sort(np.asarray(eligible, dtype=np.int64))
     if policy == "random":
-        rng = np.random.default_rng([seed, 0])
-        return eligible[rng.permutation(eligible.size)], {}
+        perm = np.random.default_rng([seed, 0]).permutation(count)
+        return perm[np.isin(perm, eligible)], {}
     if policy not in POLICIES:
         raise InputError(f"--policy {policy!r}: use one of {list(POLICIES)}")
     if labels is None:
@@ -177,6 +185,11 @@ def priority(
         "class_order": ranked,
         "drift": {str(c): drift[c] for c in ranked},
     }
+
+
+def _rounded(v: np.ndarray, dtype: str) -> np.ndarray:
+    """``v`` rounded to the storage dtype, as float32."""
+    return v.astype(dtype).astype(np.float32)
 
 
 def _quantiles(x: np.ndarray) -> dict[str, float]:
@@ -337,9 +350,14 @@ def backfill(
                 policy,
                 eligible,
                 seed,
+                g.count,
                 g.labels,
                 stored=g.vectors,
-                new=lambda p: next(embed_in_chunks(emb, images, p, p.size, batch_size, device))[1],
+                # as the index would store them, so that the curve, which plans on stored
+                # values, plans the same
+                new=lambda p: _rounded(
+                    next(embed_in_chunks(emb, images, p, p.size, batch_size, device))[1], g.dtype
+                ),
             )
             plan = {
                 **want,

@@ -13,8 +13,10 @@ Nothing on disk changes: OLD's vectors are the stored ones where the index
 holds OLD vectors (and are embedded where it does not), NEW's vectors are
 embedded (or read where NEW already holds them), every vector is rounded to the
 index's dtype as a backfill would store it, and the fractions are mixed in
-memory. Each policy is planned exactly as ``index backfill`` plans it on a
-gallery that holds only OLD vectors, with the same seed. Memory: three
+memory. Each policy starts from a gallery of OLD vectors and takes one step per
+fraction, planned by the function ``index backfill`` plans with (same seed) on
+the mixed gallery the previous step left: the curve is what running ``index
+backfill --fraction`` at 10 %, 20 %, ... serves after each run. Memory: three
 ``(N, d)`` float32 arrays (OLD, NEW, the mix); a curve over a 100k x 1023 gallery
 needs about 1.2 GB.
 """
@@ -73,6 +75,45 @@ def _model_vectors(
         for p, v in embed_in_chunks(emb, images(), missing, batch_size=batch_size, device=device):
             out[p] = v.astype(gallery.dtype)
     return out
+
+
+def _policy_curve(
+    policy: str,
+    fractions: Sequence[float],
+    seed: int,
+    labels: np.ndarray,
+    vec: dict[str, np.ndarray],
+    q: torch.Tensor,
+    qy: torch.Tensor,
+    gy: torch.Tensor,
+) -> dict:
+    """One policy's points: from all-OLD, one backfill step per fraction, each planned by
+    :func:`.backfill.priority` on the mixed gallery the previous step left (what
+    ``index backfill --fraction f`` run at each fraction in turn does)."""
+    n = labels.size
+    mixed = vec["old"].copy()
+    is_new = np.zeros(n, dtype=bool)
+    rows: dict[str, list] = {m: [] for m in METRICS}
+    steps = []
+    for f in fractions:
+        need = round(f * n) - int(is_new.sum())
+        if need > 0:
+            order, why = priority(
+                policy,
+                np.flatnonzero(~is_new),
+                seed,
+                n,
+                labels,
+                stored=lambda p: mixed[p],
+                new=lambda p: vec["new"][p],
+            )
+            take = order[:need]
+            mixed[take] = vec["new"][take]
+            is_new[take] = True
+            steps.append({"fraction": f, "decided": why})
+        for m, v in _metrics(q, qy, torch.from_numpy(mixed), gy).items():
+            rows[m].append(v)
+    return {**rows, "steps": steps}
 
 
 def backfill_curve(
@@ -142,27 +183,11 @@ def backfill_curve(
         "new/new": _metrics(q["new"], qy, torch.from_numpy(vec["new"]), gy),
     }
     curves: dict[str, dict] = {}
-    everything = np.arange(gallery.count)
     for policy in policies:
         say(f"policy {policy}")
-        order, why = priority(
-            policy,
-            everything,
-            seed,
-            gallery.labels,
-            stored=lambda p: vec["old"][p],
-            new=lambda p: vec["new"][p],
+        curves[policy] = _policy_curve(
+            policy, fractions, seed, gallery.labels, vec, q["new"], qy, gy
         )
-        mixed = vec["old"].copy()
-        done = 0
-        rows = {m: [] for m in METRICS}
-        for f in fractions:
-            n = round(f * gallery.count)
-            mixed[order[done:n]] = vec["new"][order[done:n]]
-            done = n
-            for m, v in _metrics(q["new"], qy, torch.from_numpy(mixed), gy).items():
-                rows[m].append(v)
-        curves[policy] = {**rows, "decided": why}
     return {
         "format": "compatkit-backfill-curve",
         "format_version": 1,
