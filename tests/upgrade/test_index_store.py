@@ -94,6 +94,20 @@ def test_backfill_shards_supersede_and_dead_shards_go(tmp_path: Path) -> None:
     assert live[0] == [True, False, False, False]  # shard 1 holds items 4-7: only 4 is live
 
 
+def test_three_versions_at_once(tmp_path: Path) -> None:
+    x, y, z = unit_rows(12, 5, 11), unit_rows(12, 5, 12), unit_rows(12, 5, 13)
+    root = make_index(tmp_path / "idx", x, dtype="float32")
+    with IndexWriter(root) as w:
+        w.write_vectors(np.arange(0, 12, 2), y[::2], w.add_version("b" * 64, CONTRACT, "v2"))
+        w.write_vectors(np.arange(0, 12, 3), z[::3], w.add_version("c" * 64, CONTRACT, "v3"))
+        assert w.add_version("b" * 64, CONTRACT, "v2 again") == 1  # known: same index
+    g = Gallery.open(root)
+    want = [2 if i % 3 == 0 else 1 if i % 2 == 0 else 0 for i in range(12)]
+    assert g.version_of.tolist() == want and g.live_versions() == [0, 1, 2]
+    src = np.stack([x, y, z])[want, np.arange(12)]
+    np.testing.assert_array_equal(g.vectors(), src)
+
+
 def test_a_reader_keeps_its_snapshot_while_a_writer_commits(tmp_path: Path) -> None:
     x = unit_rows(8, 5, 4)
     root = make_index(tmp_path / "idx", x)

@@ -746,6 +746,8 @@ class IndexBuilder:
             items["classes"] = [str(c) for c in classes or []]
             if len(items["labels"]) != n:
                 raise InputError(f"need {n} labels, got {len(items['labels'])}")
+            if not all(0 <= y < len(items["classes"]) for y in items["labels"]):
+                raise InputError(f"labels must index the {len(items['classes'])} class names")
         write_json(self.tmp / ITEMS, items)
         write_json(self.tmp / MANIFEST, self.manifest)
         fsync_dir(self.tmp / SHARDS)
