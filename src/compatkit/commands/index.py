@@ -30,7 +30,9 @@ def _common(p: argparse.ArgumentParser, embeds: bool = True) -> None:
             "--batch-size", type=int, default=256, help="images per forward pass (default 256)"
         )
         p.add_argument(
-            "--device", default="cpu", help="where models run: cpu (default), cuda, auto"
+            "--device",
+            default="auto",
+            help="where models run: auto (default: cuda when available), cpu, cuda, cuda:N",
         )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -204,6 +206,7 @@ def _search(args: argparse.Namespace) -> int:
 
         from ..upgrade.index_store import write_json
 
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), res)
     print(f"{len(res['results'])} queries, top {res['k']} by cosine ({res['backend']})")
     shown = res["results"] if args.show < 0 else res["results"][: args.show]
