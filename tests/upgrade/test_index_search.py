@@ -12,6 +12,7 @@ import torch
 
 from compatkit.errors import DataError, IncompatibleModels, InputError
 from compatkit.retrieval import mean_average_precision
+from compatkit.upgrade import index as index_module
 from compatkit.upgrade.index import (
     average_precision,
     gate_problems,
@@ -107,6 +108,18 @@ def test_metrics_match_the_in_memory_retrieval(mixed: Gallery) -> None:
     assert m["recall@1"] == pytest.approx(100 * hits[keep].mean())
     assert (m["queries"], m["unanswerable"]) == (40, 8)
     assert mean_ap(mixed, q, qy, budget=100) == pytest.approx(want_map, abs=1e-9)  # 1 query/step
+
+
+def test_map_is_skipped_when_it_would_cost_too_much(mixed: Gallery, monkeypatch) -> None:
+    q, qy = unit_rows(10, 8, 6), np.arange(10) % 4
+    top = search(mixed, q, k=1).positions
+    monkeypatch.setattr(index_module, "MAP_AUTO_LIMIT", 10 * 60 - 1)
+    m = search_metrics(mixed, q, qy, top)
+    assert "mAP" not in m and m["mAP_skipped"].startswith("10 queries x 60 items need")
+    assert "mAP" in search_metrics(mixed, q, qy, top, with_map=True)
+    assert "mAP" not in search_metrics(mixed, q, qy, top, with_map=False)
+    monkeypatch.setattr(index_module, "MAP_AUTO_LIMIT", 10 * 60)
+    assert "mAP" in search_metrics(mixed, q, qy, top)
 
 
 # ----------------------------------------------------------------------------- the gate

@@ -80,7 +80,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="search even when the compatibility gate refuses the model (warns)",
     )
-    s.add_argument("--no-map", action="store_true", help="skip mAP (a full ranking per query)")
+    m = s.add_mutually_exclusive_group()
+    m.add_argument(
+        "--map",
+        dest="with_map",
+        action="store_const",
+        const=True,
+        help="compute mAP whatever it costs (default: when queries x gallery <= 1e9)",
+    )
+    m.add_argument(
+        "--no-map",
+        dest="with_map",
+        action="store_const",
+        const=False,
+        help="skip mAP (a full ranking of the gallery per query)",
+    )
     s.add_argument("--show", type=int, default=5, help="queries printed (default 5; all: -1)")
     s.add_argument(
         "--json", metavar="FILE", help="write every query's results as JSON ('-': stdout)"
@@ -194,7 +208,7 @@ def _search(args: argparse.Namespace) -> int:
         force=args.force,
         batch_size=args.batch_size,
         device=args.device,
-        with_map=not args.no_map,
+        with_map=args.with_map,
     )
     _warn([f"--force: {p}" for p in res["warnings"]])
     if args.json:
@@ -218,6 +232,8 @@ def _search(args: argparse.Namespace) -> int:
     m = res.get("metrics")
     if m:
         parts = [f"{k} {m[k]:.2f}%" for k in ("recall@1", "mAP") if m.get(k) is not None]
+        if m.get("mAP_skipped"):
+            parts.append(f"mAP skipped ({m['mAP_skipped']})")
         skipped = (
             f" ({m['unanswerable']} with a class not in the gallery left out)"
             if m["unanswerable"]

@@ -74,6 +74,10 @@ CHECK_FORMAT = "compatkit-check"
 CHECKS_FORMAT = "compatkit-index-checks"
 EMBED_CHUNK = 8192
 """Images embedded (and vectors written) per step of a build or backfill."""
+MAP_AUTO_LIMIT = 10**9
+"""Query x gallery scores above which search skips mAP unless asked: a full ranking per
+query (1,000 queries over 1M items is about a minute of one core; mAP of 10,000 queries
+would cost ten times the search itself)."""
 
 
 def short(fingerprint: str) -> str:
@@ -326,10 +330,13 @@ def search_metrics(
     queries: np.ndarray,
     query_class: np.ndarray,
     top: np.ndarray,
-    with_map: bool = True,
+    with_map: bool | None = None,
 ) -> dict:
     """recall@1 from the search's top-1 and mAP from a full ranking, in percent, over the
-    queries whose class the gallery holds (the others are counted as ``unanswerable``)."""
+    queries whose class the gallery holds (the others are counted as ``unanswerable``).
+
+    ``with_map``: None computes mAP when the queries x gallery scores number at most
+    ``MAP_AUTO_LIMIT`` and says why it did not otherwise (``mAP_skipped``)."""
     answerable = np.isin(query_class, gallery.labels)
     out: dict[str, Any] = {
         "queries": int(query_class.size),
@@ -339,7 +346,13 @@ def search_metrics(
         return out
     hit = gallery.labels[top[:, 0]] == query_class
     out["recall@1"] = 100.0 * float(hit[answerable].mean())
-    if with_map:
+    scores = int(answerable.sum()) * gallery.count
+    if with_map is None and scores > MAP_AUTO_LIMIT:
+        out["mAP_skipped"] = (
+            f"{int(answerable.sum()):,} queries x {gallery.count:,} items need a full ranking "
+            "per query; ask for it with --map"
+        )
+    elif with_map is not False:
         out["mAP"] = mean_ap(gallery, queries, query_class)
     return out
 
@@ -354,7 +367,7 @@ def search_index(
     split: str | None = None,
     batch_size: int = 256,
     device: str | None = "cpu",
-    with_map: bool = True,
+    with_map: bool | None = None,
 ) -> dict:
     """Embed the images of ``query`` with ``model`` and search the index; a JSON-able dict.
 

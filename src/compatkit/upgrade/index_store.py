@@ -163,7 +163,7 @@ def save_npy(path: Path, array: np.ndarray) -> str:
     return out["sha"]
 
 
-def map_npy(path: Path, dtype: str, shape: tuple[int, ...]) -> tuple[np.ndarray, mmap.mmap]:
+def map_npy(path: Path, dtype: str, shape: tuple[int, ...]) -> tuple[np.ndarray, mmap.mmap | None]:
     """Memory-map a ``.npy`` file read-only and check its dtype and shape.
 
     The mapping is made here rather than with ``np.load(mmap_mode="r")`` so that the
