@@ -197,3 +197,22 @@ def test_files_are_replaced_never_rewritten_in_place(tmp_path: Path) -> None:
             )
         assert json.loads(f.read())["generation"] == 0
     assert os.stat(root / MANIFEST).st_ino != ino
+
+
+def test_info_counts_versions_and_verify_finds_a_flipped_byte(tmp_path: Path) -> None:
+    from compatkit.upgrade.index import describe
+
+    root = make_index(tmp_path / "idx", unit_rows(8, 5, 14))
+    with IndexWriter(root) as w:
+        w.write_vectors(
+            np.array([1, 6]), unit_rows(2, 5, 15), w.add_version("b" * 64, CONTRACT, "v2")
+        )
+    info = describe(root, verify=True)
+    assert [v["vectors"] for v in info["versions"]] == [6, 2] and info["corrupt"] == []
+    assert "aaaaaaaaaaaa          6 ( 75.0%)  v1.pt" in info["text"]
+    shard = root / "shards" / "000001.npy"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # same size, valid header: only the digest can tell
+    shard.write_bytes(bytes(data))
+    info = describe(root, verify=True)
+    assert info["corrupt"] == ["shards/000001.npy"] and "1 corrupt shard(s)" in info["text"]
