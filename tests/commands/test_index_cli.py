@@ -90,6 +90,7 @@ def test_search_prints_neighbours_and_metrics(built, models, tiny, tmp_path, fak
     assert f"60 labelled queries: recall@1 {res['metrics']['recall@1']:.2f}%" in text
 
 
+@pytest.mark.slow  # four command runs, one of them `compatkit check`
 def test_search_is_refused_then_forced_then_accepted_after_a_recorded_check(
     idx, models, tiny, fake_fashion
 ) -> None:
