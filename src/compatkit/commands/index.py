@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(b)
 
     s = sub.add_parser("search", help="nearest gallery items of query images (gated)")
-    s.add_argument("index", metavar="IDX")
+    s.add_argument("index", metavar="IDX", help="index folder (written by index build)")
     s.add_argument("query", metavar="QUERY", help="query images (folder or dataset[:split])")
     s.add_argument("--model", required=True, metavar="M", help="checkpoint that embeds queries")
     s.add_argument("-k", "--top-k", type=int, default=5, help="neighbours per query (default 5)")
@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(s)
 
     f = sub.add_parser("backfill", help="re-embed part of the gallery with a new model, in place")
-    f.add_argument("index", metavar="IDX")
+    f.add_argument("index", metavar="IDX", help="index folder (written by index build)")
     f.add_argument("--model", required=True, metavar="NEW", help="checkpoint of the new model")
     f.add_argument(
         "--fraction",
@@ -111,7 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="target: afterwards F (0..1) of the gallery holds NEW's vectors",
     )
-    f.add_argument("--policy", default="random", choices=("random", "class", "uncertainty"))
+    f.add_argument(
+        "--policy",
+        default="random",
+        choices=("random", "class", "uncertainty"),
+        help="which items first: a seeded random order (default), whole classes that moved "
+        "most, or items least confidently placed by their stored vectors",
+    )
     f.add_argument("--seed", type=int, default=0, help="seed of the random choices (default 0)")
     f.add_argument(
         "--chunk",
@@ -129,7 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(f)
 
     c = sub.add_parser("curve", help="accuracy against the backfilled fraction, per policy")
-    c.add_argument("index", metavar="IDX")
+    c.add_argument("index", metavar="IDX", help="index folder (written by index build)")
     c.add_argument("query", metavar="QUERY", help="labelled query images")
     c.add_argument(
         "--old", required=True, help="checkpoint of the model the gallery was built with"
@@ -155,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(c)
 
     i = sub.add_parser("info", help="versions, counts, pending backfill and recorded checks")
-    i.add_argument("index", metavar="IDX")
+    i.add_argument("index", metavar="IDX", help="index folder (written by index build)")
     i.add_argument("--verify", action="store_true", help="re-hash every shard file")
     i.add_argument("--json", action="store_true")
     _common(i, embeds=False)
