@@ -47,13 +47,21 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, IncompatibleModels, InputError
-from .index import embed_in_chunks, gate_problems, load_checks, load_for_model, short
+from .index import (
+    embed_in_chunks,
+    gate_problems,
+    load_checks,
+    load_for_model,
+    short,
+    version_extra,
+)
 from .index_store import BLOCK_ROWS, PLAN, Gallery, IndexWriter, utc_now
 
 __all__ = [
@@ -187,11 +195,6 @@ def priority(
     }
 
 
-def _rounded(v: np.ndarray, dtype: str) -> np.ndarray:
-    """``v`` rounded to the storage dtype, as float32."""
-    return v.astype(dtype).astype(np.float32)
-
-
 def _quantiles(x: np.ndarray) -> dict[str, float]:
     q = np.quantile(x, [0.0, 0.1, 0.5, 0.9, 1.0])
     return {k: float(v) for k, v in zip(("min", "p10", "median", "p90", "max"), q, strict=True)}
@@ -271,6 +274,101 @@ def _plan_matches(plan: Mapping, want: Mapping) -> bool:
     return all(plan.get(k) == v for k, v in want.items())
 
 
+@dataclass
+class _Job:
+    """What one backfill call works with (to keep its steps short)."""
+
+    w: IndexWriter
+    emb: Any
+    data: str | None
+    batch_size: int
+    device: str | None
+    say: Callable[[str], None]
+    images: Any = None
+
+    def source(self):
+        """The gallery's images at NEW's input size, read on first use."""
+        if self.images is None:
+            self.images = source_images(self.w.gallery, self.emb, self.data)
+        return self.images
+
+    def embed(self, pos: np.ndarray) -> np.ndarray:
+        return next(
+            embed_in_chunks(self.emb, self.source(), pos, pos.size, self.batch_size, self.device)
+        )[1]
+
+
+def _pending_plan(job: _Job, want: dict, replan: bool) -> dict | None:
+    """The unfinished plan of the same backfill, or None; another backfill's is refused."""
+    plan = job.w.read_side(PLAN, None)
+    if plan is None or _plan_matches(plan, want):
+        return plan
+    if not replan:
+        raise InputError(
+            f"index {job.w.root} has an unfinished backfill (model "
+            f"{short(plan.get('new', ''))}, policy {plan.get('policy')}, fraction "
+            f"{plan.get('fraction')}, seed {plan.get('seed')}, chunk {plan.get('chunk')}): "
+            "rerun that command to finish it, or pass --replan to plan again from the index "
+            "as it is"
+        )
+    job.say("discarding the unfinished backfill plan (--replan)")
+    job.w.remove_side(PLAN)
+    return None
+
+
+def _new_plan(job: _Job, want: dict, need: int) -> dict:
+    """Order the items not yet embedded by NEW, keep the first ``need``, write the plan."""
+    g = job.w.gallery
+    version = g.version_index(want["new"])
+    eligible = np.flatnonzero(g.version_of != (-1 if version is None else version))
+    order, why = priority(
+        want["policy"],
+        eligible,
+        want["seed"],
+        g.count,
+        g.labels,
+        stored=g.vectors,
+        # rounded as the index stores vectors: the curve, which plans on stored values,
+        # then plans the same
+        new=lambda p: job.embed(p).astype(g.dtype).astype(np.float32),
+    )
+    plan = {
+        **want,
+        "model": job.emb.path,
+        "created": utc_now(),
+        "decided": why,
+        "order": order[:need].tolist(),
+    }
+    job.w.write_side(PLAN, plan)
+    return plan
+
+
+def _run_plan(job: _Job, plan: dict, rep: BackfillReport) -> None:
+    """Embed and commit the plan's chunks that are not committed yet, then drop the plan."""
+    w, emb = job.w, job.emb
+    order = np.asarray(plan["order"], dtype=np.int64)
+    chunk = plan["chunk"]
+    chunks = [np.sort(order[a : a + chunk]) for a in range(0, order.size, chunk)]
+    rep.chunks = len(chunks)
+    version = w.add_version(emb.fingerprint, emb.contract, emb.path, version_extra(emb))
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    n = w.gallery.count
+    for i, pos in enumerate(chunks):
+        if np.all(w.gallery.version_of[pos] == version):
+            rep.resumed_chunks += 1
+            continue
+        w.write_vectors(pos, job.embed(pos), version)
+        rep.embedded += pos.size
+        done = int((w.gallery.version_of == version).sum())
+        job.say(
+            f"chunk {i + 1}/{len(chunks)} committed: {done}/{n} items "
+            f"({100.0 * done / n:.1f}%) embedded by {short(emb.fingerprint)}"
+        )
+        if pause:
+            time.sleep(pause)
+    w.remove_side(PLAN)
+
+
 def backfill(
     index: str | os.PathLike,
     model: str | os.PathLike,
@@ -293,7 +391,6 @@ def backfill(
     from .embed import load_embedder
 
     t0 = time.perf_counter()
-    say = log or (lambda _msg: None)
     fraction = _check_fraction(fraction)
     if policy not in POLICIES:
         raise InputError(f"--policy {policy!r}: use one of {list(POLICIES)}")
@@ -307,6 +404,7 @@ def backfill(
                 f"model {model} makes {emb.feat_dim}-dimensional features but index {index} "
                 f"holds {g.dim}-dimensional vectors; build a new index instead"
             )
+        job = _Job(w, emb, data, batch_size, device, log or (lambda _msg: None))
         want = {
             "format": PLAN_FORMAT,
             "new": emb.fingerprint,
@@ -315,86 +413,30 @@ def backfill(
             "seed": int(seed),
             "chunk": int(chunk),
         }
-        target = round(fraction * g.count)
         rep = BackfillReport(
-            str(index), str(model), emb.fingerprint, policy, fraction, target, g.count
+            str(index),
+            str(model),
+            emb.fingerprint,
+            policy,
+            fraction,
+            round(fraction * g.count),
+            g.count,
         )
         rep.warnings = gate_problems(g, emb.fingerprint, emb.contract, load_checks(index))
-        images = None
-        plan = w.read_side(PLAN, None)
-        if plan is not None and not _plan_matches(plan, want):
-            if not replan:
-                pending = short(plan.get("new", ""))
-                raise InputError(
-                    f"index {index} has an unfinished backfill (model {pending}, "
-                    f"policy {plan.get('policy')}, fraction {plan.get('fraction')}, seed "
-                    f"{plan.get('seed')}, chunk {plan.get('chunk')}): rerun that command to "
-                    "finish it, or pass --replan to plan again from the index as it is"
-                )
-            say("discarding the unfinished backfill plan (--replan)")
-            w.remove_side(PLAN)
-            plan = None
+        plan = _pending_plan(job, want, replan)
         if plan is None:
             version = g.version_index(emb.fingerprint)
             have = 0 if version is None else int((g.version_of == version).sum())
-            eligible = np.flatnonzero(g.version_of != (-1 if version is None else version))
-            need = target - have
-            if need <= 0:
-                rep.new_fraction = have / g.count
-                rep.seconds = time.perf_counter() - t0
-                say(f"nothing to do: {have}/{g.count} items already embedded by this model")
-                return rep
-            if policy == "class":
-                images = source_images(g, emb, data)
-            order, why = priority(
-                policy,
-                eligible,
-                seed,
-                g.count,
-                g.labels,
-                stored=g.vectors,
-                # as the index would store them, so that the curve, which plans on stored
-                # values, plans the same
-                new=lambda p: _rounded(
-                    next(embed_in_chunks(emb, images, p, p.size, batch_size, device))[1], g.dtype
-                ),
-            )
-            plan = {
-                **want,
-                "model": str(model),
-                "created": utc_now(),
-                "decided": why,
-                "order": order[:need].tolist(),
-            }
-            w.write_side(PLAN, plan)
-        rep.plan = {k: v for k, v in plan.items() if k != "order"}
-        order = np.asarray(plan["order"], dtype=np.int64)
-        chunks = [np.sort(order[a : a + chunk]) for a in range(0, order.size, chunk)]
-        rep.chunks = len(chunks)
-        version = w.add_version(
-            emb.fingerprint,
-            emb.contract,
-            str(model),
-            {"class_names": {str(k): v for k, v in emb.class_names.items()}},
+            if rep.target <= have:
+                job.say(f"nothing to do: {have}/{g.count} items already embedded by this model")
+            else:
+                plan = _new_plan(job, want, rep.target - have)
+        if plan is not None:
+            rep.plan = {k: v for k, v in plan.items() if k != "order"}
+            _run_plan(job, plan, rep)
+        version = w.gallery.version_index(emb.fingerprint)
+        rep.new_fraction = (
+            0.0 if version is None else float((w.gallery.version_of == version).mean())
         )
-        pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-        for i, pos in enumerate(chunks):
-            if np.all(w.gallery.version_of[pos] == version):
-                rep.resumed_chunks += 1
-                continue
-            if images is None:
-                images = source_images(w.gallery, emb, data)
-            _, vec = next(embed_in_chunks(emb, images, pos, pos.size, batch_size, device))
-            w.write_vectors(pos, vec, version)
-            rep.embedded += pos.size
-            done = int((w.gallery.version_of == version).sum())
-            say(
-                f"chunk {i + 1}/{len(chunks)} committed: {done}/{g.count} items "
-                f"({100.0 * done / g.count:.1f}%) embedded by {short(emb.fingerprint)}"
-            )
-            if pause:
-                time.sleep(pause)
-        w.remove_side(PLAN)
-        rep.new_fraction = float((w.gallery.version_of == version).mean())
     rep.seconds = time.perf_counter() - t0
     return rep

@@ -68,6 +68,7 @@ __all__ = [
     "require_searchable",
     "search_index",
     "short",
+    "version_extra",
 ]
 
 CHECK_FORMAT = "compatkit-check"
@@ -123,7 +124,8 @@ def _source(spec: str, split: str | None) -> dict:
     return {"kind": kind, "data": where, "split": chosen}
 
 
-def _version_extra(emb) -> dict:
+def version_extra(emb) -> dict:
+    """What a version records besides fingerprint and contract: the model's class names."""
     return {"class_names": {str(k): v for k, v in emb.class_names.items()}}
 
 
@@ -150,7 +152,7 @@ def build_index(
     images, ids = load_for_model(emb, data, split)
     src = _source(data, split)
     with IndexBuilder(out, emb.feat_dim, dtype, shard_rows or DEFAULT_SHARD_ROWS, src) as b:
-        b.set_version(emb.fingerprint, emb.contract, str(model), _version_extra(emb))
+        b.set_version(emb.fingerprint, emb.contract, str(model), version_extra(emb))
         done = 0
         for _, vec in embed_in_chunks(emb, images, batch_size=batch_size, device=device):
             b.add(vec)
