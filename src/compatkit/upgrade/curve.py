@@ -34,7 +34,7 @@ import torch
 from ..errors import IncompatibleModels, InputError
 from ..retrieval import recall_at_k, template_accuracy
 from .backfill import POLICIES, priority, source_images
-from .index import class_lookup, embed_in_chunks, load_for_model, short
+from .index import class_lookup, embed_all, embed_in_chunks, load_for_model, short
 from .index_store import Gallery, write_json
 
 __all__ = ["backfill_curve", "plot_curve", "render_table"]
@@ -169,12 +169,7 @@ def backfill_curve(
         qdata, _ = load_for_model(e, query, split)
         names = [qdata.classes[int(y)] for y in qdata.labels]
         qy = torch.from_numpy(class_lookup(gallery, names))
-        q[role] = torch.cat(
-            [
-                torch.from_numpy(v)
-                for _, v in embed_in_chunks(e, qdata, None, 8192, batch_size, device)
-            ]
-        )
+        q[role] = torch.from_numpy(embed_all(e, qdata, batch_size, device))
     if not bool((qy >= 0).any()):
         raise InputError(f"query {query}: none of its classes is in index {index}")
     ref = {

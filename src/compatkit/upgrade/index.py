@@ -60,6 +60,7 @@ __all__ = [
     "build_index",
     "class_lookup",
     "describe",
+    "embed_all",
     "embed_in_chunks",
     "gate_problems",
     "load_checks",
@@ -112,6 +113,13 @@ def embed_in_chunks(
         p = pos[a : a + chunk]
         sub = data.subset(torch.from_numpy(p))
         yield p, emb.embed(sub, batch_size=batch_size, device=device).numpy()
+
+
+def embed_all(emb, data, batch_size: int = 256, device: str | None = "cpu") -> np.ndarray:
+    """``(N, d)`` float32 unit vectors of every item of ``data``."""
+    return np.concatenate(
+        [v for _, v in embed_in_chunks(emb, data, None, EMBED_CHUNK, batch_size, device)]
+    )
 
 
 def _source(spec: str, split: str | None) -> dict:
@@ -385,9 +393,7 @@ def search_index(
         gallery, emb.fingerprint, emb.contract, emb.feat_dim, force, f"model {model}"
     )
     data, qids = load_for_model(emb, query, split)
-    q = np.concatenate(
-        [v for _, v in embed_in_chunks(emb, data, None, EMBED_CHUNK, batch_size, device)]
-    )
+    q = embed_all(emb, data, batch_size, device)
     res = search(gallery, q, k=k, backend=backend)
     qnames = [data.classes[int(y)] for y in data.labels]
     out: dict[str, Any] = {
