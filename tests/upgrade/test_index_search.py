@@ -68,6 +68,21 @@ def test_search_is_the_brute_force_ranking(mixed: Gallery, backend: str) -> None
     assert top.tolist() == [5, 17, 33, 49]
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_a_tie_group_longer_than_the_candidate_list_keeps_the_lowest(tmp_path, backend) -> None:
+    """40 copies of one vector in one block, 19 candidates asked (k 3 + margin 16): the
+    three lowest positions come back, whichever copies a float32 kernel would cut."""
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    x = unit_rows(400, 8, 7)
+    copies = np.arange(9, 400, 10)
+    x[copies] = x[4]
+    g = Gallery.open(make_index(tmp_path / "idx", x, shard_rows=1000))
+    q = np.repeat(x[4:5], 25, axis=0)  # 25 queries: faiss's BLAS path
+    res = search(g, q, k=3, backend=backend)
+    assert res.positions.tolist() == [[4, 9, 19]] * 25
+
+
 def test_faiss_and_torch_give_identical_results(mixed: Gallery) -> None:
     pytest.importorskip("faiss")
     q = unit_rows(200, 8, 3)

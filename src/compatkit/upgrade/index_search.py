@@ -17,9 +17,11 @@ identical scores, whatever rounding their float32 kernels make, as long as the
 true top k lies within the ``k + margin`` best float32 scores of each block;
 with margin 16 that needs more than 16 items within float32 rounding (~1e-7) of
 the k-th score in one block, which real features do not produce. Within a block,
-equal float32 scores are cut keeping the lower row (faiss does so by
-construction; torch's ``topk`` is made to), and rows are stored in increasing
-item order, so even exact duplicates resolve to the lowest item position.
+equal float32 scores are cut keeping the lower row: torch's ``topk`` is made to,
+and a query whose faiss list ends inside a group of scores equal to its k-th
+(faiss cuts such groups arbitrarily) is selected again by torch's rule; rows
+are stored in increasing item order, so even exact duplicates resolve to the
+lowest item position.
 
 Vectors are compared as stored: the caller passes L2-normalised query vectors,
 and gallery vectors were normalised before they were stored (float16 rounding
@@ -88,15 +90,26 @@ def _topk_rows_torch(scores: torch.Tensor, k: int) -> torch.Tensor:
     return idx
 
 
-def _candidates(q: np.ndarray, g: np.ndarray, k: int, backend: str) -> np.ndarray:
-    """``(nq, k)`` rows of ``g`` holding each query's k best float32 inner products."""
+def _candidates(q: np.ndarray, g: np.ndarray, k: int, kk: int, backend: str) -> np.ndarray:
+    """``(nq, kk)`` rows of ``g`` holding each query's kk best float32 inner products.
+
+    Among equal scores at the cut, the lower rows, for every score group that reaches the
+    k-th place (what the final top k can see).
+    """
     if backend == "faiss":
         import faiss
 
-        _, idx = faiss.knn(q, g, k, metric=faiss.METRIC_INNER_PRODUCT)
-        return idx.astype(np.int64, copy=False)
+        dist, idx = faiss.knn(q, g, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        idx = idx.astype(np.int64, copy=False)
+        # faiss returns each list sorted by score; a group equal to the k-th score that runs
+        # to the end of the list may have been cut anywhere: redo those queries.
+        redo = np.flatnonzero(dist[:, kk - 1] >= dist[:, k - 1]) if kk < g.shape[0] else []
+        if len(redo):
+            scores = torch.from_numpy(q[redo]) @ torch.from_numpy(g).t()
+            idx[redo] = _topk_rows_torch(scores, kk).numpy()
+        return idx
     scores = torch.from_numpy(q) @ torch.from_numpy(g).t()
-    return _topk_rows_torch(scores, k).numpy()
+    return _topk_rows_torch(scores, kk).numpy()
 
 
 def _merge(
@@ -150,7 +163,7 @@ def search(
         s_blk = np.empty((nq, kk))
         p_blk = np.empty((nq, kk), dtype=np.int64)
         for a in range(0, nq, query_chunk):
-            rows = _candidates(q[a : a + query_chunk], g, kk, be)
+            rows = _candidates(q[a : a + query_chunk], g, min(k, kk), kk, be)
             p_blk[a : a + query_chunk] = pos[rows]
             # Exact rescoring: stored values times float32 queries, in float64 (a few
             # queries at a time: the gathered candidates are chunk x kk x dim doubles).
