@@ -18,21 +18,25 @@ SPOTS = {
 }
 
 
-def write_class_images(root: Path, name: str, n: int, rng: np.random.Generator) -> None:
+def write_class_images(
+    root: Path, name: str, n: int, rng: np.random.Generator, noise: int = 90
+) -> None:
+    """``n`` images of class ``name``; ``noise``: the background's brightest value (0-255),
+    the harder to tell from the square the closer it gets to the square's 150-255."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     r, c = SPOTS[name]
     for i in range(n):
-        img = rng.integers(0, 90, size=(28, 28), dtype=np.uint8)
+        img = rng.integers(0, noise, size=(28, 28), dtype=np.uint8)
         dr, dc = rng.integers(-2, 3, size=2)
         img[r + dr : r + dr + 6, c + dc : c + dc + 6] = rng.integers(150, 256)
         Image.fromarray(img).save(folder / f"{i:03d}.png")
 
 
-def write_folder(root: Path, classes: dict[str, int], seed: int) -> Path:
+def write_folder(root: Path, classes: dict[str, int], seed: int, noise: int = 90) -> Path:
     rng = np.random.default_rng(seed)
     for name, n in classes.items():
-        write_class_images(root, name, n, rng)
+        write_class_images(root, name, n, rng, noise)
     return root
 
 

@@ -41,13 +41,13 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import OptimConfig
-from ..data import ImageSet, channel_stats
+from ..data import ImageSet, channel_stats, steps_per_epoch
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import local_accuracy
 from ..methods import METHODS, TaskContext, build_method, load_all
 from ..model import CompatModel, ModelSpec, build_model
 from ..progress import RunLog
-from ..train import _count_batches, resolve_precision, train_task
+from ..train import resolve_precision, train_task
 from .data import load_user_data, relabel
 
 __all__ = [
@@ -298,11 +298,12 @@ def _build_successor(
         model = copy.deepcopy(old)
     else:
         k = o.num_classes if head != "learnable" else len(ids)
-        spec = ModelSpec(backbone, o.in_channels, o.feat_dim, head, k, o.etf_seed)
+        spec = ModelSpec(backbone, o.in_channels, o.feat_dim, head, k, o.etf_seed, o.junction)
         model = build_model(spec, old.class_map.copy() if same_head else None)
         if init == "old":
             model.backbone.load_state_dict(old.backbone.state_dict())
-            model.junction.load_state_dict(old.junction.state_dict())
+            if old.junction is not None:
+                model.junction.load_state_dict(old.junction.state_dict())
     model.add_classes(sorted(ids), "local")
     model.class_map.set_names(ids)
     if not same_head and head == "learnable" and init == "old":
@@ -453,7 +454,7 @@ def train_model(
         device=device,
         normalize=normalize,
     )
-    steps = _count_batches(len(train_set), optim.batch_size, False)
+    steps = steps_per_epoch(len(train_set), 0, optim.batch_size)
     total = steps * optim.epochs
     what = f"{'successor' if old_model else 'model'} ({method_name}, {len(train_set)} images)"
     log.info(
