@@ -75,7 +75,7 @@ def test_successor_keeps_vertices_by_name_and_adds_new_ones(v1: Path, tiny, tmp_
     x = res.extra
     assert x["method"] == "hoc" and x["method_options"]["lam"] == 0.1
     assert x["old"]["fingerprint"] == load_checkpoint(v1)[1]["sha256"]
-    assert x["options"]["lr"] == 0.01 and x["options"]["freeze_bn"] is True
+    assert x["options"]["lr"] == 0.001 and x["options"]["freeze_bn"] is True
     assert x["normalize"] == load_checkpoint(v1)[1]["extra"]["normalize"]  # OLD's input space
     check_compatible(load_checkpoint(v1)[1], load_checkpoint(out)[1])
 
