@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,10 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if not p.is_file():
         raise CheckpointError(f"{what} {p}: not a regular file")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files: the error says more.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e)
         if "Unsupported global" in msg:

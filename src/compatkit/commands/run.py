@@ -141,9 +141,10 @@ def main(args: argparse.Namespace) -> int:
     main_rank = rank == 0
     if args.dry_run:
         runner = Runner(cfg, run_dir, RunLog(None, quiet=True))
+        lines = plan_lines(runner, resume)  # every check of a real run, before any output
         print(f"# resolved config of {run_dir}{' (resume)' if resume else ''}")
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
-        print("\n".join(plan_lines(runner, resume)))
+        print("\n".join(lines))
         return 0
     # Nothing is written until the config, the data and the providers to reuse are checked.
     log = RunLog(None, quiet=args.quiet or not main_rank)
