@@ -8,10 +8,13 @@ import pytest
 import torch
 
 import compatkit.protocol as protocol
-from compatkit.checkpoint import load_checkpoint
+from compatkit.checkpoint import load_checkpoint, read_contract, save_checkpoint
 from compatkit.config import load_config
+from compatkit.errors import CheckpointError
 from compatkit.progress import RunLog
 from compatkit.protocol import Runner, evaluate_run
+
+from .conftest import write_fake_fashion
 
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
 
@@ -121,3 +124,83 @@ def test_provider_checkpoint_with_wrong_head_is_refused(tmp_path):
     bad = _runner(tmp_path, "bad", [f"providers.0.checkpoint={{simplex: {learnable}}}"])
     with pytest.raises(ValueError, match=r"providers\[0\]\.checkpoint\.simplex"):
         bad.ensure_providers()
+
+
+# --------------------------------------------------------------------------- provider reuse
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """These tests damage cached providers: a cache of their own, not the session's."""
+    monkeypatch.setenv("COMPATKIT_CACHE", str(tmp_path / "cache"))
+
+
+def _providers(tmp_path, name="prov", overrides=()):
+    r = _runner(tmp_path, name, ["methods=[hoc, er]", *overrides])
+    return r, r.ensure_providers()
+
+
+def _swap(src: Path, dst: Path) -> None:
+    dst.write_bytes(src.read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("intruder", "named"),
+    [
+        ("learnable version", "head='learnable'"),  # a learnable provider over a simplex one
+        ("task checkpoint", "class_map"),  # a fine-tuned model, local classes and all
+        ("another K", "feat_dim=11"),  # the same provider for a head of K = 12
+        ("another provider", "recipe"),  # same contract and classes, another recipe
+    ],
+)
+def test_a_cached_provider_is_checked_before_reuse(tmp_path, own_cache, intruder, named):
+    r, paths = _providers(tmp_path)
+    target = paths[(0, "simplex")]
+    if intruder == "learnable version":
+        _swap(paths[(0, "learnable")], target)
+    elif intruder == "task checkpoint":
+        r.run_sequence("hoc", 7)
+        _swap(r.run_dir / "hoc/seed_7/task_0.pt", target)
+    elif intruder == "another K":
+        _, other = _providers(tmp_path, "k12", ["model.num_classes=12"])
+        _swap(other[(0, "simplex")], target)
+    else:
+        _swap(paths[(1, "simplex")], target)  # provider 1 knows the same classes [4, 5]
+    again = _runner(tmp_path, "again", ["methods=[hoc, er]"])
+    with pytest.raises(CheckpointError, match=named) as e:
+        again.ensure_providers()
+    assert str(target) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match=named):
+        again.run_sequence("hoc", 7)  # the sequence loads providers through the same check
+
+
+def test_a_configured_provider_may_not_hold_local_classes(tmp_path, own_cache):
+    r, _ = _providers(tmp_path)
+    r.run_sequence("hoc", 7)
+    task = r.run_dir / "hoc/seed_7/task_0.pt"
+    model, _ = load_checkpoint(task)
+    unlabelled = tmp_path / "mine.pt"  # a user's own file: no record of what it is
+    save_checkpoint(unlabelled, model, extra={})
+    for path, why in ((task, "is a task checkpoint"), (unlabelled, "holds local classes")):
+        bad = _runner(tmp_path, "bad", [f"providers.0.checkpoint={{simplex: {path}}}"])
+        with pytest.raises(CheckpointError, match=rf"providers\[0\]\.checkpoint\.simplex.*{why}"):
+            bad.check_providers()
+
+
+def test_trained_providers_record_their_recipe(tmp_path):
+    r, paths = _providers(tmp_path)
+    for (i, h), p in paths.items():
+        extra = read_contract(p)["extra"]
+        assert extra["recipe"] == r.provider_recipe(i, h) and extra["recipe"] in p.name
+        assert extra["role"] == "provider" and extra["index"] == i
+
+
+def test_the_recipe_covers_the_data_itself(tmp_path, fake_fashion, monkeypatch):
+    """The cache is shared by every run: the same config on other files is another provider."""
+    r = _runner(tmp_path, "a")
+    first = r.provider_path(0, "simplex")
+    other = write_fake_fashion(tmp_path / "other-data", seed=1)
+    monkeypatch.setenv("COMPATKIT_FASHION_MNIST", str(other))
+    r2 = _runner(tmp_path, "b")
+    assert first != r2.provider_path(0, "simplex")
+    assert first.parent == r2.provider_path(0, "simplex").parent

@@ -334,7 +334,7 @@ class Runner:
             raise CheckpointError(
                 f"{where}: checkpoint {path} "
                 + (
-                    f"already holds local classes {sorted(model.class_map.local)}"
+                    f"holds local classes {sorted(model.class_map.local)}"
                     if model.class_map.local
                     else f"puts provider classes on rows {sorted(clash)}, which the local "
                     "classes use"
