@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,23 @@ def test_the_recipe_covers_the_data_itself(tmp_path, fake_fashion, monkeypatch):
     r2 = _runner(tmp_path, "b")
     assert first != r2.provider_path(0, "simplex")
     assert first.parent == r2.provider_path(0, "simplex").parent
+
+
+# --------------------------------------------------------------------------- what a user sees
+
+
+def test_training_and_evaluation_show_progress_with_tasks_numbered_from_1(tmp_path):
+    screen = io.StringIO()
+    r = _runner(tmp_path, "shown")
+    r.log = RunLog(tmp_path / "shown" / "log.txt", quiet=False, live=True, stream=screen)
+    r.ensure_providers()
+    r.run_sequence("hoc", 7)
+    evaluate_run(r)
+    r.log.close()
+    shown = screen.getvalue()
+    assert "hoc seed 7 task 3/3 (replacement)" in shown  # the training bar
+    assert "evaluating hoc seed 7" in shown and "task 3/3: features" in shown  # evaluation bar
+    log = (tmp_path / "shown" / "log.txt").read_text()
+    assert "hoc seed 7 task 1/3: classes [0, 1]" in log
+    assert "hoc seed 7 task 3/3 (replacement): classes [3]" in log
+    assert "task 0" not in log and "replaced" not in log

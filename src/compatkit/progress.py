@@ -96,6 +96,7 @@ class RunLog:
             )
             self._progress.start()
         self._task_id = self._progress.add_task(label, total=total, stats="")
+        self._progress.refresh()  # a phase shorter than the refresh period is still shown
 
     def advance(self, stats: str = "") -> None:
         if self._progress is not None and self._task_id is not None:
@@ -103,6 +104,7 @@ class RunLog:
 
     def finish(self) -> None:
         if self._progress is not None and self._task_id is not None:
+            self._progress.refresh()
             self._progress.remove_task(self._task_id)
             self._task_id = None
 
