@@ -198,3 +198,13 @@ def test_cifar_plan_refuses_a_k_too_small_for_provider_and_local_rows(fake_roots
         make_plan(load_config(CONFIGS / "cifar100_7tasks.yaml", over))
     over[-1] = "model.num_classes=700"
     assert make_plan(load_config(CONFIGS / "cifar100_7tasks.yaml", over)).num_tasks == 7
+
+
+def test_the_packaged_configs_are_the_repository_configs():
+    """One copy: src/compatkit/configs (package data) names the same files as configs/."""
+    from compatkit.shipped import shipped_configs
+
+    shipped = shipped_configs()
+    assert sorted(shipped) == sorted(p.stem for p in ALL if p.suffix == ".yaml")
+    for name, path in shipped.items():
+        assert path.read_bytes() == (CONFIGS / f"{name}.yaml").read_bytes(), name
