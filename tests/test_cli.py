@@ -25,19 +25,36 @@ def _one_line_error(r, command: str) -> str:
 
 
 def test_user_errors_are_one_line_with_exit_2(tmp_path, fake_fashion):
-    cases = [
+    """Through a real process: the exit status and stderr a shell sees."""
+    for argv, command, named in (
         (["eval", str(tmp_path / "no-run")], "eval", "no-run"),
-        (["run", str(tmp_path / "missing.yaml")], "run", "missing.yaml"),
         (["run", "--set", "train.lr=fast"], "run", "train.lr"),
-        (["analyze", str(tmp_path), "--pairs", "0"], "analyze", "--pairs"),
-        (["theory", "--K", "1"], "theory", "K"),
-        (["report", str(tmp_path / "nope")], "report", "nope"),
-        (["configs", "show", "nope"], "configs", "nope"),
-    ]
-    for argv, command, named in cases:
+    ):
         r = run_cli(argv, fake_fashion, check=False)
         assert r.returncode == 2, (argv, r.stderr)
         assert named in _one_line_error(r, command), (argv, r.stderr)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["run", "{tmp}/missing.yaml"], "missing.yaml"),
+        (["run", "--out", "{tmp}/x", "--resume"], "holds no run"),
+        (["run", "--set", "seeds"], "KEY=VALUE"),
+        (["analyze", "{tmp}", "--pairs", "0"], "--pairs"),
+        (["theory", "--K", "1"], "K"),
+        (["report", "{tmp}/nope"], "nope"),
+        (["metrics", "{tmp}/nope.txt"], "nope.txt"),
+        (["configs", "show", "nope"], "nope"),
+        (["pretrain", "{tmp}/missing.yaml"], "missing.yaml"),
+    ],
+)
+def test_each_command_refuses_in_one_line(argv, named, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"compatkit {argv[0]}: error: "), err
+    assert named in err
 
 
 def _boom(args):
