@@ -45,12 +45,12 @@ from _common import (
 )
 from _results import md_table
 from compatkit import retrieval
-from compatkit.shipped import resolve_config
 from compatkit.config import load_config
 from compatkit.data import DATASET_STATS, to_float
 from compatkit.evaluate import extract_features
 from compatkit.progress import RunLog
 from compatkit.protocol import Runner, evaluate_run
+from compatkit.shipped import resolve_config
 from compatkit.train import Precision
 
 NAME = "bench_scaling"
