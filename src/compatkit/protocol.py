@@ -152,15 +152,17 @@ class Runner:
         this machine resolves must be the one the run was trained with.
         """
         cfg_file = self.run_dir / "config.yaml"
+        env_file = self.run_dir / "environment.json"
         if cfg_file.is_file():
-            self._check_existing_records(cfg_file)
-            self._run_id = ensure_run_record(self.run_dir)
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cfg_file.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-        tmp.replace(cfg_file)
+            self._check_existing_records(cfg_file, env_file)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cfg_file.with_suffix(".yaml.tmp")
+            tmp.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            tmp.replace(cfg_file)
         self._run_id = ensure_run_record(self.run_dir)
+        if env_file.is_file():
+            return
         env = {
             "compatkit": __version__,
             "torch": torch.__version__,
@@ -171,9 +173,9 @@ class Runner:
             if self.device.type == "cuda"
             else None,
         }
-        (self.run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+        env_file.write_text(json.dumps(env, indent=2))
 
-    def _check_existing_records(self, cfg_file: Path) -> None:
+    def _check_existing_records(self, cfg_file: Path, env_file: Path) -> None:
         from .config import load_config
         from .rundir import format_changes
 
@@ -183,7 +185,6 @@ class Runner:
                 f"{cfg_file} holds other settings: {format_changes(changes)}; a run's config is "
                 "never rewritten (resume with its own settings, or start a new run)"
             )
-        env_file = self.run_dir / "environment.json"
         if env_file.is_file():
             try:
                 saved = json.loads(env_file.read_text()).get("precision")

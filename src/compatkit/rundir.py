@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -108,15 +109,21 @@ def ensure_run_record(run_dir: str | os.PathLike) -> str:
     run_id = secrets.token_hex(8)
     path = Path(run_dir) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
     rec = {
         "run_id": run_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "compatkit": __version__,
     }
-    tmp.write_text(json.dumps(rec, indent=1), encoding="utf-8")
-    tmp.replace(path)
-    return run_id
+    fd, tmp = tempfile.mkstemp(prefix=f".{RUN_FILE}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(rec, indent=1))
+    try:  # create-if-absent in one step: processes sharing a run agree on one id
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return read_run_id(run_dir) or run_id
 
 
 # --------------------------------------------------------------------------- resume

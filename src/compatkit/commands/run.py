@@ -54,6 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="log to RUN_DIR/log.txt only")
 
 
+def default_config_path() -> Path:
+    """The packaged default config (kept for callers of earlier versions)."""
+    from ..shipped import resolve_config
+
+    return resolve_config(None)
+
+
 def new_run_dir(name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{name}-{stamp}"
