@@ -54,7 +54,7 @@ def test_dry_run_prints_config_and_plan_and_creates_nothing(tmp_path, fake_fashi
     # (half of each batch of 16): 2 steps an epoch
     assert "task 1/3: classes [0, 1], 32 images, starts from provider 0, 3 epochs = 6 steps" in plan
     assert "task 3/3 (replacement): classes [3], 16 images, starts from provider 1" in plan
-    assert "provider 0 (p0): 16 images of classes [4, 5], 1 epochs = 1 steps" in plan
+    assert "provider 0 (p0): 16 images of classes [4, 5], 1 epoch = 1 step" in plan
     assert plan.count("to train:") == 4 and str(tmp_path / "cache" / "providers") in plan
     assert "query 20 images" in plan and "gallery 24 images" in plan
     assert list(work.iterdir()) == [] and not (tmp_path / "cache").exists()

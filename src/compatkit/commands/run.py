@@ -233,7 +233,7 @@ def plan_lines(runner, resume: bool = False) -> list[str]:
             )
             steps.setdefault(k, []).append(m)
         steps_s = "; ".join(
-            f"{k} steps" + (f" ({', '.join(ms)})" if len(steps) > 1 else "")
+            _n(k, "step") + (f" ({', '.join(ms)})" if len(steps) > 1 else "")
             for k, ms in steps.items()
         )
         start = "provider" if t == 0 or segments[t] != segments[t - 1] else "previous task"
@@ -241,7 +241,7 @@ def plan_lines(runner, resume: bool = False) -> list[str]:
         lines.append(
             f"  task {t + 1}/{n}{mark}: classes {list(task.classes)}, {len(task.data)} images, "
             f"starts from {start if start != 'provider' else f'provider {segments[t]}'}, "
-            f"{opt.epochs} epochs = {steps_s}"
+            f"{_n(opt.epochs, 'epoch')} = {steps_s}"
         )
     status = runner.check_providers()
     lines.append(f"providers (folder {runner.providers_dir}):")
@@ -254,8 +254,8 @@ def plan_lines(runner, resume: bool = False) -> list[str]:
         else:
             k = pc.epochs * runner.steps_per_epoch(len(data), pc.batch_size, False)
             what = (
-                f"{len(data)} images of classes {plan.provider_classes[i]}, {pc.epochs} epochs = "
-                f"{k} steps"
+                f"{len(data)} images of classes {plan.provider_classes[i]}, "
+                f"{_n(pc.epochs, 'epoch')} = {_n(k, 'step')}"
             )
         lines.append(f"  provider {i} ({pc.name or 'unnamed'}): {what}")
         for h in runner.heads_needed():
@@ -274,3 +274,7 @@ def plan_lines(runner, resume: bool = False) -> list[str]:
                 lines.append(f"resume: {m} seed {seed}: {done}/{n} tasks done")
     lines.append("dry run: nothing trained, nothing written")
     return lines
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
