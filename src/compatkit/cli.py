@@ -39,6 +39,7 @@ COMMANDS = {
     "analyze": "compatkit.commands.analyze",
     "theory": "compatkit.commands.theory",
     "configs": "compatkit.commands.configs",
+    "convert": "compatkit.commands.convert",
 }
 
 EXIT_USER_ERROR = 2

@@ -26,9 +26,10 @@ import torch
 import yaml
 
 from . import __version__
+from .backbones import backbone_out_dim
 from .checkpoint import load_checkpoint, read_contract, save_checkpoint
 from .config import OptimConfig, RunConfig, to_dict
-from .data import ImageSet, RehearsalMemory
+from .data import ImageSet, RehearsalMemory, steps_per_epoch
 from .distributed import Dist
 from .distributed import init as init_distributed
 from .errors import CheckpointError, ConfigError
@@ -46,7 +47,7 @@ from .rundir import (
     save_memory,
 )
 from .simplex import ClassMap
-from .train import Precision, _count_batches, resolve_precision, train_task
+from .train import Precision, resolve_precision, train_task
 
 __all__ = ["Runner", "resolve_device", "seed_dir", "task_seed"]
 
@@ -134,14 +135,22 @@ class Runner:
     def spec(self, head: str, backbone: str | None = None) -> ModelSpec:
         m = self.cfg.model
         k = m.num_classes
-        feat = m.feat_dim if m.feat_dim is not None else k - 1
+        backbone = backbone or m.backbone
+        channels = self.plan.local.channels
+        # The released learnable-head models have no junction: their feature is the backbone's.
+        junction = not (head == "learnable" and m.learnable_feature == "backbone")
+        if not junction:
+            feat = backbone_out_dim(backbone, channels)
+        else:
+            feat = m.feat_dim if m.feat_dim is not None else k - 1
         return ModelSpec(
-            backbone=backbone or m.backbone,
-            in_channels=self.plan.local.channels,
+            backbone=backbone,
+            in_channels=channels,
             feat_dim=feat,
             head=head,
             num_classes=k,
             etf_seed=m.etf_seed,
+            junction=junction,
         )
 
     def write_config(self) -> None:
@@ -213,10 +222,6 @@ class Runner:
         self._run_id = read_run_id(self.run_dir)
         assert self._run_id is not None
         return self._run_id
-
-    def steps_per_epoch(self, n_new: int, batch_size: int, with_memory: bool) -> int:
-        """Optimiser steps of one epoch over ``n_new`` new images (the sampler's own count)."""
-        return _count_batches(n_new, batch_size, with_memory)
 
     def heads_needed(self) -> list[str]:
         return sorted({METHODS[m].head for m in self.cfg.methods})
@@ -348,6 +353,20 @@ class Runner:
             )
         return model
 
+    def provider_optim(self, index: int) -> OptimConfig:
+        """How provider ``index`` is trained: its own epochs, batch and rate, from scratch."""
+        pc = self.cfg.providers[index]
+        return OptimConfig(
+            epochs=pc.epochs,
+            batch_size=pc.batch_size,
+            lr=pc.lr,
+            min_lr=pc.lr * 1e-3,
+            momentum=self.cfg.train.momentum,
+            weight_decay=self.cfg.train.weight_decay,
+            pad=self.cfg.train.pad,
+            flip=self.cfg.train.flip,
+        )
+
     def _train_provider(self, index: int, head: str, path: Path) -> None:
         pc = self.cfg.providers[index]
         data = self.plan.providers[index]
@@ -358,16 +377,7 @@ class Runner:
         model = build_model(self.spec(head, pc.backbone)).to(env.device)
         model.add_classes(sorted(set(data.labels.tolist())), "provider")
         model.to(env.device)
-        opt = OptimConfig(
-            epochs=pc.epochs,
-            batch_size=pc.batch_size,
-            lr=pc.lr,
-            min_lr=pc.lr * 1e-3,
-            momentum=self.cfg.train.momentum,
-            weight_decay=self.cfg.train.weight_decay,
-            pad=self.cfg.train.pad,
-            flip=self.cfg.train.flip,
-        )
+        opt = self.provider_optim(index)
         ctx = TaskContext(model, None, -1, [], [], device=env.device, normalize=env.normalize)
         label = f"provider {index} ({head}, {len(data)} images, {pc.epochs} epochs)"
         res = self._train(
@@ -408,7 +418,8 @@ class Runner:
 
     def _train(self, model, method, ctx, data, memory, opt, env, label, seed, space="local"):
         gen = torch.Generator(device=env.device).manual_seed(seed)
-        total = opt.epochs * self.steps_per_epoch(len(data), opt.batch_size, memory is not None)
+        n_mem = len(memory) if memory is not None else 0
+        total = opt.epochs * steps_per_epoch(len(data), n_mem, opt.batch_size, opt.sampler)
         self.log.start(label, total)
         state = {"t": time.perf_counter()}
 
@@ -538,7 +549,10 @@ class Runner:
             if replaced:
                 model = self.load_provider(segments[t], head)
                 provider_model = model
-                model = copy.deepcopy(model)
+                if head == "learnable" and cfg.model.learnable_replacement == "fresh":
+                    model = model.with_fresh_head()  # the provider's classifier is dropped
+                else:
+                    model = copy.deepcopy(model)
             else:
                 assert prev is not None
                 model = copy.deepcopy(prev)

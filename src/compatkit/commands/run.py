@@ -209,6 +209,7 @@ def main(args: argparse.Namespace) -> int:
 
 def plan_lines(runner, resume: bool = False) -> list[str]:
     """The plan of a run in words: tasks, data roles, providers and optimiser steps."""
+    from ..data import steps_per_epoch
     from ..methods import METHODS
 
     cfg, plan = runner.cfg, runner.plan
@@ -222,16 +223,15 @@ def plan_lines(runner, resume: bool = False) -> list[str]:
         f"{cfg.local.data.dataset}/{cfg.local.data.split}; memory {cfg.local.memory_per_class} "
         "per class",
     ]
-    uses_mem = {m: METHODS[m].uses_memory and cfg.local.memory_per_class > 0 for m in cfg.methods}
     opt = cfg.train
+    per_epoch = {  # the trainer's own count (Plan.epoch_steps), per method: memory or not
+        m: plan.epoch_steps(cfg, uses_memory=METHODS[m].uses_memory) for m in cfg.methods
+    }
     for t in range(n):
         task = plan.scenario[t]
         steps: dict[int, list[str]] = {}
         for m in cfg.methods:
-            k = opt.epochs * runner.steps_per_epoch(
-                len(task.data), opt.batch_size, uses_mem[m] and t > 0
-            )
-            steps.setdefault(k, []).append(m)
+            steps.setdefault(opt.epochs * per_epoch[m][t], []).append(m)
         steps_s = "; ".join(
             _n(k, "step") + (f" ({', '.join(ms)})" if len(steps) > 1 else "")
             for k, ms in steps.items()
@@ -252,7 +252,8 @@ def plan_lines(runner, resume: bool = False) -> list[str]:
         if data is None:
             what = "a configured checkpoint"
         else:
-            k = pc.epochs * runner.steps_per_epoch(len(data), pc.batch_size, False)
+            po = runner.provider_optim(i)
+            k = po.epochs * steps_per_epoch(len(data), 0, po.batch_size, po.sampler)
             what = (
                 f"{len(data)} images of classes {plan.provider_classes[i]}, "
                 f"{_n(pc.epochs, 'epoch')} = {_n(k, 'step')}"
