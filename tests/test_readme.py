@@ -25,7 +25,8 @@ def _commands() -> list[str]:
     for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
         span = " ".join(span.split())
         placeholder = "<" in span or "..." in span or re.search(r"\b[A-Z][A-Z_]{2,}\b", span)
-        if span.startswith(("compatkit ", "--set ")) and not placeholder:
+        name_only = len(span.split()) == 2  # `compatkit convert` names a command in prose
+        if span.startswith(("compatkit ", "--set ")) and not placeholder and not name_only:
             found.append(span if span.startswith("compatkit") else f"compatkit run {span}")
     return found
 
