@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,13 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "IncompatibleModels",
+    "atomic_torch_save",
     "check_compatible",
+    "content_digest",
     "file_sha256",
     "load_checkpoint",
     "read_contract",
+    "safe_torch_load",
     "save_checkpoint",
 ]
 
@@ -82,8 +86,14 @@ def _canonical(obj: Any) -> bytes:
 
 def _digest(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of the metadata (canonical JSON) and each tensor's name, dtype, shape, bytes."""
+    return content_digest({k: meta[k] for k in _META_KEYS}, state_dict)
+
+
+def content_digest(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of JSON metadata and named tensors: the tamper and corruption check of every
+    file compatkit writes with torch.save (checkpoints, rehearsal-memory files)."""
     h = hashlib.sha256()
-    h.update(_canonical({k: meta[k] for k in _META_KEYS}))
+    h.update(_canonical(meta))
     for name in sorted(state_dict):
         t = state_dict[name]
         if not isinstance(t, torch.Tensor):
@@ -167,6 +177,16 @@ def save_checkpoint(path: str | os.PathLike, model: CompatModel, extra: dict | N
     state = {k: v.detach().to("cpu") for k, v in m.state_dict().items()}
     payload = {**meta, "state_dict": state, "sha256": _digest(meta, state)}
 
+    atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, rename over ``path``.
+
+    A crash or an error while saving leaves either the old file or the new one,
+    never half of one, and no temporary file behind.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -185,20 +205,26 @@ def save_checkpoint(path: str | os.PathLike, model: CompatModel, extra: dict | N
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
-    """Read a checkpoint with ``weights_only=True`` and check format, version and digest."""
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; every failure is one CheckpointError line.
+
+    ``what`` names the kind of file in the message ("checkpoint", "memory file").
+    """
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint {p}: no such file")
+        raise CheckpointError(f"{what} {p}: no such file")
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {p}: not a regular file")
+        raise CheckpointError(f"{what} {p}: not a regular file")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files: the error says more.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e)
         if "Unsupported global" in msg:
             raise CheckpointError(
-                f"checkpoint {p}: holds objects other than tensors and plain containers; "
+                f"{what} {p}: holds objects other than tensors and plain containers; "
                 "refusing to unpickle it (that could run arbitrary code)"
             ) from None
         # The safe unpickler wraps every failure in a long help text; keep the actual cause.
@@ -206,10 +232,15 @@ def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
             msg = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
         cause = " ".join(msg.split()).split(". ")[0].rstrip(".")[:200]
         raise CheckpointError(
-            f"checkpoint {p}: cannot be read, the file is truncated or corrupt "
+            f"{what} {p}: cannot be read, the file is truncated or corrupt "
             f"({type(e).__name__}: {cause})"
         ) from None
 
+
+def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
+    """Read a checkpoint with ``weights_only=True`` and check format, version and digest."""
+    p = Path(path)
+    obj = safe_torch_load(p)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             what = "a plain state dict"

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = [
     "CompatReport",
     "aa_curve",
@@ -57,28 +59,28 @@ def _rows_to_matrix(rows: Sequence[Sequence[float | None]], source: str) -> np.n
     """
     t = len(rows)
     if t == 0:
-        raise ValueError(f"{source}: empty matrix (no rows)")
+        raise InputError(f"{source}: empty matrix (no rows)")
     out = np.full((t, t), np.nan, dtype=np.float64)
     for i, row in enumerate(rows):
         if len(row) < i + 1:
-            raise ValueError(
+            raise InputError(
                 f"{source}: row {i + 1} has {len(row)} entries; row i of a lower-triangular "
                 f"matrix needs at least i entries (counting from 1), here {i + 1}"
             )
         if len(row) > t:
-            raise ValueError(
+            raise InputError(
                 f"{source}: row {i + 1} has {len(row)} entries but the matrix has only {t} rows "
                 "(a compatibility matrix is square)"
             )
         for j in range(i + 1):
             v = row[j]
             if v is None or (isinstance(v, float) and math.isnan(v)):
-                raise ValueError(
+                raise InputError(
                     f"{source}: entry at row {i + 1}, column {j + 1} is missing (null/NaN); "
                     "the lower triangle and the diagonal must all be numbers"
                 )
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ValueError(
+                raise InputError(
                     f"{source}: entry at row {i + 1}, column {j + 1} is not a number: {v!r}"
                 )
             out[i, j] = float(v)
@@ -99,7 +101,7 @@ def _parse_text(text: str, source: str) -> list[list[float]]:
             try:
                 row.append(float(tok))
             except ValueError:
-                raise ValueError(f"{source}: line {lineno}: {tok!r} is not a number") from None
+                raise InputError(f"{source}: line {lineno}: {tok!r} is not a number") from None
         rows.append(row)
     return rows
 
@@ -147,7 +149,7 @@ def load_matrix(path_or_text: str | os.PathLike | Sequence | np.ndarray) -> np.n
     if isinstance(path_or_text, np.ndarray):
         arr = np.asarray(path_or_text, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
-            raise ValueError(f"matrix must be square 2-D, got shape {arr.shape}")
+            raise InputError(f"matrix must be square 2-D, got shape {arr.shape}")
         data = [list(r) for r in arr.tolist()]
     elif isinstance(path_or_text, os.PathLike | str) and (
         isinstance(path_or_text, os.PathLike) or os.path.isfile(path_or_text)
@@ -158,7 +160,7 @@ def load_matrix(path_or_text: str | os.PathLike | Sequence | np.ndarray) -> np.n
         except FileNotFoundError:
             raise FileNotFoundError(f"matrix file {source} not found") from None
         except UnicodeDecodeError:
-            raise ValueError(f"{source}: not a text file") from None
+            raise InputError(f"{source}: not a text file") from None
     elif isinstance(path_or_text, str):
         if not _looks_like_text(path_or_text):
             raise FileNotFoundError(f"matrix file {path_or_text} not found")
@@ -178,21 +180,21 @@ def parse_matrix(data: str | Sequence, source: str = "matrix") -> np.ndarray:
     if isinstance(data, str):
         stripped = data.strip()
         if not stripped:
-            raise ValueError(f"{source}: empty input")
+            raise InputError(f"{source}: empty input")
         if stripped[0] in "[{":
             try:
                 data = json.loads(stripped)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{source}: invalid JSON: {e}") from None
+                raise InputError(f"{source}: invalid JSON: {e}") from None
         else:
             data = _parse_text(stripped, source)
 
     if isinstance(data, dict):
         if "matrix" not in data:
-            raise ValueError(f"{source}: JSON object has no 'matrix' key")
+            raise InputError(f"{source}: JSON object has no 'matrix' key")
         data = data["matrix"]
     if not isinstance(data, list | tuple) or not all(isinstance(r, list | tuple) for r in data):
-        raise ValueError(f"{source}: expected a list of rows (a list of lists of numbers)")
+        raise InputError(f"{source}: expected a list of rows (a list of lists of numbers)")
 
     c = _rows_to_matrix(data, source)
     return _to_percent(c, source)
@@ -201,13 +203,13 @@ def parse_matrix(data: str | Sequence, source: str = "matrix") -> np.ndarray:
 def _to_percent(c: np.ndarray, source: str = "matrix") -> np.ndarray:
     low = c[np.tril_indices(c.shape[0])]
     if np.any(~np.isfinite(low)):
-        raise ValueError(f"{source}: the lower triangle must be finite numbers")
+        raise InputError(f"{source}: the lower triangle must be finite numbers")
     if np.any(low < 0):
-        raise ValueError(f"{source}: accuracies must be >= 0, found {low.min():g}")
+        raise InputError(f"{source}: accuracies must be >= 0, found {low.min():g}")
     if low.max() <= 1.0:
         c = c * 100.0  # fractions -> percent
     elif low.max() > 100.0:
-        raise ValueError(
+        raise InputError(
             f"{source}: accuracies are percentages (<= 100) or fractions (<= 1); "
             f"found {low.max():g}"
         )
@@ -218,9 +220,9 @@ def _check(c: np.ndarray | Sequence) -> np.ndarray:
     """Validate a matrix passed to the metric functions; return a float64 copy, NaN above."""
     a = np.array(c, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
-        raise ValueError(f"compatibility matrix must be square (T, T) with T >= 1, got {a.shape}")
+        raise InputError(f"compatibility matrix must be square (T, T) with T >= 1, got {a.shape}")
     if np.any(~np.isfinite(a[np.tril_indices(a.shape[0])])):
-        raise ValueError("compatibility matrix has NaN/inf on or below the diagonal")
+        raise InputError("compatibility matrix has NaN/inf on or below the diagonal")
     a[np.triu_indices(a.shape[0], k=1)] = np.nan
     return a
 
@@ -272,7 +274,7 @@ def average_multimodel_accuracy(C, t: int | None = None) -> float:
     if t is None:
         t = n
     if not 1 <= t <= n:
-        raise ValueError(f"t must be between 1 and T={n}, got {t}")
+        raise InputError(f"t must be between 1 and T={n}, got {t}")
     block = a[:t, :t]
     return float(block[np.tril_indices(t)].mean())
 

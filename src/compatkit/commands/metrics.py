@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import InputError
+
 HELP = "Compute AC, AM, AA_t, BC, FC and the violating pairs of a compatibility matrix."
 
 
@@ -87,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         path = Path(args.matrix)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+            raise InputError(f"{path}: no such file")
         c = load_matrix(path)
     rep = compatibility_report(c)
     if args.json:
