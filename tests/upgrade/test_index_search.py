@@ -206,3 +206,20 @@ def test_record_check_validates_and_appends(mixed: Gallery, tmp_path: Path) -> N
     doc = json.loads((mixed.root / "checks.json").read_text())
     assert [e["verdict"]["compatible"] for e in doc["checks"]] == [True, False]
     assert doc["checks"][-1] == entry and entry["verdict"]["matrix"][1] == [82.0, 85.0]
+
+
+def test_hand_edited_records_and_missing_faiss_are_user_errors(mixed: Gallery, monkeypatch) -> None:
+    from compatkit.upgrade import index_search
+
+    (mixed.root / "checks.json").write_text('{"checks": [{"verdict": {"format": "x"}}]}')
+    with pytest.raises(DataError, match=r"checks\.json: entry 0 is malformed"):
+        load_checks(mixed.root)
+    (mixed.root / "backfill.json").write_text('{"order": "all"}')
+    from compatkit.upgrade.index import read_plan
+
+    with pytest.raises(DataError, match=r"backfill\.json: malformed"):
+        read_plan(mixed.root / "backfill.json")
+    monkeypatch.setattr(index_search, "faiss_available", lambda: False)
+    with pytest.raises(InputError, match="faiss is not installed"):
+        search(mixed, unit_rows(1, 8, 0), backend="faiss")
+    assert search(mixed, unit_rows(1, 8, 0)).backend == "torch"  # auto falls back

@@ -34,7 +34,14 @@ def _common(p: argparse.ArgumentParser, embeds: bool = True) -> None:
             default="auto",
             help="where models run: auto (default: cuda when available), cpu, cuda, cuda:N",
         )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    # After the sub-command too (`compatkit index search ... --debug`); SUPPRESS keeps a
+    # global `compatkit --debug index ...` from being reset by this parser's default.
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an unexpected error, print the full traceback (for a bug report)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -59,6 +59,7 @@ from .index import (
     gate_problems,
     load_checks,
     load_for_model,
+    read_plan,
     short,
     version_extra,
 )
@@ -300,7 +301,8 @@ class _Job:
 
 def _pending_plan(job: _Job, want: dict, replan: bool) -> dict | None:
     """The unfinished plan of the same backfill, or None; another backfill's is refused."""
-    plan = job.w.read_side(PLAN, None)
+    path = job.w.root / PLAN
+    plan = read_plan(path) if path.is_file() else None
     if plan is None or _plan_matches(plan, want):
         return plan
     if not replan:

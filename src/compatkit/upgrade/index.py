@@ -65,6 +65,7 @@ __all__ = [
     "gate_problems",
     "load_checks",
     "load_for_model",
+    "read_plan",
     "record_check",
     "require_searchable",
     "search_index",
@@ -225,7 +226,13 @@ def load_checks(index: str | os.PathLike) -> list[dict]:
     doc = read_json(path, "index checks")
     if not isinstance(doc, dict) or not isinstance(doc.get("checks"), list):
         raise DataError(f"index checks {path}: malformed (no 'checks' list)")
-    return [e["verdict"] for e in doc["checks"] if isinstance(e, dict) and "verdict" in e]
+    out = []
+    for i, entry in enumerate(doc["checks"]):
+        try:
+            out.append(_check_verdict(entry["verdict"]))
+        except (TypeError, KeyError, InputError) as e:
+            raise DataError(f"index checks {path}: entry {i} is malformed ({e})") from None
+    return out
 
 
 def _latest(checks: Sequence[Mapping], a: str, b: str) -> Mapping | None:
@@ -429,6 +436,15 @@ def search_index(
 # ----------------------------------------------------------------------------- info
 
 
+def read_plan(path: Path) -> dict:
+    """An unfinished backfill's plan (``backfill.json``), checked for what is read from it."""
+    plan = read_json(path, "index backfill plan")
+    order = plan.get("order") if isinstance(plan, dict) else None
+    if not isinstance(order, list) or not all(isinstance(i, int) for i in order):
+        raise DataError(f"index backfill plan {path}: malformed (no 'order' list of items)")
+    return plan
+
+
 def describe(index: str | os.PathLike, verify: bool = False) -> dict:
     """What ``compatkit index info`` shows: versions and their live counts, shards, disk,
     a pending backfill, recorded checks; ``verify`` re-hashes every shard file."""
@@ -449,7 +465,7 @@ def describe(index: str | os.PathLike, verify: bool = False) -> dict:
     plan_path = g.root / PLAN
     pending = None
     if plan_path.is_file():
-        plan = read_json(plan_path, "index backfill plan")
+        plan = read_plan(plan_path)
         vi = g.version_index(plan.get("new", ""))
         order = np.asarray(plan.get("order", []), dtype=np.int64)
         done = 0 if vi is None else int((g.version_of[order] == vi).sum())

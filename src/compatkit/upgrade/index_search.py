@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..retrieval import faiss_available
 from .index_store import BLOCK_ROWS, Gallery
 
@@ -67,11 +68,11 @@ def resolve_backend(backend: str) -> str:
     """``auto`` -> ``faiss`` when it imports, else ``torch``; an explicit name is checked."""
     b = str(backend).strip().lower()
     if b not in ("auto", "torch", "faiss"):
-        raise ValueError(f"unknown backend {backend!r}; use auto, torch or faiss")
+        raise InputError(f"--backend {backend!r}: use auto, torch or faiss")
     if b == "auto":
         return "faiss" if faiss_available() else "torch"
     if b == "faiss" and not faiss_available():
-        raise ImportError("backend 'faiss' needs faiss: pip install 'compatkit[faiss]'")
+        raise InputError("--backend faiss: faiss is not installed (pip install 'compatkit[faiss]')")
     return b
 
 

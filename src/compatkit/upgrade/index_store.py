@@ -622,10 +622,6 @@ class IndexWriter:
         self.gallery = Gallery(self.root, m, self.gallery.items)
 
     # --- side files (written under the same lock)
-    def read_side(self, name: str, default: Any) -> Any:
-        path = self.root / name
-        return read_json(path, f"index {name}") if path.is_file() else default
-
     def write_side(self, name: str, obj: Any) -> None:
         write_json(self.root / name, obj)
 
