@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--old-classes", type=int, default=5, help="classes 0..N-1 are v1's")
     p.add_argument("--v1", type=int, default=400, help="training images per class for v1")
-    p.add_argument("--v2", type=int, default=1200, help="per OLD class in v2-data")
+    p.add_argument("--v2", type=int, default=800, help="per OLD class in v2-data")
     p.add_argument("--query", type=int, default=200, help="query images per class")
     p.add_argument("--gallery", type=int, default=300, help="gallery images per class")
     p.add_argument("--seed", type=int, default=0)

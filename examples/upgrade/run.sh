@@ -21,7 +21,7 @@ WORK="${1:-${WORK:-upgrade-example}}"
 PY="${PYTHON:-python}"
 CK="${COMPATKIT:-compatkit}"
 V1_PER_CLASS="${V1_PER_CLASS:-400}"      # training images per class of v1 (and of new classes)
-V2_PER_CLASS="${V2_PER_CLASS:-1200}"     # per old class in the more-data update
+V2_PER_CLASS="${V2_PER_CLASS:-800}"      # per old class in the more-data update (2x v1)
 QUERY_PER_CLASS="${QUERY_PER_CLASS:-200}"
 GALLERY_PER_CLASS="${GALLERY_PER_CLASS:-300}"
 EPOCHS1="${EPOCHS1:-10}"                 # v1, from scratch
@@ -87,7 +87,12 @@ done
 step "a partial backfill: the 30 % of the gallery whose classes moved most, with HOC's v2"
 "$CK" index backfill "$WORK/index" --model "$M/classes-hoc.pt" --fraction 0.3 --policy class \
   --device cpu
-"$CK" index search "$WORK/index" "$D/query" --model "$M/classes-hoc.pt" --show 0 --device cpu || true
 "$CK" index info "$WORK/index"
+step "search the mixed gallery with HOC's v2 (refused unless its recorded check said compatible)"
+rc=0
+"$CK" index search "$WORK/index" "$D/query" --model "$M/classes-hoc.pt" --show 0 --device cpu || rc=$?
+[ "$rc" -le 2 ] || exit "$rc"
+step "the same search with --force: what the mixed gallery serves"
+"$CK" index search "$WORK/index" "$D/query" --model "$M/classes-hoc.pt" --show 0 --device cpu --force
 
 step "done in $((SECONDS - T0)) s; results under $WORK"

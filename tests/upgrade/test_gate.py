@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from compatkit.errors import InputError
+from compatkit.retrieval import mean_average_precision
 from compatkit.upgrade.data import load_user_data
 from compatkit.upgrade.embed import load_embedder
 from compatkit.upgrade.gate import _decide, render, run_check
@@ -78,6 +79,9 @@ def test_matrix_against_obvious_loops_and_split_by_name(pair, tiny) -> None:
         for t in m.values():
             assert t["strict"] == (t["new_old"] > t["old_old"])
             assert t["new_new_gt_old_old"] == (t["new_new"] > t["old_old"])
+    # "all" pools the two groups; it must equal the metric computed over every query at once.
+    direct = mean_average_precision(qn, query.labels, go, gallery.labels)
+    assert g["all"]["metrics"]["mAP"]["new_old"] == pytest.approx(direct)
     cos = torch.nn.functional.cosine_similarity(qo, qn, dim=1).mean()
     assert g["all"]["feature_cosine"] == pytest.approx(float(cos), abs=1e-5)
     d1 = g["all"]["definition1"]
