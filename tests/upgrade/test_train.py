@@ -12,6 +12,7 @@ from compatkit.data import channel_stats
 from compatkit.errors import CheckpointError, ConfigError
 from compatkit.model import ModelSpec, build_model
 from compatkit.upgrade.data import load_user_data
+from compatkit.upgrade.gate import run_check
 from compatkit.upgrade.train import (
     TrainOptions,
     _build_successor,
@@ -100,6 +101,8 @@ def test_scratch_successor_with_another_backbone_shares_the_space(v1: Path, tiny
     model, meta = load_checkpoint(out)
     assert model.spec.backbone == "smallcnn_wide" and meta["extra"]["options"]["freeze_bn"] is False
     check_compatible(load_checkpoint(v1)[1], meta)  # a backbone change keeps the contract
+    v = run_check(str(v1), str(out), str(tiny["query"]), str(tiny["gallery"]), device="cpu")
+    assert v["contract"]["ok"] and v["new"]["backbone"] == "smallcnn_wide"  # the gate agrees
     with pytest.raises(ConfigError, match="--init old needs the old model's backbone"):
         train_model(str(tiny["v2"]), tmp_path / "y.pt", _opts(backbone="smallcnn_wide"), old=v1)
 

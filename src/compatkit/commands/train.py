@@ -10,7 +10,7 @@ HELP = "train a model on your images, or its compatible successor against an old
 _FLAGS = (
     ("--method", str, "registered method (default: hoc with --old; cross-entropy without)"),
     ("--head", str, "simplex (default), etf or learnable"),
-    ("--backbone", str, "smallcnn (default), smallcnn_wide, resnet18_cifar, timm:NAME, tv:NAME"),
+    ("--backbone", str, "smallcnn (default), smallcnn_wide, resnet18, resnet18_cifar, timm:, tv:"),
     (
         "--num-classes",
         int,
@@ -19,7 +19,7 @@ _FLAGS = (
     ("--image-size", int, "square side in pixels (default: the old model's, else the data's)"),
     ("--init", str, "successor start: old (default) or scratch"),
     ("--epochs", int, "passes over the data (default 10)"),
-    ("--lr", float, "learning rate (default 0.05 from scratch, 0.01 from the old weights)"),
+    ("--lr", float, "learning rate (default 0.05 from scratch, 0.001 from the old weights)"),
     ("--batch-size", int, "images per step (default 128)"),
     ("--val-fraction", float, "share of each class held out for validation (default 0)"),
     ("--seed", int, "seed of weights, batches, augmentation and split (default 0)"),
