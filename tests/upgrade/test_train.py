@@ -107,7 +107,9 @@ def test_scratch_successor_with_another_backbone_shares_the_space(v1: Path, tiny
         train_model(str(tiny["v2"]), tmp_path / "y.pt", _opts(backbone="smallcnn_wide"), old=v1)
 
 
-@pytest.mark.parametrize("method", ["er", "bct", "lwf", "fd", "cvs", "dsimplex-fd", "cores"])
+@pytest.mark.parametrize(
+    "method", ["er", "bct", "bct-er", "lwf", "fd", "cvs", "dsimplex-fd", "cores"]
+)
 def test_any_registered_method_trains_a_successor(method: str, v1: Path, tiny, tmp_path) -> None:
     out = tmp_path / f"{method}.pt"
     res = train_model(str(tiny["v2new"]), out, _opts(method=method, epochs=1), old=v1)
