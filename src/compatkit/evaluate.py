@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,21 @@ def extract_features(
     return gather_rows(feats, d)
 
 
+def task_contract(cfg: Any, method: str) -> dict[str, Any]:
+    """Contract values every task checkpoint of ``method`` in a run of ``cfg`` must hold.
+
+    ``load_checkpoint(path, expect=...)`` refuses a file that differs (a checkpoint of a run
+    with another K, head or feature size copied into this one) with a message naming it,
+    before any feature is extracted or compared.
+    """
+    from .methods import METHODS, load_all
+
+    load_all()
+    k = cfg.model.num_classes
+    feat = cfg.model.feat_dim if cfg.model.feat_dim is not None else k - 1
+    return {"head": METHODS[method].head, "num_classes": k, "feat_dim": feat}
+
+
 def features_for(
     ckpt: Path,
     query: ImageSet,
@@ -73,9 +89,11 @@ def features_for(
     device: torch.device,
     cache_dir: Path | None,
     dist: Dist | None = None,
+    expect: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Query and gallery features of one checkpoint, from the cache when it is still valid.
 
+    ``expect``: contract values the checkpoint must hold (see :func:`task_contract`).
     Returns ``(query_features, gallery_features, from_cache)``.
     """
     d = dist or Dist()
@@ -86,11 +104,12 @@ def features_for(
     if cache is not None and cache.is_file():
         try:
             c = torch.load(cache, weights_only=True, map_location="cpu")
-            if all(c.get(k) == v for k, v in key.items()):
+            dim = (expect or {}).get("feat_dim", c["query_features"].shape[1])
+            if all(c.get(k) == v for k, v in key.items()) and c["query_features"].shape[1] == dim:
                 return c["query_features"], c["gallery_features"], True
         except Exception:  # a stale or broken cache is recomputed, never trusted
             pass
-    model, _ = load_checkpoint(ckpt, map_location=device)
+    model, _ = load_checkpoint(ckpt, expect=expect, map_location=device)
     model.to(device)
     q = extract_features(model, query, normalize, batch_size, precision, d).cpu()
     g = extract_features(model, gallery, normalize, batch_size, precision, d).cpu()
@@ -191,12 +210,16 @@ def evaluate_sequence(
     dist: Dist | None = None,
     local_test: ImageSet | None = None,
     seen: list[list[int]] | None = None,
+    expect: dict[str, Any] | None = None,
 ) -> tuple[dict, int]:
-    """Matrices and metrics of one method/seed; returns (result dict, extractions done)."""
+    """Matrices and metrics of one method/seed; returns (result dict, extractions done).
+
+    ``expect``: contract values every checkpoint must hold (see :func:`task_contract`).
+    """
     qf, gf, fresh = [], [], 0
     for c in ckpts:
         q, g, cached = features_for(
-            c, query, gallery, normalize, batch_size, precision, device, cache_dir, dist
+            c, query, gallery, normalize, batch_size, precision, device, cache_dir, dist, expect
         )
         qf.append(q.to(device))
         gf.append(g.to(device))

@@ -27,7 +27,7 @@ import yaml
 
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import OptimConfig, RunConfig, to_dict
+from .config import ConfigError, OptimConfig, RunConfig, to_dict
 from .data import RehearsalMemory
 from .distributed import Dist
 from .distributed import init as init_distributed
@@ -35,7 +35,7 @@ from .methods import METHODS, Method, TaskContext, build_method, load_all
 from .model import CompatModel, ModelSpec, build_model
 from .plan import Plan, make_plan, provider_key
 from .progress import RunLog
-from .train import Precision, resolve_precision, train_task
+from .train import Precision, TrainingDiverged, resolve_precision, train_task
 
 __all__ = ["Runner", "resolve_device", "seed_dir", "task_seed"]
 
@@ -45,7 +45,12 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+        raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device: {name!r} asked for, but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), numbered from 0"
+        )
     return dev
 
 
@@ -303,6 +308,8 @@ class Runner:
                 ddp_model=ddp,
                 dist=self.dist,
             )
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{label}: {e}") from None
         finally:
             self.log.finish()
 
@@ -443,7 +450,7 @@ def _eval_normalize(plan: Plan, device: torch.device) -> Callable[[torch.Tensor]
 
 def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
     """Compute every method's matrices and metrics from the run's checkpoints; write JSON."""
-    from .evaluate import evaluate_sequence, summarize
+    from .evaluate import evaluate_sequence, summarize, task_contract
 
     cfg, plan, log = runner.cfg, runner.plan, runner.log
     device = runner.device
@@ -477,6 +484,7 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
                 runner.dist,
                 local_test,
                 seen,
+                task_contract(cfg, m),
             )
             extractions += n
             runs.append({"seed": seed, **res})

@@ -307,6 +307,7 @@ def load_models(
 ) -> list[ModelRecord]:
     """Features, vertices and logged losses of every task model of ``method`` / ``seed``."""
     from .checkpoint import load_checkpoint
+    from .evaluate import task_contract
     from .protocol import seed_dir
 
     source = source or _FeatureSource(info, log)
@@ -316,9 +317,12 @@ def load_models(
     if missing:
         raise FileNotFoundError(f"{method} seed {seed}: missing checkpoints {missing} in {d}")
     out = []
+    expect = task_contract(info.cfg, method)
     for t, p in enumerate(paths):
+        # The contract first: a checkpoint of another K or feature size is refused by name
+        # instead of failing later when its features meet the others'.
+        model, meta = load_checkpoint(p, expect=expect, map_location="cpu")
         q, g, ql, gl = source.get(p)
-        model, meta = load_checkpoint(p, map_location="cpu")
         extra = dict(meta.get("extra") or {})
         labels = torch.cat([ql, gl])
         verts, space, note = eval_vertices(model, labels, extra.get("provider"), info.cfg)
