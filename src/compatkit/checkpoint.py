@@ -159,6 +159,8 @@ def save_checkpoint(path: str | os.PathLike, model: CompatModel, extra: dict | N
     """
     m = _unwrap(model)
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a directory, cannot write a checkpoint there")
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
+
 METRIC_KEYS = ("AC", "AM", "BC", "FC", "final_self")
 """Scalar metrics of one run, in table order. AC is a fraction; the others are percent."""
 
@@ -70,22 +72,22 @@ def lower_triangle(matrix: Matrix | np.ndarray, name: str = "matrix") -> np.ndar
     elif isinstance(matrix, Sequence) and not isinstance(matrix, str):
         rows = list(matrix)
     else:
-        raise ValueError(f"{name}: expected a list of rows, got {type(matrix).__name__}")
+        raise InputError(f"{name}: expected a list of rows, got {type(matrix).__name__}")
     t = len(rows)
     if t == 0:
-        raise ValueError(f"{name}: empty matrix")
+        raise InputError(f"{name}: empty matrix")
     out = np.full((t, t), np.nan)
     for i, row in enumerate(rows):
         if not isinstance(row, Sequence) or isinstance(row, str):
-            raise ValueError(f"{name}: row {i} is not a list")
+            raise InputError(f"{name}: row {i} is not a list")
         if len(row) not in (i + 1, t):
-            raise ValueError(
+            raise InputError(
                 f"{name}: row {i} has {len(row)} entries; row i of a lower-triangular "
                 f"matrix has i + 1 (here {i + 1})"
             )
         for j in range(i + 1):
             if not _is_number(row[j]):
-                raise ValueError(f"{name}: entry [{i}][{j}] is {row[j]!r}, not a finite number")
+                raise InputError(f"{name}: entry [{i}][{j}] is {row[j]!r}, not a finite number")
             out[i, j] = float(row[j])
     return out
 
@@ -105,9 +107,9 @@ def _violation_pairs(violations: Iterable[Any]) -> list[tuple[int, int, float | 
         elif isinstance(v, Sequence) and len(v) >= 2:
             r, c, val = v[0], v[1], None
         else:
-            raise ValueError(f"violation {v!r}: expected {{'row', 'col', ...}} or (row, col)")
+            raise InputError(f"violation {v!r}: expected {{'row', 'col', ...}} or (row, col)")
         if not isinstance(r, int) or not isinstance(c, int):
-            raise ValueError(f"violation {v!r}: row and col must be integers")
+            raise InputError(f"violation {v!r}: row and col must be integers")
         pairs.append((r, c, float(val) if _is_number(val) else None))
     return pairs
 
@@ -145,7 +147,7 @@ def resolve_violations(
     for base in (0, 1):
         if fits(base):
             return {(r - base, col - base) for r, col, _ in pairs}
-    raise ValueError(
+    raise InputError(
         f"recorded violations {[(r, col) for r, col, _ in pairs]} do not match the matrix "
         f"(neither zero- nor one-based cells break C[i][j] > C[j][j] with those values)"
     )
@@ -184,41 +186,41 @@ def validate_metrics(metrics: Any, source: str = "metrics.json") -> dict[str, An
     the file, the method and the field, so a broken run directory can be fixed by hand.
     """
     if not isinstance(metrics, Mapping):
-        raise ValueError(f"{source}: expected a JSON object, got {type(metrics).__name__}")
+        raise InputError(f"{source}: expected a JSON object, got {type(metrics).__name__}")
     methods = method_names(metrics)
     if not methods:
-        raise ValueError(
+        raise InputError(
             f"{source}: no method results found (expected keys like 'hoc' holding a 'matrix')"
         )
     meta = metrics.get("_meta", {})
     if not isinstance(meta, Mapping):
-        raise ValueError(f"{source}: '_meta' must be an object")
+        raise InputError(f"{source}: '_meta' must be an object")
     sizes = set()
     for m in methods:
         for k, run in enumerate(_runs(metrics[m])):
             where = f"{source}: {m}" + (f" run {k}" if "runs" in metrics[m] else "")
             if "matrix" not in run:
-                raise ValueError(f"{where}: missing 'matrix'")
+                raise InputError(f"{where}: missing 'matrix'")
             c = lower_triangle(run["matrix"], name=f"{where} matrix")
             sizes.add(c.shape[0])
             for key in METRIC_KEYS:
                 val = run.get(key)
                 if val is not None and not _is_number(val):
-                    raise ValueError(f"{where}: {key} = {val!r} is not a number or null")
+                    raise InputError(f"{where}: {key} = {val!r} is not a number or null")
             aa = run.get("AA")
             if aa is not None and (
                 not isinstance(aa, Sequence)
                 or len(aa) != c.shape[0]
                 or not all(_is_number(a) for a in aa)
             ):
-                raise ValueError(f"{where}: AA must list {c.shape[0]} numbers, one per task")
+                raise InputError(f"{where}: AA must list {c.shape[0]} numbers, one per task")
             resolve_violations(c, run.get("violations"))  # raises on a mismatch
     if len(sizes) > 1:
-        raise ValueError(f"{source}: matrices of different sizes {sorted(sizes)} in one run")
+        raise InputError(f"{source}: matrices of different sizes {sorted(sizes)} in one run")
     t = sizes.pop()
     for r in _replacement_tasks(metrics):
         if not 0 <= r < t:
-            raise ValueError(f"{source}: replacement task {r} is outside tasks 0..{t - 1}")
+            raise InputError(f"{source}: replacement task {r} is outside tasks 0..{t - 1}")
     return dict(metrics)
 
 
@@ -230,7 +232,7 @@ def _replacement_tasks(metrics: Mapping[str, Any]) -> list[int]:
     if not isinstance(reps, Sequence) or not all(
         isinstance(r, int) and not isinstance(r, bool) for r in reps
     ):
-        raise ValueError(f"_meta.replacement_tasks must list task ids, got {reps!r}")
+        raise InputError(f"_meta.replacement_tasks must list task ids, got {reps!r}")
     return sorted(set(reps))
 
 
@@ -239,19 +241,31 @@ def load_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.suffix != ".json":  # a run directory
         if not p.is_dir():
-            raise FileNotFoundError(f"run directory not found: {p}")
+            raise RunFileNotFound(f"run directory not found: {p}")
         p = p / "metrics.json"
     if not p.is_file():
-        raise FileNotFoundError(
+        raise RunFileNotFound(
             f"no {p.name} in {p.parent} (a run writes it when its evaluation finishes)"
         )
+    return validate_metrics(read_json(p), source=str(p))
+
+
+class RunFileNotFound(InputError, FileNotFoundError):
+    """A run directory, or a file a run should hold, is not there."""
+
+
+def read_json(p: Path) -> Any:
+    """A JSON file's content; one InputError line naming the file when it is not JSON."""
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_bytes().decode("utf-8-sig"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from e
+        raise InputError(f"{p}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{p}: not a UTF-8 text file ({e})") from e
-    return validate_metrics(data, source=str(p))
+        raise InputError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise InputError(f"{p}: not valid JSON (nested too deeply)") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot be read ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------- statistics
@@ -913,10 +927,7 @@ def _analysis_section(run_dir: Path) -> list[tuple[str, str]]:
     p = run_dir / "analysis.json"
     if not p.is_file():
         return []
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from e
+    data = read_json(p)
     if isinstance(data, Mapping) and isinstance(data.get("markdown"), str):
         title = data.get("title") if isinstance(data.get("title"), str) else "Analysis"
         return [(title, data["markdown"])]
@@ -940,7 +951,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
+        raise RunFileNotFound(f"run directory not found: {run_dir}")
     metrics = load_metrics(run_dir)
     extra = _analysis_section(run_dir)
     methods = method_names(metrics)

@@ -192,9 +192,20 @@ def find_cifar(layout: CifarLayout, root: Path) -> tuple[str, _Reader] | None:
         if folder.is_dir() and (folder / layout.meta_file).is_file():
             return str(folder), lambda members, folder=folder: _read_files(folder, members)
     for archive in (root, root / layout.archive):
-        if archive.is_file() and tarfile.is_tarfile(archive):
+        if not archive.is_file():
+            continue
+        try:
+            is_tar = tarfile.is_tarfile(archive)
+        except (OSError, EOFError, zlib.error):
+            is_tar = False
+        if is_tar:
             return str(archive), lambda members, archive=archive: _read_tar_members(
                 archive, layout.folder, members
+            )
+        if archive.name == layout.archive:  # the file is there, under its own name: damaged
+            raise CifarFormatError(
+                f"{archive}: not a readable tar archive (a truncated or damaged download?); "
+                "delete it and download it again"
             )
     return None
 
