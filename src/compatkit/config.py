@@ -291,10 +291,17 @@ def _to_float(value: Any, key: str) -> float:
     return out
 
 
-def _check_plain_numbers(value: Any, key: str, depth: int = 0) -> None:
+_MAX_FREE_NODES = 10_000
+"""Values a free-form (``Any``) config entry may hold. YAML aliases let a few lines expand to
+billions of values (the "billion laughs"); no option of a method needs more than a few."""
+
+
+def _check_plain_numbers(value: Any, key: str, budget: list[int] | None = None) -> None:
     """Finite floats and int64 integers inside a free-form (``Any``) value, at every depth."""
-    if depth > 32:
-        raise ConfigError(f"{key}: nested more than 32 levels deep")
+    budget = [_MAX_FREE_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(f"{key}: more than {_MAX_FREE_NODES} values in one entry")
     if isinstance(value, bool):
         return
     if isinstance(value, float) and not math.isfinite(value):
@@ -303,10 +310,10 @@ def _check_plain_numbers(value: Any, key: str, depth: int = 0) -> None:
         _check_int(value, key)
     elif isinstance(value, dict):
         for k, v in value.items():
-            _check_plain_numbers(v, f"{key}.{k}", depth + 1)
+            _check_plain_numbers(v, f"{key}.{k}", budget)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_plain_numbers(v, f"{key}[{i}]", depth + 1)
+            _check_plain_numbers(v, f"{key}[{i}]", budget)
 
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:

@@ -395,7 +395,9 @@ FIXED_CONFIGS: list[tuple[str, str]] = [
 ]
 
 
-def config_cases(n: int, rng: random.Random, scratch: Path, fashion: Path) -> list[Case]:
+def config_cases(
+    n: int, rng: random.Random, scratch: Path, fashion: Path, commands=("run", "pretrain")
+) -> list[Case]:
     base = yaml.safe_load(TINY.read_text())
     folder = scratch / "configs"
     folder.mkdir()
@@ -441,19 +443,11 @@ def config_cases(n: int, rng: random.Random, scratch: Path, fashion: Path) -> li
         p = folder / f"config_{i:03d}.yaml"
         p.write_bytes(blob)
         out = scratch / "config-runs" / f"{i:03d}"
-        cases.append(
-            Case(
-                f"config {i}: {name}", "config", ["run", str(p), "--out", str(out), "--quiet"], env
-            )
-        )
-        cases.append(
-            Case(
-                f"config {i}: {name}",
-                "config",
-                ["pretrain", str(p), "--out", str(out / "providers"), "--quiet"],
-                env,
-            )
-        )
+        argvs = {
+            "run": ["run", str(p), "--out", str(out), "--quiet"],
+            "pretrain": ["pretrain", str(p), "--out", str(out / "providers"), "--quiet"],
+        }
+        cases += [Case(f"config {i}: {name}", "config", argvs[c], env) for c in commands]
     return cases
 
 
@@ -661,8 +655,10 @@ def file_cases(scratch: Path, base: Path, fashion: Path) -> list[Case]:
             ]
         elif fname == "metrics.json":
             cmds.append(["analyze", str(r), "--no-plots", "--pairs", "50", "--quiet"])
+            cmds.append(["eval", str(r), "--quiet"])  # recomputes it: must run
         for argv in cmds:
-            cases.append(Case(f"{name}: {argv[0]}", "run_files", argv, env))
+            ok = argv[0] == "eval" and fname == "metrics.json"
+            cases.append(Case(f"{name}: {argv[0]}", "run_files", argv, env, ok))
 
     cases += data_cases(files, env)
     cases += matrix_cases(files)
@@ -793,7 +789,7 @@ def _bomb_png(p: Path) -> None:
     )
 
 
-def matrix_cases(files: Path) -> list[Case]:
+def matrix_cases(files: Path, forms=((), ("--json",))) -> list[Case]:
     readme = " 1*  89.75\n 2   88.00  90.15\n 3*  90.40  91.85  91.15\n"
     blobs: dict[str, tuple[bytes, bool]] = {
         "deeply nested JSON": (b"[" * 100000 + b"]" * 100000, False),
@@ -815,7 +811,8 @@ def matrix_cases(files: Path) -> list[Case]:
     for i, (name, (blob, ok)) in enumerate(blobs.items()):
         p = files / f"matrix-{i:02d}.txt"
         p.write_bytes(blob)
-        for argv in (["metrics", str(p)], ["metrics", str(p), "--json"]):
+        for form in forms:
+            argv = ["metrics", str(p), *form]
             cases.append(Case(f"{name}: {' '.join(argv[:1] + argv[2:])}", "matrix", argv, {}, ok))
     return cases
 
@@ -833,12 +830,13 @@ def campaign(
         fashion = write_fake_fashion(scratch / "fashion")
         (scratch / "no-data").mkdir()
         cases: list[Case] = []
-        cases += config_cases(n_configs, rng, scratch, fashion)
         if not quick:
+            cases += config_cases(n_configs, rng, scratch, fashion)
             base = make_base_run(scratch, fashion, subprocess_mode)
             cases += file_cases(scratch, base, fashion)
-        else:
-            cases += matrix_cases(_mk(scratch / "files"))
+        else:  # every config through `run` only, every matrix in text form only
+            cases += config_cases(n_configs, rng, scratch, fashion, commands=("run",))
+            cases += matrix_cases(_mk(scratch / "files"), forms=((),))
         outcomes = []
         for i, case in enumerate(cases):
             o = run_case(case, scratch, subprocess_mode, limit)
@@ -871,7 +869,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", type=int, default=120, help="mutated configs (default 120)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="configs and matrices only, no run")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="configs through `run` and matrices through `metrics` only (no base run)",
+    )
     ap.add_argument("--subprocess", action="store_true", help="a fresh interpreter per case")
     ap.add_argument("--limit", type=float, default=TIME_LIMIT, help="seconds per case")
     ap.add_argument("--details", type=Path, help="write every case's verdict here (JSON lines)")
