@@ -121,3 +121,63 @@ def test_provider_checkpoint_with_wrong_head_is_refused(tmp_path):
     bad = _runner(tmp_path, "bad", [f"providers.0.checkpoint={{simplex: {learnable}}}"])
     with pytest.raises(ValueError, match=r"providers\[0\]\.checkpoint\.simplex"):
         bad.ensure_providers()
+
+
+def test_released_er_replacement_builds_a_fresh_head(tmp_path):
+    """learnable_replacement=fresh: at a replacement the provider's classifier is dropped and
+    one row per seen local class is built; with learnable_feature=backbone the feature is the
+    pooled backbone output (no junction), as in the released ER."""
+    over = [
+        "methods=[er]",
+        "model.learnable_feature=backbone",
+        "model.learnable_replacement=fresh",
+        "train.lr=1e-12",
+        "train.min_lr=0",
+    ]
+    r = _runner(tmp_path, "fresh", over)
+    paths = r.ensure_providers()
+    r.run_sequence("er", 7)
+    p1, _ = load_checkpoint(paths[(1, "learnable")])
+    assert p1.junction is None and p1.spec.feat_dim == 128 and set(p1.class_map.provider) == {4, 5}
+    t1, _ = load_checkpoint(r.run_dir / "er/seed_7/task_1.pt")
+    t2, meta = load_checkpoint(r.run_dir / "er/seed_7/task_2.pt")
+    assert meta["extra"]["replaced"] and meta["contract"]["junction"] is False
+    assert t2.class_map.provider == {} and t2.class_map.local == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert t2.head.num_rows == 4  # exactly the seen local classes
+    assert torch.allclose(t2.backbone.features[0].weight, p1.backbone.features[0].weight, atol=1e-6)
+    # Inside a segment the rows are kept and the new class appended.
+    assert t1.class_map.local == {0: 0, 1: 1, 2: 2} and t1.head.num_rows == 3
+    t0, _ = load_checkpoint(r.run_dir / "er/seed_7/task_0.pt")
+    assert t0.class_map.local == {0: 0, 1: 1} and t0.class_map.provider == {}  # fresh at task 0
+    assert torch.allclose(t1.head.weight[:2], t0.head.weight, atol=1e-6)  # rows kept (lr ~ 0)
+
+
+def test_default_er_replacement_keeps_the_provider_rows(tmp_path):
+    r = _runner(tmp_path, "keep", ["methods=[er]"])
+    r.ensure_providers()
+    r.run_sequence("er", 7)
+    t2, meta = load_checkpoint(r.run_dir / "er/seed_7/task_2.pt")
+    assert meta["contract"]["junction"] is True and set(t2.class_map.provider) == {4, 5}
+
+
+@pytest.mark.parametrize("sampler", ["shuffle", "balanced"])
+def test_the_runner_takes_the_planned_steps(tmp_path, monkeypatch, sampler):
+    r = _runner(tmp_path, sampler, [f"train.sampler={sampler}", "train.epochs=2"])
+    r.ensure_providers()
+    counted: list[int] = []
+    real = protocol.train_task
+
+    def spy(*a, on_step=None, **k):
+        n = [0]
+
+        def count(s):
+            n[0] += 1
+            on_step(s)
+
+        res = real(*a, on_step=count, **k)
+        counted.append(n[0])
+        return res
+
+    monkeypatch.setattr(protocol, "train_task", spy)
+    r.run_sequence("hoc", 7)
+    assert counted == [2 * s for s in r.plan.epoch_steps(r.cfg)]

@@ -16,7 +16,7 @@ reads it without unpickling arbitrary objects)::
     format_version    1
     compatkit_version the library version that wrote it
     contract          CompatModel.contract(): backbone, in_channels, feat_dim, head,
-                      num_classes, etf_seed, head_rows, class_map
+                      num_classes, etf_seed, junction, head_rows, class_map
     classes_seen      sorted local classes the model has been trained on
     extra             caller's JSON-able metadata (task id, seed, ...)
     state_dict        model.state_dict(), tensors on the CPU
@@ -65,6 +65,9 @@ FORMAT_VERSION = 1
 _META_KEYS = ("format", "format_version", "compatkit_version", "contract", "classes_seen", "extra")
 _REQUIRED = (*_META_KEYS, "state_dict", "sha256")
 _FIXED_HEADS = ("simplex", "etf")
+_CONTRACT_DEFAULTS = {"junction": True}
+"""Contract fields added after format version 1 was fixed, with the value a checkpoint that
+lacks them had: such files load, and compare, as the models they always were."""
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -319,6 +322,7 @@ def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
             f"checkpoint {p}: sha256 mismatch, the file was tampered with or corrupted "
             f"(stored {str(obj['sha256'])[:12]}..., computed {digest[:12]}...)"
         )
+    obj["contract"] = {**_CONTRACT_DEFAULTS, **obj["contract"]}  # after the digest: as stored
     return obj, p
 
 

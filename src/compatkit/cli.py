@@ -22,6 +22,7 @@ COMMANDS = {
     "metrics": "compatkit.commands.metrics",
     "analyze": "compatkit.commands.analyze",
     "theory": "compatkit.commands.theory",
+    "convert": "compatkit.commands.convert",
 }
 
 

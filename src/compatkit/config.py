@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .data.sampler import SAMPLERS
 from .errors import ConfigError
 
 __all__ = [
@@ -54,7 +55,12 @@ class DataSource:
     """Dataset labels to use; None = all classes. Selected after the whole split is loaded
     (ImageNet32's train split is 3.9 GB of uint8 in memory)."""
     per_class: int | None = None
-    """Images per class (drawn without replacement, reproducibly); None = all that are free."""
+    """Images per class; None = all that are free (the released notebooks: all 500 of each
+    CIFAR-100 class)."""
+    select: str = "random"
+    """Which ``per_class`` images: ``random`` (drawn without replacement with data_seed) or
+    ``first`` (the first ones of each class in file order among those no earlier role took:
+    the released ``src/`` keeps the first 300; see docs/reproduce.md)."""
     download: bool = False
     """Fetch the files from their official location (checksums verified) when not found."""
 
@@ -71,6 +77,16 @@ class ModelConfig:
     heads use the same dimension unless set (ETF needs >= K-1)."""
     etf_seed: int = 0
     """Seed of the ETF frame's rotation: models are comparable only with the same seed."""
+    learnable_feature: str = "junction"
+    """Retrieval feature of learnable-head methods (ER, LwF, BCT, BCT-ER, FD, CVS):
+    ``junction`` = a bias-free linear layer to feat_dim on the backbone, as every head has
+    (compatkit's default); ``backbone`` = the pooled backbone output itself, no junction (the
+    released code: 512-d for ResNet-18)."""
+    learnable_replacement: str = "keep"
+    """A learnable-head model at a replacement: ``keep`` the provider's classifier rows and
+    append rows for the local classes (compatkit's default); ``fresh`` = drop the provider's
+    classifier and build a new one for the seen local classes, one row per class in order of
+    arrival (the released code; with the natural class order, class y -> row y)."""
 
 
 @dataclass
@@ -94,6 +110,22 @@ class OptimConfig:
     """Random horizontal flip."""
     warmup_epochs: int = 0
     """Linear warm-up at the start of the schedule, in epochs (0 = none)."""
+    lr_update: str = "step"
+    """When the cosine learning rate changes: every ``step`` (compatkit's default, a smooth
+    decay) or once per ``epoch`` (the released CosineAnnealingLR(T_max=epochs, eta_min=min_lr),
+    stepped after each epoch)."""
+    sampler: str = "shuffle"
+    """How an epoch's batches are drawn (``compatkit.data.sampler``). ``shuffle``
+    (compatkit's default): one shuffled pass over the new images, each exactly once per epoch;
+    after the first task every batch is half new, half memory (memory cycled evenly); the
+    last partial batch is kept. ``balanced`` (the released BalancedBatchSampler): after the
+    first task an epoch is (new + memory images) // batch_size batches, each drawn
+    independently, half from memory and half new; the first task (no memory) is a plain
+    shuffle with the last partial batch dropped."""
+    weight_decay_on: str = "weights"
+    """Which parameters weight_decay applies to: ``weights`` = conv/linear weights only,
+    none on norms and biases (compatkit's default and the released ``src/``); ``all`` =
+    every trained parameter (the released notebooks, which printed the paper's numbers)."""
     freeze_bn: bool = False
     """Keep BatchNorm running statistics fixed while fine-tuning (affine weights still train).
     Tasks of one or two classes would otherwise overwrite the statistics with those of a narrow
@@ -551,6 +583,16 @@ def _check_method_options(cfg: RunConfig) -> None:
             raise ConfigError(f"method_options.{m}: {e}") from None
 
 
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _sources(cfg: RunConfig) -> list[tuple[str, DataSource]]:
+    """Every data source of the config with its key (a source added later is included)."""
+    return [(key, src) for key, src in _walk(cfg) if isinstance(src, DataSource)]
+
+
 def validate(cfg: RunConfig) -> None:
     """Static checks that need no data; data-dependent checks run in ``protocol.plan``."""
     from .backbones import check_backbone_name
@@ -616,13 +658,18 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}.batch_size must be >= 2 (BatchNorm), got {opt.batch_size}")
         if opt.min_lr > opt.lr:
             raise ConfigError(f"{key}.min_lr={opt.min_lr} exceeds {key}.lr={opt.lr}")
+        _one_of(f"{key}.lr_update", opt.lr_update, ("step", "epoch"))
+        _one_of(f"{key}.sampler", opt.sampler, SAMPLERS)
+        _one_of(f"{key}.weight_decay_on", opt.weight_decay_on, ("weights", "all"))
+    _one_of("model.learnable_feature", cfg.model.learnable_feature, ("junction", "backbone"))
+    _one_of("model.learnable_replacement", cfg.model.learnable_replacement, ("keep", "fresh"))
+    for role, src in _sources(cfg):
+        _one_of(f"{role}.select", src.select, ("random", "first"))
+        _check_data_source(role, src)
     loc = cfg.local
     _positive("local.initial_increment", loc.initial_increment)
     _positive("local.increment", loc.increment)
     _positive("local.memory_per_class", loc.memory_per_class, allow_zero=True)
-    for key, src in _walk(cfg):
-        if isinstance(src, DataSource):
-            _check_data_source(key, src)
     if not cfg.providers:
         raise ConfigError("providers: at least one provider (the model of task 0) is needed")
     for i, p in enumerate(cfg.providers):

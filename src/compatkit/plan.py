@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ConfigError, DataSource, RunConfig, to_dict
-from .data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset
+from .data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset, steps_per_epoch
 from .data.missing import DatasetNotFoundError
 
 __all__ = ["Plan", "make_plan", "provider_key"]
@@ -54,7 +54,10 @@ class _Pool:
                 )
             if n == 0:
                 raise ConfigError(f"{role}: no unused images of class {c} are left")
-            idx = idx[torch.randperm(len(idx), generator=gen)[:n]].sort().values
+            if src.select == "first":  # the first n of the class in file order (released src/)
+                idx = idx[:n]
+            else:
+                idx = idx[torch.randperm(len(idx), generator=gen)[:n]].sort().values
             picked.append(idx)
         sel = torch.cat(picked)
         self.free[sel] = False
@@ -82,6 +85,26 @@ class Plan:
     @property
     def num_tasks(self) -> int:
         return len(self.scenario)
+
+    def epoch_steps(self, cfg: RunConfig, uses_memory: bool = True) -> list[int]:
+        """Optimiser steps in one epoch of each task, as the trainer will take them.
+
+        Task t trains on its own images and, after the first task, on the memory of the
+        classes of tasks 0..t-1 (``memory_per_class`` each, or all a class has) when the
+        method ``uses_memory``; ``steps_per_epoch`` turns that into batches for
+        ``train.sampler``. Multiply by ``train.epochs`` for a task's steps.
+        """
+        counts = torch.bincount(self.local.labels)
+        per = cfg.local.memory_per_class
+        steps, seen = [], []
+        for t in range(self.num_tasks):
+            classes = self.scenario.task_classes(t)
+            n_new = sum(int(counts[c]) for c in classes)
+            use = uses_memory and t > 0 and per > 0
+            n_mem = sum(min(per, int(counts[c])) for c in seen) if use else 0
+            steps.append(steps_per_epoch(n_new, n_mem, cfg.train.batch_size, cfg.train.sampler))
+            seen += classes
+        return steps
 
     def segments(self, cfg: RunConfig) -> list[int]:
         """Provider index whose segment each task belongs to."""
@@ -193,13 +216,34 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
     )
 
 
+def _source_key(src: DataSource) -> dict:
+    """A data source for a cache key; ``select`` only when not the default it replaced, so
+    providers cached before the option existed are still found."""
+    d = to_dict(src)
+    if d.get("select") == "random":
+        d.pop("select")
+    return d
+
+
+def _model_key(cfg: RunConfig, head: str) -> dict:
+    """The model settings that decide a provider's weights: ``learnable_replacement`` acts
+    after the provider is trained, ``learnable_feature`` only on learnable heads."""
+    d = to_dict(cfg.model)
+    d.pop("learnable_replacement", None)
+    if head != "learnable" or d.get("learnable_feature") == "junction":
+        d.pop("learnable_feature", None)
+    return d
+
+
 def provider_key(cfg: RunConfig, index: int, head: str) -> str:
     """Cache key of a trained provider: everything that decides its weights."""
+    provider = to_dict(cfg.providers[index])
+    provider["data"] = _source_key(cfg.providers[index].data)
     blob = {
-        "provider": to_dict(cfg.providers[index]),
-        "earlier_providers": [to_dict(p.data) for p in cfg.providers[:index]],
-        "local_data": to_dict(cfg.local.data),
-        "model": to_dict(cfg.model),
+        "provider": provider,
+        "earlier_providers": [_source_key(p.data) for p in cfg.providers[:index]],
+        "local_data": _source_key(cfg.local.data),
+        "model": _model_key(cfg, head),
         "head": head,
         "data_seed": cfg.data_seed,
         "augment": [cfg.train.pad, cfg.train.flip],

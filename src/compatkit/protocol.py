@@ -26,9 +26,10 @@ import torch
 import yaml
 
 from . import __version__
+from .backbones import backbone_out_dim
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, OptimConfig, RunConfig, to_dict
-from .data import RehearsalMemory
+from .data import RehearsalMemory, steps_per_epoch
 from .distributed import Dist
 from .distributed import init as init_distributed
 from .methods import METHODS, Method, TaskContext, build_method, load_all
@@ -128,14 +129,22 @@ class Runner:
     def spec(self, head: str, backbone: str | None = None) -> ModelSpec:
         m = self.cfg.model
         k = m.num_classes
-        feat = m.feat_dim if m.feat_dim is not None else k - 1
+        backbone = backbone or m.backbone
+        channels = self.plan.local.channels
+        # The released learnable-head models have no junction: their feature is the backbone's.
+        junction = not (head == "learnable" and m.learnable_feature == "backbone")
+        if not junction:
+            feat = backbone_out_dim(backbone, channels)
+        else:
+            feat = m.feat_dim if m.feat_dim is not None else k - 1
         return ModelSpec(
-            backbone=backbone or m.backbone,
-            in_channels=self.plan.local.channels,
+            backbone=backbone,
+            in_channels=channels,
             feat_dim=feat,
             head=head,
             num_classes=k,
             etf_seed=m.etf_seed,
+            junction=junction,
         )
 
     def write_config(self) -> None:
@@ -192,6 +201,7 @@ class Runner:
     def _check_provider_file(self, path: Path, head: str, index: int) -> None:
         spec = self.spec(head)
         expect = {"head": head, "feat_dim": spec.feat_dim, "in_channels": spec.in_channels}
+        expect["junction"] = spec.junction
         if head != "learnable":
             expect["num_classes"] = spec.num_classes
         if head == "etf":
@@ -269,9 +279,8 @@ class Runner:
 
     def _train(self, model, method, ctx, data, memory, opt, env, label, seed, space="local"):
         gen = torch.Generator(device=env.device).manual_seed(seed)
-        from .train import _count_batches
-
-        total = opt.epochs * _count_batches(len(data), opt.batch_size, memory is not None)
+        n_mem = len(memory) if memory is not None else 0
+        total = opt.epochs * steps_per_epoch(len(data), n_mem, opt.batch_size, opt.sampler)
         self.log.start(label, total)
         state = {"t": time.perf_counter()}
 
@@ -356,7 +365,10 @@ class Runner:
                 ppath = self.provider_path(segments[t], head)
                 model, _ = load_checkpoint(ppath, map_location="cpu")
                 provider_model = model
-                model = copy.deepcopy(model)
+                if head == "learnable" and cfg.model.learnable_replacement == "fresh":
+                    model = model.with_fresh_head()  # the provider's classifier is dropped
+                else:
+                    model = copy.deepcopy(model)
             else:
                 assert prev is not None
                 model = copy.deepcopy(prev)

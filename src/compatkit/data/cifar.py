@@ -39,6 +39,7 @@ __all__ = [
     "find_cifar",
     "load_cifar",
     "restricted_loads",
+    "safe_numpy_globals",
     "write_cifar_batch",
 ]
 
@@ -51,8 +52,9 @@ class UnsafePickleError(DataError, pickle.UnpicklingError):
     """A pickle names a global outside the allow-list (it could run code): refused."""
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR pickle may name, resolved without importing by name.
+def safe_numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR pickle may name (numpy arrays, builtin containers), resolved
+    without importing by name; also the base of the torch-file reader's allow-list.
 
     Numpy moved ``numpy.core`` to ``numpy._core`` in 2.0; files written with either
     name map to the function of the installed numpy (and never trigger an import).
@@ -101,7 +103,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if RestrictedUnpickler._allowed is None:
-            RestrictedUnpickler._allowed = _allowed_globals()
+            RestrictedUnpickler._allowed = safe_numpy_globals()
         try:
             return RestrictedUnpickler._allowed[(module, name)]
         except KeyError:
