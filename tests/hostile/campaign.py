@@ -547,6 +547,12 @@ def checkpoint_variants(good: Path) -> dict[str, Callable[[Path], None]]:
     return v
 
 
+def _commands() -> set[str]:
+    from compatkit.cli import COMMANDS
+
+    return set(COMMANDS)
+
+
 def _copy_run(base: Path, dest: Path) -> Path:
     shutil.copytree(base, dest, ignore=shutil.ignore_patterns("features", "plots"))
     return dest
@@ -607,6 +613,27 @@ def file_cases(scratch: Path, base: Path, fashion: Path) -> list[Case]:
                 env,
             ),
         ]
+        if "convert" in _commands():  # the released-model converter reads torch.save files
+            cases += [
+                Case(
+                    f"{name}: convert --head {head}",
+                    "checkpoint",
+                    [
+                        "convert",
+                        str(bad_provider),
+                        "--from",
+                        "iamcl2r",
+                        "--head",
+                        head,
+                        "--classes",
+                        "10",
+                        "--out",
+                        str(files / f"conv-{n:03d}-{head}.pt"),
+                    ],
+                    env,
+                )
+                for head in ("simplex", "learnable")
+            ]
 
     # Rehearsal-memory files, read on resume.
     import torch
