@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import file_sha256, load_checkpoint
+from .errors import CheckpointError
 from .data import ImageSet
 from .distributed import Dist, gather_rows, shard_slice
 from .metrics import compatibility_report
@@ -186,6 +187,12 @@ def _local_accuracy_cached(
         except (ValueError, OSError):
             pass
     model, _ = load_checkpoint(ckpt, map_location=device)
+    lacking = sorted(set(seen) - set(model.class_map.local))
+    if lacking:
+        raise CheckpointError(
+            f"checkpoint {ckpt}: has no head row for local classes {lacking} of its task "
+            f"(it was trained on {sorted(model.class_map.local)}): the checkpoint of another task?"
+        )
     acc = local_accuracy(model.to(device), data, seen, normalize, batch_size, precision)
     if cache is not None and write:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -257,4 +257,3 @@ def _stop_if_diverged(bad_step: torch.Tensor, last: torch.Tensor, total: int) ->
         "training diverge: lower the learning rate (train.lr, or the provider's lr) or change "
         "the loss weights (method_options)"
     )
-

@@ -489,10 +489,18 @@ def _torch_payloads() -> dict[str, Callable[[Path], None]]:
 
 
 def _tampered(src: Path, p: Path) -> None:
+    """One byte flipped inside the first tensor's data (its digest no longer matches)."""
+    import zipfile
+
     raw = bytearray(src.read_bytes())
-    i = raw.rfind(b"data/0")  # inside the first tensor's bytes, well past the zip headers
-    j = len(raw) // 2 if i < 0 else i + 200
-    raw[j] ^= 0xFF
+    with zipfile.ZipFile(src) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 16)
+    # Local file header: 30 bytes, then the name and the extra field, then the data.
+    name_len, extra_len = struct.unpack(
+        "<HH", raw[info.header_offset + 26 : info.header_offset + 30]
+    )
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size // 2] ^= 0xFF
     p.write_bytes(bytes(raw))
 
 
@@ -542,6 +550,7 @@ def checkpoint_variants(good: Path) -> dict[str, Callable[[Path], None]]:
         ),
         "re-signed checkpoint of another K": lambda p: _resealed(good, p, _other_k),
         "directory instead of a checkpoint": lambda p: p.mkdir(),
+        "an earlier task's checkpoint": lambda p: p.write_bytes(raw),
     }
     v.update(_torch_payloads())
     return v
