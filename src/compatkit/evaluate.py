@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from .checkpoint import file_sha256, load_checkpoint
-from .errors import CheckpointError
 from .data import ImageSet
 from .distributed import Dist, gather_rows, shard_slice
+from .errors import CheckpointError
 from .metrics import compatibility_report
 from .retrieval import cross_model_matrix
 from .train import Precision, autocast
