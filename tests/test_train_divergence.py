@@ -92,3 +92,22 @@ def test_finite_training_is_untouched():
     m = _PoisonedCE(bad=10**9, poison=1.0)
     res = _train(m, epochs=2)
     assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_watch_does_not_synchronise_on_cuda():
+    """The per-step part of the watch stays on the device: torch raises on any host sync."""
+    from compatkit.train import _watch
+
+    dev = torch.device("cuda")
+    bad = torch.full((), -1, dtype=torch.long, device=dev)
+    last = torch.full((), float("nan"), device=dev)
+    losses = torch.tensor([2.0, 1.5, float("nan"), 1.0], device=dev)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, loss in enumerate(losses, start=1):
+            _watch(loss, step, bad, last)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(bad) == 3 and float(last) == 1.5
