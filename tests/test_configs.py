@@ -260,3 +260,13 @@ def test_planned_steps_per_task_follow_the_released_sampler(name, want, full_cif
     cfg.train.sampler = "shuffle"
     n_new = 500 * PAPER[name]["increment"]
     assert plan.epoch_steps(cfg)[:2] == [40, -(-n_new // 64)]
+
+
+def test_the_packaged_configs_are_the_repository_configs():
+    """One copy: src/compatkit/configs (package data) names the same files as configs/."""
+    from compatkit.shipped import shipped_configs
+
+    shipped = shipped_configs()
+    assert sorted(shipped) == sorted(p.stem for p in ALL if p.suffix == ".yaml")
+    for name, path in shipped.items():
+        assert path.read_bytes() == (CONFIGS / f"{name}.yaml").read_bytes(), name

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from compatkit import report
+from compatkit.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -264,11 +265,11 @@ def test_validate_metrics_messages() -> None:
 
 
 def test_load_metrics_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="run directory not found"):
+    with pytest.raises(InputError, match="run directory not found"):
         report.load_metrics(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match=r"no metrics\.json"):
+    with pytest.raises(InputError, match=r"no metrics\.json"):
         report.load_metrics(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"no other\.json"):
+    with pytest.raises(InputError, match=r"no other\.json"):
         report.load_metrics(tmp_path / "other.json")
     (tmp_path / "metrics.json").write_text("{truncated", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -385,9 +386,9 @@ def test_write_report_single_task_and_analysis_without_markdown(tmp_path: Path) 
 
 
 def test_write_report_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="run directory not found"):
+    with pytest.raises(InputError, match="run directory not found"):
         report.write_report(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match=r"metrics\.json"):
+    with pytest.raises(InputError, match=r"metrics\.json"):
         report.write_report(tmp_path)
     bad = make_metrics()
     bad["hoc"]["runs"][0]["matrix"] = [[1.0], [2.0]]

@@ -51,10 +51,13 @@ __all__ = [
     "CheckpointError",
     "IncompatibleModels",
     "ModelLike",
+    "atomic_torch_save",
     "check_compatible",
+    "content_digest",
     "file_sha256",
     "load_checkpoint",
     "read_contract",
+    "safe_torch_load",
     "save_checkpoint",
     "state_dict_mismatch",
 ]
@@ -88,8 +91,14 @@ def _canonical(obj: Any) -> bytes:
 
 def _digest(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of the metadata (canonical JSON) and each tensor's name, dtype, shape, bytes."""
+    return content_digest({k: meta[k] for k in _META_KEYS}, state_dict)
+
+
+def content_digest(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of JSON metadata and named tensors: the tamper and corruption check of every
+    file compatkit writes with torch.save (checkpoints, rehearsal-memory files)."""
     h = hashlib.sha256()
-    h.update(_canonical({k: meta[k] for k in _META_KEYS}))
+    h.update(_canonical(meta))
     for name in sorted(state_dict):
         t = state_dict[name]
         if not isinstance(t, torch.Tensor):
@@ -162,8 +171,6 @@ def save_checkpoint(path: str | os.PathLike, model: CompatModel, extra: dict | N
     """
     m = _unwrap(model)
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path}: is a directory, cannot write a checkpoint there")
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -175,6 +182,18 @@ def save_checkpoint(path: str | os.PathLike, model: CompatModel, extra: dict | N
     state = {k: v.detach().to("cpu") for k, v in m.state_dict().items()}
     payload = {**meta, "state_dict": state, "sha256": _digest(meta, state)}
 
+    atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, rename over ``path``.
+
+    A crash or an error while saving leaves either the old file or the new one,
+    never half of one, and no temporary file behind.
+    """
+    path = Path(path)
+    if path.is_dir():  # os.replace would fail with a traceback after the whole save
+        raise CheckpointError(f"{path}: is a directory, cannot write a file there")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -251,7 +270,7 @@ def _foreign_imports(p: Path) -> list[str]:
     return found
 
 
-def _load_error(p: Path, e: Exception) -> CheckpointError:
+def _load_error(p: Path, e: Exception, what: str = "checkpoint") -> CheckpointError:
     """One line for a ``torch.load(weights_only=True)`` failure: refused or damaged.
 
     Refused means the pickle asks to import something other than torch's tensor rebuilders
@@ -261,7 +280,7 @@ def _load_error(p: Path, e: Exception) -> CheckpointError:
     foreign = _foreign_imports(p)
     if foreign:
         return CheckpointError(
-            f"checkpoint {p}: refusing to unpickle it: it imports {_names(sorted(set(foreign)), 3)}"
+            f"{what} {p}: refusing to unpickle it: it imports {_names(sorted(set(foreign)), 3)}"
             ", not only tensors and plain containers, and loading it could run arbitrary code"
         )
     msg = str(e)
@@ -272,25 +291,36 @@ def _load_error(p: Path, e: Exception) -> CheckpointError:
         msg = msg.split("\n\n", 1)[-1]
     cause = " ".join(msg.split()).split(". ")[0].rstrip(".")[:200] or "no details"
     return CheckpointError(
-        f"checkpoint {p}: cannot be read, the file is truncated or corrupt "
+        f"{what} {p}: cannot be read, the file is truncated or corrupt "
         f"({type(e).__name__}: {cause})"
     )
+
+
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; every failure is one CheckpointError line.
+
+    ``what`` names the kind of file in the message ("checkpoint", "memory file"). A file
+    whose pickle imports anything but tensors and plain containers is refused as such (see
+    :func:`_load_error`), never reported as damaged.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{what} {p}: no such file")
+    if not p.is_file():
+        raise CheckpointError(f"{what} {p}: not a regular file")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files: the error says more.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _load_error(p, e, what) from None
 
 
 def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
     """Read a checkpoint with ``weights_only=True`` and check format, version and digest."""
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p}: no such file")
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p}: not a regular file")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
-            warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise _load_error(p, e) from None
-
+    obj = safe_torch_load(p)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             what = "a plain state dict"

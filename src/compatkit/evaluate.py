@@ -217,32 +217,49 @@ def evaluate_sequence(
     dist: Dist | None = None,
     local_test: ImageSet | None = None,
     seen: list[list[int]] | None = None,
+    progress: Callable[[str], None] | None = None,
     expect: dict[str, Any] | None = None,
 ) -> tuple[dict, int]:
     """Matrices and metrics of one method/seed; returns (result dict, extractions done).
 
+    ``progress`` is called after each model's features (and each local-accuracy pass)
+    with a short note such as ``"task 3/5: features"`` (tasks numbered from 1).
     ``expect``: contract values every checkpoint must hold (see :func:`task_contract`).
     """
     qf, gf, fresh = [], [], 0
-    for c in ckpts:
+    n = len(ckpts)
+    for t, c in enumerate(ckpts):
         q, g, cached = features_for(
             c, query, gallery, normalize, batch_size, precision, device, cache_dir, dist, expect
         )
         qf.append(q.to(device))
         gf.append(g.to(device))
         fresh += not cached
+        if progress is not None:
+            progress(f"task {t + 1}/{n}: features{' (cached)' if cached else ''}")
     ql, gl = query.labels.to(device), gallery.labels.to(device)
     m = cross_model_matrix(qf, gf, ql, gl, metric="template")
     rep = compatibility_report(m).to_dict()
     res = {"matrix": _tri(m), **rep, "final_self": round(float(m[-1, -1]), 4)}
     if local_test is not None and seen is not None:
         d = dist or Dist()
-        accs = [
-            _local_accuracy_cached(
-                c, local_test, seen[t], normalize, batch_size, precision, device, cache_dir, d.main
+        accs = []
+        for t, c in enumerate(ckpts):
+            accs.append(
+                _local_accuracy_cached(
+                    c,
+                    local_test,
+                    seen[t],
+                    normalize,
+                    batch_size,
+                    precision,
+                    device,
+                    cache_dir,
+                    d.main,
+                )
             )
-            for t, c in enumerate(ckpts)
-        ]
+            if progress is not None:
+                progress(f"task {t + 1}/{n}: local accuracy")
         res["local_accuracy"] = [None if a is None else round(a, 4) for a in accs]
         res["local_final"] = res["local_accuracy"][-1]
     if full_gallery:

@@ -20,6 +20,7 @@ import torch
 from .config import ConfigError, DataSource, RunConfig, to_dict
 from .data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset, steps_per_epoch
 from .data.missing import DatasetNotFoundError
+from .errors import DataError
 
 __all__ = ["Plan", "make_plan", "provider_key"]
 
@@ -134,6 +135,8 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
                 data = load_dataset(src.dataset, src.split, src.root, src.dataset in fetch)
             except DatasetNotFoundError as e:
                 raise e.for_key(role) from None
+            except OSError as e:  # a file of the user's data that is missing or unreadable
+                raise DataError(f"{src.dataset}/{src.split}: {' '.join(str(e).split())}") from e
             pools[key] = _Pool(data)
         return pools[key]
 
@@ -235,8 +238,20 @@ def _model_key(cfg: RunConfig, head: str) -> dict:
     return d
 
 
-def provider_key(cfg: RunConfig, index: int, head: str) -> str:
-    """Cache key of a trained provider: everything that decides its weights."""
+def provider_key(
+    cfg: RunConfig,
+    index: int,
+    head: str,
+    data_sha256: str | None = None,
+    precision: str | None = None,
+) -> str:
+    """Cache key of a trained provider: everything that decides its weights.
+
+    ``data_sha256`` is the digest of the provider's training images and labels and
+    ``precision`` the resolved training precision (``Runner.provider_recipe`` passes
+    both): the cache is shared by every run on a machine, so the same config on other
+    data files, or trained in bf16 instead of fp32, must not find this provider.
+    """
     provider = to_dict(cfg.providers[index])
     provider["data"] = _source_key(cfg.providers[index].data)
     blob = {
@@ -247,7 +262,8 @@ def provider_key(cfg: RunConfig, index: int, head: str) -> str:
         "head": head,
         "data_seed": cfg.data_seed,
         "augment": [cfg.train.pad, cfg.train.flip],
-        "precision": cfg.precision,
+        "precision": precision or cfg.precision,
+        "data_sha256": data_sha256,
     }
     s = json.dumps(blob, sort_keys=True)
     return hashlib.sha256(s.encode()).hexdigest()[:16]

@@ -30,7 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="classes the model was trained on, when FILE does not tell (d-Simplex files: "
         "100, 300, 600 for the released ckpt_0, ckpt_1, ckpt_2)",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def main(args: argparse.Namespace) -> int:

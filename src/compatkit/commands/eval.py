@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InputError
+
 HELP = "recompute a run's matrices, metrics.json and report from its checkpoints alone"
 
 
@@ -12,14 +14,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a directory written by `compatkit run`")
     p.add_argument("--methods", nargs="*", help="only these methods (default: all of the run)")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def main(args: argparse.Namespace) -> int:
     import time
 
     from ..config import load_config
-    from ..errors import InputError
     from ..progress import RunLog
     from ..protocol import Runner, evaluate_run, write_metrics
     from ..report import read_json, write_report
@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a compatkit run (no config.yaml)")
+        raise InputError(f"{run_dir} is not a compatkit run (no config.yaml)")
     cfg = load_config(cfg_file)
     log = RunLog(run_dir / "log.txt", quiet=args.quiet)
     try:

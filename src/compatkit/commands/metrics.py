@@ -88,7 +88,6 @@ def main(args: argparse.Namespace) -> int:
         load_matrix,
         parse_matrix,
     )
-    from ._output import emit
 
     if args.matrix == "-":
         c = parse_matrix(decode_text(sys.stdin.buffer.read(), "<stdin>"), "<stdin>")
@@ -104,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         out["matrix"] = [
             [float(c[i, j]) if j <= i else None for j in range(len(c))] for i in range(len(c))
         ]
-        emit(json.dumps(out, allow_nan=False))
+        print(json.dumps(out, allow_nan=False))
     else:
-        emit(render_text(c, rep))
+        print(render_text(c, rep))
     return 0

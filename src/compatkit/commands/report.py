@@ -22,7 +22,6 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..report import TABLE_COLUMNS, comparison_table, load_metrics, table_header, write_report
-    from ._output import emit
 
     path = write_report(Path(args.run_dir))
     # write_report validated the file already; reading it again keeps this module thin.
@@ -38,8 +37,7 @@ def main(args: argparse.Namespace) -> int:
         )
     for row in rows:
         table.add_row(*(str(row[k]) for k in TABLE_COLUMNS))
-    with console.capture() as captured:  # one write, so that a closed pipe is handled in emit
-        console.print(table)
-    # Plain line for the path: a terminal may wrap or style rich output, scripts read this line.
-    emit(f"{captured.get()}report: {path}")
+    console.print(table)
+    # Plain print of the path: a terminal may wrap or style rich output, scripts read this line.
+    print(f"report: {path}")
     return 0
