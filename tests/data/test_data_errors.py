@@ -259,3 +259,14 @@ def test_broken_image_through_the_cli(tmp_path, fake_fashion):
         cwd=tmp_path,
     )
     assert f"{root / 'a' / '2.png'}: not a readable image" in _one_line(r)
+
+
+def test_idx_header_whose_size_overflows_int64(tmp_path):
+    """2^31 x 2^31 x 2^31 bytes wrapped to 0 in int64, so a 16-byte file passed the size check
+    and failed in numpy's reshape (an internal error); the exact size refuses it."""
+    from compatkit.data import IdxFormatError, read_idx
+
+    p = tmp_path / "huge-idx3-ubyte"
+    p.write_bytes(struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 2**31, 2**31, 2**31))
+    with pytest.raises(IdxFormatError, match=rf"{p}: truncated: header says shape"):
+        read_idx(p)
