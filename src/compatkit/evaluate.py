@@ -70,14 +70,22 @@ def task_contract(cfg: Any, method: str) -> dict[str, Any]:
 
     ``load_checkpoint(path, expect=...)`` refuses a file that differs (a checkpoint of a run
     with another K, head or feature size copied into this one) with a message naming it,
-    before any feature is extracted or compared.
+    before any feature is extracted or compared. A learnable head carries no K that matters
+    (its rows grow, and a fresh head at a replacement starts empty), and without a junction
+    its feature size is the backbone's, which a provider may change: only what is fixed for
+    the whole run is expected.
     """
     from .methods import METHODS, load_all
 
     load_all()
-    k = cfg.model.num_classes
-    feat = cfg.model.feat_dim if cfg.model.feat_dim is not None else k - 1
-    return {"head": METHODS[method].head, "num_classes": k, "feat_dim": feat}
+    head = METHODS[method].head
+    m = cfg.model
+    expect: dict[str, Any] = {"head": head}
+    if head != "learnable":
+        expect["num_classes"] = m.num_classes
+    if head != "learnable" or m.learnable_feature == "junction":
+        expect["feat_dim"] = m.feat_dim if m.feat_dim is not None else m.num_classes - 1
+    return expect
 
 
 def features_for(
