@@ -293,3 +293,12 @@ def test_methods_table_writes_its_section(tmp_path) -> None:
     text = out.read_text()
     assert "<!-- BEGIN methods_table -->" in text and "### er (seed 1)" in text
     assert "| hoc | 1.00" in text and "| er | 0.00" in text  # AC of each hand matrix
+
+
+def test_bench_metrics_quick(tmp_path: Path) -> None:
+    res = tmp_path / "R.md"
+    figures = _bench("bench_metrics").main(["--quick", "--results", str(res)])
+    assert sorted(figures) == [50, 100]
+    for f in figures.values():
+        assert f["max_abs_diff"] < 1e-9  # the O(T^2) curve is the per-block mean's
+    _check_provenance(_section(res, "bench_metrics"), "bench_metrics.py", tmp_path)

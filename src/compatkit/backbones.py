@@ -28,12 +28,34 @@ is tested without new test code.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "backbone_out_dim", "build_backbone", "register_backbone"]
+from .errors import ConfigError
+
+__all__ = [
+    "BACKBONES",
+    "MissingExtraError",
+    "backbone_out_dim",
+    "build_backbone",
+    "check_backbone_name",
+    "register_backbone",
+]
+
+_EXTERNAL = {
+    # prefix: (module to import, the pip command that installs it)
+    "timm": ("timm", "pip install 'compatkit[timm]'"),
+    "tv": ("torchvision", "pip install 'compatkit[vision]'"),
+}
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """A backbone needs an optional dependency that is not installed (the message says which
+    pip command installs it). Also an ImportError, as it was before."""
+
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -190,28 +212,49 @@ class _Pooled(nn.Module):
         return torch.flatten(self.net(x), 1)
 
 
+def check_backbone_name(key: str, name: str) -> None:
+    """Refuse, before anything is built, a backbone that is unknown or whose extra is missing.
+
+    ``key`` is the config key that named it, for the message.
+    """
+    lib, sep, model = name.partition(":")
+    if sep and lib in _EXTERNAL:
+        module, pip = _EXTERNAL[lib]
+        if not model:
+            raise ConfigError(f"{key}: {name!r} names no model after {lib}:")
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError(f"{key}: backbone {name!r} needs {module}: {pip}")
+        return
+    if name not in BACKBONES:
+        raise ConfigError(
+            f"{key}: unknown backbone {name!r}; choose one of {sorted(BACKBONES)}"
+            " or timm:<name> / tv:<name>"
+        )
+
+
 def _external(name: str, in_channels: int) -> nn.Module:
     lib, _, model = name.partition(":")
+    check_backbone_name("backbone", name)
     if lib == "timm":
+        import timm
+
         try:
-            import timm
-        except ImportError as e:
-            raise ImportError(f"backbone {name!r} needs timm: pip install 'compatkit[timm]'") from e
-        net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_channels)
+            net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_channels)
+        except RuntimeError as e:  # timm: "Unknown model (...)"
+            raise ConfigError(f"backbone {name!r}: {e}") from None
         return _Pooled(net, int(net.num_features))
+    import torchvision
+
     try:
-        import torchvision
-    except ImportError as e:
-        raise ImportError(
-            f"backbone {name!r} needs torchvision: pip install 'compatkit[vision]'"
-        ) from e
-    net = torchvision.models.get_model(model, weights=None)
+        net = torchvision.models.get_model(model, weights=None)
+    except ValueError as e:  # torchvision: "Unknown model ..."
+        raise ConfigError(f"backbone {name!r}: {e}") from None
+    if in_channels != 3:
+        raise ConfigError(f"torchvision backbone {name!r} expects 3 input channels")
     fc_name = "fc" if hasattr(net, "fc") else "classifier"
     head = getattr(net, fc_name)
     out_dim = head.in_features if isinstance(head, nn.Linear) else head[-1].in_features
     setattr(net, fc_name, nn.Identity())
-    if in_channels != 3:
-        raise ValueError(f"torchvision backbone {name!r} expects 3 input channels")
     return _Pooled(net, int(out_dim))
 
 
@@ -219,11 +262,7 @@ def build_backbone(name: str, in_channels: int) -> nn.Module:
     """Build a backbone by registry name, or ``timm:<name>`` / ``tv:<name>`` when installed."""
     if name.startswith(("timm:", "tv:")):
         return _external(name, in_channels)
-    if name not in BACKBONES:
-        raise ValueError(
-            f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}"
-            " or timm:<name> / tv:<name>"
-        )
+    check_backbone_name("backbone", name)
     net = BACKBONES[name](in_channels=in_channels)
     if not hasattr(net, "out_dim"):
         raise TypeError(f"backbone {name!r} must expose out_dim")

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import pickletools
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "IncompatibleModels",
+    "ModelLike",
     "atomic_torch_save",
     "check_compatible",
     "content_digest",
@@ -55,6 +59,7 @@ __all__ = [
     "read_contract",
     "safe_torch_load",
     "save_checkpoint",
+    "state_dict_mismatch",
 ]
 
 FORMAT = "compatkit-checkpoint"
@@ -187,6 +192,8 @@ def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
     never half of one, and no temporary file behind.
     """
     path = Path(path)
+    if path.is_dir():  # os.replace would fail with a traceback after the whole save
+        raise CheckpointError(f"{path}: is a directory, cannot write a file there")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -205,10 +212,96 @@ def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
+# Names a compatkit checkpoint's pickle may import: torch's tensor rebuilders and containers.
+_SAFE_MODULES = ("torch", "collections", "_codecs", "builtins")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
+               "BINSTRING", "SHORT_BINSTRING"}  # fmt: skip
+
+
+_MAX_SCAN = 64 << 20  # bytes of pickle scanned for imports: a checkpoint's pickle is kilobytes
+
+
+def _pickle_streams(p: Path) -> list[bytes]:
+    """The pickle(s) of a torch file: ``*/data.pkl`` of the zip format, or the whole file."""
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                return [
+                    z.read(i)
+                    for i in z.infolist()
+                    if i.filename.endswith(".pkl") and i.file_size <= _MAX_SCAN
+                ]
+        with open(p, "rb") as f:
+            return [f.read(_MAX_SCAN)]
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return []
+
+
+def _foreign_imports(p: Path) -> list[str]:
+    """Globals outside torch and plain containers that the file's pickle would import.
+
+    Read with ``pickletools.genops``, which decodes opcodes and executes nothing. A stream
+    that stops early (truncated) yields what was decoded before the damage.
+    """
+    found: list[str] = []
+    for raw in _pickle_streams(p):
+        stream = io.BytesIO(raw)
+        strings: list[str] = []
+        # The legacy (non-zip) format is several pickles in a row, then raw storage bytes.
+        for _ in range(8):
+            start = stream.tell()
+            try:
+                for op, arg, _ in pickletools.genops(stream):
+                    if op.name in _STRING_OPS and isinstance(arg, str | bytes):
+                        strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+                        continue
+                    if op.name in ("GLOBAL", "INST"):
+                        name = str(arg).replace(" ", ".", 1)
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        name = f"{strings[-2]}.{strings[-1]}"
+                    else:
+                        continue
+                    if not name.startswith(tuple(m + "." for m in _SAFE_MODULES)):
+                        found.append(name)
+            except Exception:  # damaged stream: keep what was decoded before the damage
+                break
+            if stream.tell() in (start, len(raw)):
+                break
+    return found
+
+
+def _load_error(p: Path, e: Exception, what: str = "checkpoint") -> CheckpointError:
+    """One line for a ``torch.load(weights_only=True)`` failure: refused or damaged.
+
+    Refused means the pickle asks to import something other than torch's tensor rebuilders
+    and plain containers (``os.system``, ``builtins.eval``, a class to build): the file may
+    be well formed, and it was written to run code when loaded.
+    """
+    foreign = _foreign_imports(p)
+    if foreign:
+        return CheckpointError(
+            f"{what} {p}: refusing to unpickle it: it imports {_names(sorted(set(foreign)), 3)}"
+            ", not only tensors and plain containers, and loading it could run arbitrary code"
+        )
+    msg = str(e)
+    if "WeightsUnpickler error:" in msg:  # torch wraps the cause in a long help text
+        msg = msg.split("WeightsUnpickler error:", 1)[1]
+    msg = msg.split("Check the documentation")[0]
+    if "Weights only load failed" in msg:  # the cause is on the lines after torch's preamble
+        msg = msg.split("\n\n", 1)[-1]
+    cause = " ".join(msg.split()).split(". ")[0].rstrip(".")[:200] or "no details"
+    return CheckpointError(
+        f"{what} {p}: cannot be read, the file is truncated or corrupt "
+        f"({type(e).__name__}: {cause})"
+    )
+
+
 def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """``torch.load(weights_only=True)`` on the CPU; every failure is one CheckpointError line.
 
-    ``what`` names the kind of file in the message ("checkpoint", "memory file").
+    ``what`` names the kind of file in the message ("checkpoint", "memory file"). A file
+    whose pickle imports anything but tensors and plain containers is refused as such (see
+    :func:`_load_error`), never reported as damaged.
     """
     p = Path(path)
     if not p.exists():
@@ -221,20 +314,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = str(e)
-        if "Unsupported global" in msg:
-            raise CheckpointError(
-                f"{what} {p}: holds objects other than tensors and plain containers; "
-                "refusing to unpickle it (that could run arbitrary code)"
-            ) from None
-        # The safe unpickler wraps every failure in a long help text; keep the actual cause.
-        if "WeightsUnpickler error:" in msg:
-            msg = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
-        cause = " ".join(msg.split()).split(". ")[0].rstrip(".")[:200]
-        raise CheckpointError(
-            f"{what} {p}: cannot be read, the file is truncated or corrupt "
-            f"({type(e).__name__}: {cause})"
-        ) from None
+        raise _load_error(p, e, what) from None
 
 
 def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
@@ -332,12 +412,17 @@ def load_checkpoint(
         model.head.grow(int(contract["head_rows"]))
     except (ImportError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {p}: cannot rebuild its model: {e}") from None
+    problems = state_dict_mismatch(model.state_dict(), obj["state_dict"])
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {p}: weights do not fit the model its contract describes: {problems}"
+        )
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
-    except RuntimeError as e:
+    except RuntimeError as e:  # e.g. a dtype torch cannot copy; the mismatch check saw none
+        cause = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise CheckpointError(
-            f"checkpoint {p}: weights do not fit the model its contract describes: "
-            f"{str(e).splitlines()[0]}"
+            f"checkpoint {p}: weights do not fit the model its contract describes: {cause[:500]}"
         ) from None
     if model.contract() != contract:
         raise CheckpointError(
@@ -347,12 +432,64 @@ def load_checkpoint(
     return model.to(map_location), _metadata(obj, p)
 
 
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, Any], limit: int = 8
+) -> str | None:
+    """Every difference between two state dicts, summarised on one line; None when they fit.
+
+    Missing keys, unexpected keys and shape mismatches are each counted in full and the
+    first ``limit`` of each are named (``load_state_dict`` reports them on many lines, and a
+    one-line error cut to its first line used to hide all but the first kind).
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k} {list(found[k].shape)} vs {list(expected[k].shape)}"
+        for k in sorted(set(expected) & set(found))
+        if isinstance(found[k], torch.Tensor) and found[k].shape != expected[k].shape
+    ]
+    not_tensors = sorted(k for k in set(found) if not isinstance(found[k], torch.Tensor))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_names(missing, limit)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected, limit)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (file vs model): {_names(shapes, limit)}")
+    if not_tensors:
+        parts.append(f"{len(not_tensors)} entries that are not tensors: {_names(not_tensors)}")
+    return "; ".join(parts) or None
+
+
 # ----------------------------------------------------------------------------- compatibility
 
 
-def _contract_of(c: Mapping) -> Mapping:
-    """Accept either a contract or the metadata dict that holds one."""
-    return c["contract"] if "contract" in c and isinstance(c["contract"], Mapping) else c
+ModelLike = CompatModel | Mapping | str | os.PathLike
+"""What :func:`check_compatible` compares: a model, a contract, a checkpoint's metadata dict
+(from :func:`read_contract` or :func:`load_checkpoint`), or a checkpoint file."""
+
+
+def _contract_of(c: Any) -> tuple[Mapping, str | None]:
+    """The contract of any :data:`ModelLike`, and the file it came from (for messages)."""
+    if isinstance(c, str | os.PathLike):
+        return read_contract(c)["contract"], str(c)
+    try:
+        return _unwrap(c).contract(), None
+    except TypeError:
+        pass
+    if isinstance(c, Mapping):
+        if "contract" in c and isinstance(c["contract"], Mapping):
+            return c["contract"], c.get("path") if isinstance(c.get("path"), str) else None
+        return c, None
+    raise TypeError(
+        f"check_compatible compares models, contracts, checkpoint metadata or checkpoint "
+        f"paths, got {type(c).__name__}"
+    )
 
 
 def _placements(class_map: Mapping, by_name: bool) -> dict[tuple[str, str | int], int]:
@@ -372,7 +509,7 @@ def _fully_named(class_map: Mapping) -> bool:
 
 
 def check_compatible(
-    contract_a: Mapping, contract_b: Mapping, names: tuple[str, str] = ("model A", "model B")
+    model_a: ModelLike, model_b: ModelLike, names: tuple[str, str] | None = None
 ) -> None:
     """Raise :class:`IncompatibleModels` when features of the two models cannot be compared.
 
@@ -386,11 +523,15 @@ def check_compatible(
     Allowed: any backbone change, and pairs involving a learnable head as
     long as the dimension matches (their rows carry no shared geometry, and
     measuring how such a pair fares is exactly what the ER baseline is for).
-    Either argument may be a contract or a metadata dict from
-    :func:`read_contract`.
+
+    Either argument may be a :class:`~compatkit.model.CompatModel` (also wrapped by DDP or
+    ``torch.compile``), its ``contract()``, the metadata dict of :func:`read_contract` or
+    :func:`load_checkpoint`, or the path of a checkpoint (read with ``weights_only=True``).
+    ``names`` defaults to the file names where there are files, else "model A"/"model B".
     """
-    a, b = _contract_of(contract_a), _contract_of(contract_b)
-    na, nb = names
+    a, file_a = _contract_of(model_a)
+    b, file_b = _contract_of(model_b)
+    na, nb = names or (file_a or "model A", file_b or "model B")
 
     def refuse(why: str) -> None:
         raise IncompatibleModels(f"{na} and {nb} are not compatible: {why}")

@@ -19,6 +19,7 @@ import torch
 
 from .config import ConfigError, DataSource, RunConfig, to_dict
 from .data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset, steps_per_epoch
+from .data.missing import DatasetNotFoundError
 from .errors import DataError
 
 __all__ = ["Plan", "make_plan", "provider_key"]
@@ -127,18 +128,27 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
     # A download asked for by one role serves every role reading the same dataset.
     fetch = {s.dataset for s in sources if s.download}
 
-    def pool(src: DataSource) -> _Pool:
+    def pool(src: DataSource, role: str) -> _Pool:
         key = (src.dataset, src.split, src.root)
         if key not in pools:
             try:
                 data = load_dataset(src.dataset, src.split, src.root, src.dataset in fetch)
+            except DatasetNotFoundError as e:
+                raise e.for_key(role) from None
             except OSError as e:  # a file of the user's data that is missing or unreadable
                 raise DataError(f"{src.dataset}/{src.split}: {' '.join(str(e).split())}") from e
             pools[key] = _Pool(data)
         return pools[key]
 
     loc = cfg.local
-    local = pool(loc.data).draw(loc.data, gen, "local.data")
+    local = pool(loc.data, "local.data").draw(loc.data, gen, "local.data")
+    # Random crops pad by train.pad pixels on each side (providers use it as well): a pad as
+    # large as the image crops mostly padding, and a huge one asks for a huge padded batch.
+    if cfg.train.pad >= min(local.height, local.width):
+        raise ConfigError(
+            f"train.pad={cfg.train.pad} must be smaller than the {local.height}x{local.width} "
+            f"images of local.data (paper: 4 pixels on 32x32)"
+        )
     order = loc.data.classes if loc.data.classes is not None else sorted(set(local.labels.tolist()))
     n_tasks_cls = len(order) - loc.initial_increment
     if n_tasks_cls < 0 or n_tasks_cls % loc.increment:
@@ -169,7 +179,7 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
             providers.append(None)
             provider_classes.append([])
             continue
-        d = pool(p.data).draw(p.data, gen, f"providers[{i}].data")
+        d = pool(p.data, f"providers.{i}.data").draw(p.data, gen, f"providers[{i}].data")
         providers.append(d)
         provider_classes.append(sorted(set(d.labels.tolist())))
     k = cfg.model.num_classes
@@ -181,12 +191,12 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
                 f"model.num_classes K={k} is too small: provider {i} uses rows 0..{top - 1} and "
                 f"the local classes rows {bottom}..{k - 1 - min(order)}; raise K"
             )
-    gallery = pool(cfg.eval.gallery).draw(cfg.eval.gallery, gen, "eval.gallery")
-    query = pool(cfg.eval.query).draw(cfg.eval.query, gen, "eval.query")
+    gallery = pool(cfg.eval.gallery, "eval.gallery").draw(cfg.eval.gallery, gen, "eval.gallery")
+    query = pool(cfg.eval.query, "eval.query").draw(cfg.eval.query, gen, "eval.query")
     local_test = None
     test_src = DataSource(loc.data.dataset, "test", loc.data.root, list(order))
     try:  # whatever test images of the local classes no other role took
-        local_test = pool(test_src).draw(test_src, gen, "local test")
+        local_test = pool(test_src, "local.data").draw(test_src, gen, "local test")
     except (ConfigError, FileNotFoundError, ValueError):
         local_test = None
     if local.channels != query.channels or local.height != query.height:

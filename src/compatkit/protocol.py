@@ -47,7 +47,7 @@ from .rundir import (
     save_memory,
 )
 from .simplex import ClassMap
-from .train import Precision, resolve_precision, train_task
+from .train import Precision, TrainingDiverged, resolve_precision, train_task
 
 __all__ = ["Runner", "resolve_device", "seed_dir", "task_seed"]
 
@@ -58,6 +58,11 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device: {name!r} asked for, but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), numbered from 0"
+        )
     return dev
 
 
@@ -456,6 +461,8 @@ class Runner:
                 ddp_model=ddp,
                 dist=self.dist,
             )
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{label}: {e}") from None
         finally:
             self.log.finish()
 
@@ -661,7 +668,7 @@ def _eval_normalize(plan: Plan, device: torch.device) -> Callable[[torch.Tensor]
 
 def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
     """Compute every method's matrices and metrics from the run's checkpoints; write JSON."""
-    from .evaluate import evaluate_sequence, summarize
+    from .evaluate import evaluate_sequence, summarize, task_contract
 
     cfg, plan, log = runner.cfg, runner.plan, runner.log
     device = runner.device
@@ -705,6 +712,7 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
                     local_test,
                     seen,
                     progress=log.advance,
+                    expect=task_contract(cfg, m),
                 )
             finally:
                 log.finish()

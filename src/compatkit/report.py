@@ -241,19 +241,31 @@ def load_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.suffix != ".json":  # a run directory
         if not p.is_dir():
-            raise InputError(f"run directory not found: {p}")
+            raise RunFileNotFound(f"run directory not found: {p}")
         p = p / "metrics.json"
     if not p.is_file():
-        raise InputError(
+        raise RunFileNotFound(
             f"no {p.name} in {p.parent} (a run writes it when its evaluation finishes)"
         )
+    return validate_metrics(read_json(p), source=str(p))
+
+
+class RunFileNotFound(InputError, FileNotFoundError):
+    """A run directory, or a file a run should hold, is not there."""
+
+
+def read_json(p: Path) -> Any:
+    """A JSON file's content; one InputError line naming the file when it is not JSON."""
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_bytes().decode("utf-8-sig"))
     except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not valid JSON ({e})") from e
+        raise InputError(f"{p}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
-        raise InputError(f"{p}: not a UTF-8 text file ({e})") from e
-    return validate_metrics(data, source=str(p))
+        raise InputError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise InputError(f"{p}: not valid JSON (nested too deeply)") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot be read ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------- statistics
@@ -915,10 +927,7 @@ def _analysis_section(run_dir: Path) -> list[tuple[str, str]]:
     p = run_dir / "analysis.json"
     if not p.is_file():
         return []
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: not valid JSON ({e})") from e
+    data = read_json(p)
     if isinstance(data, Mapping) and isinstance(data.get("markdown"), str):
         title = data.get("title") if isinstance(data.get("title"), str) else "Analysis"
         return [(title, data["markdown"])]
@@ -942,7 +951,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise InputError(f"run directory not found: {run_dir}")
+        raise RunFileNotFound(f"run directory not found: {run_dir}")
     metrics = load_metrics(run_dir)
     extra = _analysis_section(run_dir)
     methods = method_names(metrics)

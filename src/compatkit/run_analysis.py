@@ -308,6 +308,7 @@ def load_models(
 ) -> list[ModelRecord]:
     """Features, vertices and logged losses of every task model of ``method`` / ``seed``."""
     from .checkpoint import load_checkpoint
+    from .evaluate import task_contract
     from .protocol import seed_dir
     from .rundir import check_identity, read_run_id
 
@@ -319,8 +320,11 @@ def load_models(
         raise CheckpointError(f"{method} seed {seed}: missing checkpoints {missing} in {d}")
     run_id = read_run_id(info.run_dir)
     out = []
+    expect = task_contract(info.cfg, method)
     for t, p in enumerate(paths):
-        model, meta = load_checkpoint(p, map_location="cpu")
+        # The contract first: a checkpoint of another K or feature size is refused by name
+        # instead of failing later when its features meet the others'.
+        model, meta = load_checkpoint(p, expect=expect, map_location="cpu")
         extra = dict(meta.get("extra") or {})
         check_identity(extra, p, "checkpoint", method=method, seed=seed, task=t, run_id=run_id)
         q, g, ql, gl = source.get(p)

@@ -23,17 +23,30 @@ from torch import nn
 from .config import OptimConfig
 from .data import ImageSet, augment, epoch_batches, steps_per_epoch
 from .distributed import Dist, gather_rows, shard_slice
+from .errors import ConfigError
 from .methods import Method, StepInputs, TaskContext
 from .model import CompatModel, ModelOutput
 
 __all__ = [
+    "FINITE_CHECK_EVERY",
     "Precision",
     "TaskResult",
+    "TrainingDiverged",
     "autocast",
     "make_optimizer",
     "resolve_precision",
     "train_task",
 ]
+
+FINITE_CHECK_EVERY = 25
+"""Steps between two looks at the divergence flag. The flag itself is updated on the device at
+every step without a synchronisation; reading it costs one (about what one log line costs), so
+a diverged run stops at most this many steps late, with nothing saved."""
+
+
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or infinite: the settings (learning rate, loss weights,
+    precision) made the run diverge. Nothing of the failed task is saved."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,10 @@ def train_task(
     warm = opt_cfg.warmup_epochs * (1 if by_epoch else per_epoch)
     step, seen, t0 = 0, 0, time.perf_counter()
     losses, parts_hist = [], []
+    # Divergence watch, on the device (no per-step host sync): the step at which the loss
+    # first became non-finite (-1: never) and the last finite loss before it.
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    last_finite = torch.full((), float("nan"), device=device)
     model.train()
     if opt_cfg.freeze_bn:
         for m in model.modules():
@@ -186,6 +203,9 @@ def train_task(
             n_batches += 1
             step += 1
             seen += len(labels)
+            _watch(loss.detach(), step, bad_step, last_finite)
+            if step % FINITE_CHECK_EVERY == 0:
+                _stop_if_diverged(bad_step, last_finite, total)
             if on_step is not None:
                 lr_now = opt.param_groups[0]["lr"]
                 on_step(
@@ -198,8 +218,42 @@ def train_task(
                         "lr": lr_now,
                     }
                 )
+        _stop_if_diverged(bad_step, last_finite, total)
         losses.append(float(ep_loss) / max(1, n_batches))
         parts_hist.append({k: float(v) / max(1, n_batches) for k, v in ep_parts.items()})
+    # The last update can turn the weights non-finite after a finite loss: such a model must
+    # not be saved as the task's result (one host sync per task).
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise TrainingDiverged(
+            f"the weights became non-finite in the last update (step {step}/{total}, after a "
+            f"loss of {losses[-1]:.4g}). The settings made training diverge: lower the "
+            "learning rate (train.lr, or the provider's lr)"
+        )
     dt = time.perf_counter() - t0
     model.eval()
     return TaskResult(losses, parts_hist, seen / max(dt, 1e-9), dt)
+
+
+def _watch(loss: torch.Tensor, step: int, bad_step: torch.Tensor, last: torch.Tensor) -> None:
+    """Record, in place and on the device, the first non-finite step and the last finite loss."""
+    ok = torch.isfinite(loss.float())
+    fresh = bad_step < 0
+    last.copy_(torch.where(ok & fresh, loss.float(), last))
+    bad_step.copy_(torch.where(~ok & fresh, torch.full_like(bad_step, step), bad_step))
+
+
+def _stop_if_diverged(bad_step: torch.Tensor, last: torch.Tensor, total: int) -> None:
+    s = int(bad_step)  # the one host synchronisation of the watch
+    if s < 0:
+        return
+    before = float(last)
+    was = (
+        f"the last finite loss was {before:.4g} (step {s - 1})"
+        if s > 1
+        else "it was not finite from the first step"
+    )
+    raise TrainingDiverged(
+        f"the training loss became non-finite at step {s}/{total}; {was}. The settings made "
+        "training diverge: lower the learning rate (train.lr, or the provider's lr) or change "
+        "the loss weights (method_options)"
+    )
