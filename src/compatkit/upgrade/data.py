@@ -187,9 +187,7 @@ def load_user_items(
                     resize_images(data.images, int(image_size)), data.labels, data.classes
                 )
             ids = [f"{chosen}/{i}" for i in range(len(data))]
-    except DataError:
-        raise
-    except (FileNotFoundError, ValueError, OSError) as e:  # loaders' own errors, one line
+    except (FileNotFoundError, ValueError, OSError) as e:  # DataError is a ValueError too
         msg = " ".join(str(e).split())
         raise DataError(f"data {spec}: {msg}") from None
     if len(ids) != len(data):  # the folder changed while it was read
