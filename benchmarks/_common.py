@@ -46,6 +46,7 @@ NATURAL_SHAPE: dict[str, tuple[int, int, int]] = {
     # (channels, height, width) each registered backbone is meant for.
     "smallcnn": (1, 28, 28),  # Fashion-MNIST
     "smallcnn_wide": (1, 28, 28),
+    "resnet18": (3, 32, 32),  # CIFAR, as the released code runs it
     "resnet18_cifar": (3, 32, 32),  # CIFAR
 }
 

@@ -45,12 +45,12 @@ from _common import (
 )
 from _results import md_table
 from compatkit import retrieval
-from compatkit.commands.run import default_config_path
 from compatkit.config import load_config
 from compatkit.data import DATASET_STATS, to_float
 from compatkit.evaluate import extract_features
 from compatkit.progress import RunLog
 from compatkit.protocol import Runner, evaluate_run
+from compatkit.shipped import resolve_config
 from compatkit.train import Precision
 
 NAME = "bench_scaling"
@@ -102,7 +102,7 @@ def task_scaling(
                 "eval.full_gallery=false",
                 "device=cpu",
             ]
-            cfg = load_config(default_config_path(), sets)
+            cfg = load_config(resolve_config(None), sets)
             run_dir = tmp / f"T{t}"
             runner = Runner(cfg, run_dir, RunLog(run_dir / "log.txt", quiet=True, live=False))
             runner.plan  # noqa: B018 - load and check the data outside the timings

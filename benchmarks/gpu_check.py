@@ -5,7 +5,8 @@ Checks, each reported PASS or FAIL (the exit status is 1 if any failed):
 1. precision: ``auto`` resolves to bf16 autocast where the GPU supports it,
    else fp16 with a GradScaler; a forward pass under it yields that dtype;
 2. data: the training images live on the GPU as one uint8 tensor;
-3. training: a few hundred steps of the CIFAR ResNet-18 (d-Simplex head,
+3. training: a few hundred steps of the paper's ResNet-18 (``resnet18``, the
+   released ImageNet-style one; d-Simplex head,
    3x32x32 random uint8 images, batch 128, channels-last) through
    ``compatkit.train.train_task``, losses finite; images/s measured;
 4. the other precision: fp16 with loss scaling for a few steps, when the
@@ -47,6 +48,7 @@ from _common import Timer, finish, simplex_model
 from _results import DEFAULT_RESULTS, md_table
 
 NAME = "gpu_check"
+BACKBONE = "resnet18"  # the released backbone: its images/s sizes a paper run (docs/reproduce.md)
 TITLE = "gpu_check: compatkit's CUDA path (precision, uint8 data, ResNet-18, DDP, evaluation)"
 
 __all__ = ["PEAK_TFLOPS", "flops_per_image", "main", "peak_flops", "run_checks"]
@@ -156,7 +158,7 @@ def run_checks(
             want = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             assert prec.name == want, f"auto gave {prec.name}, expected {want}"
             assert prec.scaler == (want == "fp16"), "fp16 needs a GradScaler, bf16 none"
-        s = bt.make_setup("resnet18_cifar", 1, 4, device, prec, channels_last=cuda, side=side)
+        s = bt.make_setup(BACKBONE, 1, 4, device, prec, channels_last=cuda, side=side)
         with autocast(device, prec):
             f = s.model(s.normalize()(s.data.images)).features
         want_dtype = prec.dtype or torch.float32
@@ -164,9 +166,7 @@ def run_checks(
         return f"auto -> {prec.name}{' + GradScaler' if prec.scaler else ''}; forward in {f.dtype}"
 
     def c_data() -> str:
-        s = bt.make_setup(
-            "resnet18_cifar", steps, batch, device, prec, channels_last=cuda, side=side
-        )
+        s = bt.make_setup(BACKBONE, steps, batch, device, prec, channels_last=cuda, side=side)
         state["setup"] = s
         data: ImageSet = s.data
         assert data.images.dtype == torch.uint8, data.images.dtype
@@ -181,9 +181,7 @@ def run_checks(
         if cuda:
             w = s.model.backbone.stem[0].weight
             assert w.is_contiguous(memory_format=torch.channels_last), "model not channels-last"
-        warm = bt.make_setup(
-            "resnet18_cifar", max(2, steps // 20), batch, device, prec, cuda, side=side
-        )
+        warm = bt.make_setup(BACKBONE, max(2, steps // 20), batch, device, prec, cuda, side=side)
         bt.compatkit_epoch(warm)  # cuDNN autotuning and allocator warm-up, untimed
         with Timer(device) as t:
             n = bt.compatkit_epoch(s)
@@ -200,7 +198,7 @@ def run_checks(
         if prec.name == "fp16":
             return "fp16 + GradScaler is the auto precision: exercised by the training check"
         p16 = Precision(torch.float16, True)
-        s = bt.make_setup("resnet18_cifar", 10, batch, device, p16, channels_last=True)
+        s = bt.make_setup(BACKBONE, 10, batch, device, p16, channels_last=True)
         model = s.model
         method = build_method("er")
         ctx = TaskContext(model, None, 0, list(range(10)), [], device=device)
@@ -214,7 +212,7 @@ def run_checks(
 
     def c_baseline() -> str:
         s = bt.make_setup(
-            "resnet18_cifar", baseline_steps, batch, device, prec, channels_last=cuda, side=side
+            BACKBONE, baseline_steps, batch, device, prec, channels_last=cuda, side=side
         )
         parts = []
         for w in sorted({0, workers}):
@@ -257,9 +255,7 @@ def run_checks(
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         dist.init_process_group(backend, init_method="env://", rank=0, world_size=1)
         try:
-            s = bt.make_setup(
-                "resnet18_cifar", 5, batch, device, prec, channels_last=cuda, side=side
-            )
+            s = bt.make_setup(BACKBONE, 5, batch, device, prec, channels_last=cuda, side=side)
             model = s.model
             ddp = DDP(model, device_ids=[device.index or 0] if cuda else None)
             before = [p.detach().clone() for p in model.parameters()]
@@ -305,7 +301,7 @@ def run_checks(
     checks.run("precision", c_precision)
     checks.run("uint8 data on the device", c_data)
     if checks.rows[-1][1]:
-        checks.run("train_task, resnet18_cifar, channels-last", c_train)
+        checks.run(f"train_task, {BACKBONE}, channels-last", c_train)
     checks.run("fp16 + GradScaler", c_fp16)
     if "compatkit_images_per_s" in fig:
         checks.run("per-sample baseline (bench_train)", c_baseline)
@@ -374,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         per = {k: v for k, v in fig.items() if k.startswith("per_sample_")}
         lines += [
             "",
-            f"Training images/s (resnet18_cifar, {fig['input']}, batch {batch}, "
+            f"Training images/s ({BACKBONE}, {fig['input']}, batch {batch}, "
             f"{fig['precision']}): compatkit {fig['compatkit_images_per_s']:,.0f}; per-sample "
             + ", ".join(f"{k.split('_')[2][1:]} workers {v:,.0f}" for k, v in per.items()),
         ]

@@ -3,6 +3,7 @@ thread pool) and a small dataset in the exact Fashion-MNIST file format."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,19 @@ def write_fake_fashion(
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Providers go to compatkit's cache: give the tests their own, never the user's (and
+    subprocesses of the real CLI inherit it through the environment)."""
+    old = os.environ.get("COMPATKIT_CACHE")
+    os.environ["COMPATKIT_CACHE"] = str(tmp_path_factory.mktemp("compatkit-cache"))
+    yield Path(os.environ["COMPATKIT_CACHE"])
+    if old is None:
+        os.environ.pop("COMPATKIT_CACHE", None)
+    else:
+        os.environ["COMPATKIT_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -330,3 +330,12 @@ def test_front_table_writes_its_section(tmp_path) -> None:
     assert "| hoc | 0.1 | 3 | 0.70 ± 0.10 | 91.00 ± 0.50 | 55.00 ± 4.00 | 70.00 ± 2.00 " in text
     assert "| er | — | 1 | 0.00 | 45.00 | 30.00 | 40.00 | n/a | 70.00 |  |" in text
     assert "(final local acc., AM), from the most compatible to the most plastic: hoc " in text
+
+
+def test_bench_metrics_quick(tmp_path: Path) -> None:
+    res = tmp_path / "R.md"
+    figures = _bench("bench_metrics").main(["--quick", "--results", str(res)])
+    assert sorted(figures) == [50, 100]
+    for f in figures.values():
+        assert f["max_abs_diff"] < 1e-9  # the O(T^2) curve is the per-block mean's
+    _check_provenance(_section(res, "bench_metrics"), "bench_metrics.py", tmp_path)

@@ -43,6 +43,14 @@ def _learnable():
     return m
 
 
+def _learnable_no_junction():
+    """The released learnable-head layout: the feature is the backbone's own 128-d output."""
+    m = build_model(ModelSpec("smallcnn", 1, 128, "learnable", 0, junction=False))
+    m.add_classes([0, 1], space="provider")
+    m.add_classes([5])
+    return m
+
+
 def _exercise(m) -> None:
     """Give every tensor non-default values: random weights and BatchNorm running stats."""
     g = torch.Generator().manual_seed(0)
@@ -66,7 +74,11 @@ def saved(tmp_path):
     return path, m
 
 
-@pytest.mark.parametrize("make", [_simplex, _etf, _learnable], ids=["simplex", "etf", "learnable"])
+@pytest.mark.parametrize(
+    "make",
+    [_simplex, _etf, _learnable, _learnable_no_junction],
+    ids=["simplex", "etf", "learnable", "learnable-no-junction"],
+)
 def test_round_trip_same_outputs(tmp_path, make) -> None:
     m = make()
     _exercise(m)
@@ -293,3 +305,49 @@ def test_file_sha256(tmp_path) -> None:
     p = tmp_path / "f"
     p.write_bytes(b"abc")
     assert file_sha256(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def _rewrite_as_before_the_junction_field(path) -> None:
+    """Turn a checkpoint into one written before ``junction`` joined the contract: the field
+    absent, the digest over what remains (as that version computed it)."""
+    from compatkit.checkpoint import _digest
+
+    raw = torch.load(path, weights_only=True)
+    assert raw["contract"].pop("junction") is True
+    raw["sha256"] = _digest(raw, raw["state_dict"])
+    torch.save(raw, path)
+
+
+def test_checkpoint_without_junction_field_loads_as_before(saved) -> None:
+    path, m = saved
+    _rewrite_as_before_the_junction_field(path)
+    assert "junction" not in torch.load(path, weights_only=True)["contract"]
+    loaded, meta = load_checkpoint(path, expect={"junction": True, "head": "simplex"})
+    assert loaded.junction is not None and meta["contract"]["junction"] is True
+    assert loaded.contract() == m.contract()
+    m.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(_batch()).features, m(_batch()).features, rtol=0, atol=0)
+    check_compatible(read_contract(path), m.contract())
+    with pytest.raises(CheckpointError, match="junction=True but False was expected"):
+        load_checkpoint(path, expect={"junction": False})
+
+
+def test_junction_in_the_contract_and_compatibility(tmp_path) -> None:
+    bare = _learnable_no_junction()
+    save_checkpoint(tmp_path / "b.pt", bare)
+    loaded, meta = load_checkpoint(tmp_path / "b.pt")
+    assert loaded.junction is None and meta["contract"]["junction"] is False
+    assert "junction.weight" not in loaded.state_dict()
+    with torch.no_grad():
+        x = _batch()
+        torch.testing.assert_close(loaded.eval().features(x), loaded.backbone(x))
+    # Same dimension with or without a junction: a learnable pair is compared, as before.
+    with_junction = build_model(ModelSpec("smallcnn", 1, 128, "learnable", 2))
+    check_compatible(bare.contract(), with_junction.contract())
+    # Still refused: different feature sizes, and fixed heads that disagree.
+    with pytest.raises(IncompatibleModels, match="feature dimensions differ"):
+        check_compatible(bare.contract(), _learnable().contract())
+    with pytest.raises(IncompatibleModels, match="different K"):
+        check_compatible(_contract("etf", 5, 12), {**_contract("etf", 6, 12), "junction": True})
+    # A stored contract lacking the field equals today's default.
+    check_compatible(_contract(), {**_contract(), "junction": True})

@@ -1,5 +1,6 @@
 """The shipped configurations: every file in configs/ loads and validates; the paper's CIFAR
-configurations hold the paper's settings and give a valid data plan on tiny fake data."""
+configurations hold the authors' released setting, plan its step counts, and give a valid
+data plan on tiny fake data."""
 
 from __future__ import annotations
 
@@ -56,24 +57,31 @@ PAPER = {
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_cifar_configs_hold_the_paper_settings(name):
-    """METHOD.md Sec. 4, value by value."""
+def test_cifar_configs_hold_the_released_settings(name):
+    """The authors' released code, value by value (FIDELITY.md; where src/ and the notebooks
+    differ, the notebooks, which printed the released numbers)."""
     cfg = load_config(CONFIGS / name)
     want = PAPER[name]
     assert cfg.seeds == [42] and cfg.methods == ["hoc", "er"]
-    assert cfg.model.backbone == "resnet18_cifar" and cfg.model.num_classes == 1024
-    assert cfg.model.feat_dim is None  # K-1, as the d-Simplex needs
+    assert cfg.method_options == {"hoc": {"lam": 0.1, "mu": 10.0, "form": "reference"}}
+    assert cfg.precision == "fp32"  # the notebooks (src/: fp16 autocast)
+    m = cfg.model
+    assert m.backbone == "resnet18" and m.num_classes == 1024  # ImageNet-style ResNet-18, K
+    assert m.feat_dim is None  # K-1 = 1023: fc1, the junction of the d-Simplex model
+    assert (m.learnable_feature, m.learnable_replacement) == ("backbone", "fresh")  # ER: 512-d
     loc = cfg.local
-    assert (loc.data.dataset, loc.data.split, loc.data.per_class) == ("cifar100", "train", 300)
-    assert loc.data.classes == list(range(100))
+    assert (loc.data.dataset, loc.data.split) == ("cifar100", "train")
+    assert loc.data.per_class is None and loc.data.select == "first"  # all 500 (notebooks)
+    assert loc.data.classes == list(range(100))  # natural order
     assert (loc.initial_increment, loc.increment) == (10, want["increment"])
     assert loc.memory_per_class == 20
     assert cfg.replacement_tasks == want["replacements"] and not cfg.no_replacement
     assert cfg.old_model == "reference"
     tr = cfg.train
     assert (tr.epochs, tr.batch_size, tr.lr, tr.min_lr) == (70, 128, 1e-3, 1e-5)
-    assert (tr.momentum, tr.weight_decay, tr.pad, tr.flip) == (0.9, 5e-4, 4, True)
-    assert tr.warmup_epochs == 0 and tr.freeze_bn is False
+    assert (tr.momentum, tr.weight_decay, tr.weight_decay_on) == (0.9, 5e-4, "all")
+    assert (tr.pad, tr.flip, tr.warmup_epochs, tr.freeze_bn) == (4, True, 0, False)
+    assert (tr.sampler, tr.lr_update) == ("balanced", "epoch")
     assert [len(p.data.classes or []) for p in cfg.providers] == [100, 300, 600]
     for p in cfg.providers:
         assert p.data.dataset == "imagenet32" and p.data.split == "train"
@@ -113,13 +121,17 @@ def _images(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
 
 
-def write_fake_cifar100(root: Path, rng: np.random.Generator) -> None:
+def write_fake_cifar100(
+    root: Path, rng: np.random.Generator, per_class: int = CIFAR100_PER_CLASS, protocol: int = 2
+) -> None:
+    """Protocol 2 is the official files'; 5 writes a full-size set many times faster."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     _pickle(folder / "meta", {b"fine_label_names": [f"f{k}".encode() for k in range(100)]})
-    for member, per in (("train", CIFAR100_PER_CLASS), ("test", 1)):
+    for member, per in (("train", per_class), ("test", 1)):
         labels = rng.permutation(np.repeat(np.arange(100), per)).tolist()
-        write_cifar_batch(folder / member, _images(rng, len(labels)), labels, b"fine_labels")
+        images = _images(rng, len(labels))
+        write_cifar_batch(folder / member, images, labels, b"fine_labels", protocol)
 
 
 def write_fake_cifar10(root: Path, rng: np.random.Generator) -> None:
@@ -198,3 +210,63 @@ def test_cifar_plan_refuses_a_k_too_small_for_provider_and_local_rows(fake_roots
         make_plan(load_config(CONFIGS / "cifar100_7tasks.yaml", over))
     over[-1] = "model.num_classes=700"
     assert make_plan(load_config(CONFIGS / "cifar100_7tasks.yaml", over)).num_tasks == 7
+
+
+# --------------------------------------------------------------------------- planned steps
+
+# The released rule, by hand (dataset_utils.BalancedBatchSampler and main.py): task 0 is a
+# DataLoader(batch 128, drop_last) over its 10 x 500 images; a later task t has
+# (n_new + n_memory) // 128 batches, n_memory = 20 images x the classes of tasks 0..t-1.
+STEPS_7 = [
+    5000 // 128,  # 39
+    (15 * 500 + 20 * 10) // 128,  # 7,700 -> 60
+    (15 * 500 + 20 * 25) // 128,  # 8,000 -> 62
+    (15 * 500 + 20 * 40) // 128,  # 8,300 -> 64
+    (15 * 500 + 20 * 55) // 128,  # 8,600 -> 67
+    (15 * 500 + 20 * 70) // 128,  # 8,900 -> 69
+    (15 * 500 + 20 * 85) // 128,  # 9,200 -> 71
+]
+STEPS_31 = [5000 // 128] + [(3 * 500 + 20 * (10 + 3 * (t - 1))) // 128 for t in range(1, 31)]
+
+
+def test_hand_computed_steps():
+    assert STEPS_7 == [39, 60, 62, 64, 67, 69, 71]
+    assert STEPS_31[:3] == [39, 13, 13] and STEPS_31[-1] == (1500 + 20 * 97) // 128 == 26
+
+
+@pytest.fixture(scope="module")
+def full_cifar100(tmp_path_factory) -> Path:
+    """CIFAR-100's training set at its real size: 500 images of each class (random pixels)."""
+    root = tmp_path_factory.mktemp("cifar100_full")
+    write_fake_cifar100(root, np.random.default_rng(1), per_class=500, protocol=5)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("name", "want"), [("cifar100_7tasks.yaml", STEPS_7), ("cifar100_31tasks.yaml", STEPS_31)]
+)
+def test_planned_steps_per_task_follow_the_released_sampler(name, want, full_cifar100, fake_roots):
+    keep = ("local.data.per_class", "local.memory")
+    over = [o for o in fake_overrides(fake_roots) if not o.startswith(keep)]
+    over = [o.replace(str(fake_roots["cifar100"]), str(full_cifar100)) for o in over]
+    over += [f"providers.{i}.checkpoint={{simplex: p{i}.pt, learnable: q{i}.pt}}" for i in range(3)]
+    cfg = load_config(CONFIGS / name, over)
+    plan = make_plan(cfg)  # the released providers replace training: no ImageNet32 needed
+    assert len(plan.local) == 100 * 500
+    assert plan.epoch_steps(cfg) == want
+    assert sum(want) * cfg.train.epochs == {7: 30_240, 31: 43_890}[plan.num_tasks]
+    # compatkit's default sampler passes over each new image once per epoch instead:
+    # ceil(5,000 / 128) = 40 batches of task 0, ceil(n_new / 64) half-new batches later.
+    cfg.train.sampler = "shuffle"
+    n_new = 500 * PAPER[name]["increment"]
+    assert plan.epoch_steps(cfg)[:2] == [40, -(-n_new // 64)]
+
+
+def test_the_packaged_configs_are_the_repository_configs():
+    """One copy: src/compatkit/configs (package data) names the same files as configs/."""
+    from compatkit.shipped import shipped_configs
+
+    shipped = shipped_configs()
+    assert sorted(shipped) == sorted(p.stem for p in ALL if p.suffix == ".yaml")
+    for name, path in shipped.items():
+        assert path.read_bytes() == (CONFIGS / f"{name}.yaml").read_bytes(), name

@@ -24,6 +24,7 @@ from compatkit.analysis import definition1_pairs, stationarity_stats
 from compatkit.checkpoint import load_checkpoint
 from compatkit.cli import main as cli_main
 from compatkit.config import DataSource, ProviderConfig, RunConfig
+from compatkit.errors import InputError
 from compatkit.model import ModelSpec, build_model
 
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
@@ -267,14 +268,14 @@ def test_missing_cache_is_recomputed(runs, fake_fashion, monkeypatch):
 
 def test_refusals(runs, tmp_path):
     run, _, _ = runs
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(InputError, match="not found"):
         ra.analyze_run(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
+    with pytest.raises(InputError, match=r"config\.yaml"):
         ra.analyze_run(tmp_path)
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.yaml").write_text((run / "config.yaml").read_text())
-    with pytest.raises(FileNotFoundError, match="compatkit eval"):
+    with pytest.raises(InputError, match="compatkit eval"):
         ra.analyze_run(bare)
     with pytest.raises(ValueError, match="not in this run"):
         ra.analyze_run(run, methods=["lwf"], plots=False)

@@ -35,6 +35,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 __all__ = [
     "Z95",
     "centre_drift_deg",
@@ -440,7 +442,7 @@ def torch_threads(n: int | None):
         yield
         return
     if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
+        raise InputError(f"threads must be >= 1, got {n}")
     prev = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -16,7 +16,7 @@ reads it without unpickling arbitrary objects)::
     format_version    1
     compatkit_version the library version that wrote it
     contract          CompatModel.contract(): backbone, in_channels, feat_dim, head,
-                      num_classes, etf_seed, head_rows, class_map
+                      num_classes, etf_seed, junction, head_rows, class_map
     classes_seen      sorted local classes the model has been trained on
     extra             caller's JSON-able metadata (task id, seed, ...)
     state_dict        model.state_dict(), tensors on the CPU
@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import pickletools
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,11 +50,16 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "IncompatibleModels",
+    "ModelLike",
+    "atomic_torch_save",
     "check_compatible",
+    "content_digest",
     "file_sha256",
     "load_checkpoint",
     "read_contract",
+    "safe_torch_load",
     "save_checkpoint",
+    "state_dict_mismatch",
 ]
 
 FORMAT = "compatkit-checkpoint"
@@ -59,6 +68,9 @@ FORMAT_VERSION = 1
 _META_KEYS = ("format", "format_version", "compatkit_version", "contract", "classes_seen", "extra")
 _REQUIRED = (*_META_KEYS, "state_dict", "sha256")
 _FIXED_HEADS = ("simplex", "etf")
+_CONTRACT_DEFAULTS = {"junction": True}
+"""Contract fields added after format version 1 was fixed, with the value a checkpoint that
+lacks them had: such files load, and compare, as the models they always were."""
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -79,8 +91,14 @@ def _canonical(obj: Any) -> bytes:
 
 def _digest(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of the metadata (canonical JSON) and each tensor's name, dtype, shape, bytes."""
+    return content_digest({k: meta[k] for k in _META_KEYS}, state_dict)
+
+
+def content_digest(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of JSON metadata and named tensors: the tamper and corruption check of every
+    file compatkit writes with torch.save (checkpoints, rehearsal-memory files)."""
     h = hashlib.sha256()
-    h.update(_canonical({k: meta[k] for k in _META_KEYS}))
+    h.update(_canonical(meta))
     for name in sorted(state_dict):
         t = state_dict[name]
         if not isinstance(t, torch.Tensor):
@@ -164,6 +182,18 @@ def save_checkpoint(path: str | os.PathLike, model: CompatModel, extra: dict | N
     state = {k: v.detach().to("cpu") for k, v in m.state_dict().items()}
     payload = {**meta, "state_dict": state, "sha256": _digest(meta, state)}
 
+    atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, rename over ``path``.
+
+    A crash or an error while saving leaves either the old file or the new one,
+    never half of one, and no temporary file behind.
+    """
+    path = Path(path)
+    if path.is_dir():  # os.replace would fail with a traceback after the whole save
+        raise CheckpointError(f"{path}: is a directory, cannot write a file there")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -182,31 +212,115 @@ def save_checkpoint(path: str | os.PathLike, model: CompatModel, extra: dict | N
 # ----------------------------------------------------------------------------- loading
 
 
+# Names a compatkit checkpoint's pickle may import: torch's tensor rebuilders and containers.
+_SAFE_MODULES = ("torch", "collections", "_codecs", "builtins")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
+               "BINSTRING", "SHORT_BINSTRING"}  # fmt: skip
+
+
+_MAX_SCAN = 64 << 20  # bytes of pickle scanned for imports: a checkpoint's pickle is kilobytes
+
+
+def _pickle_streams(p: Path) -> list[bytes]:
+    """The pickle(s) of a torch file: ``*/data.pkl`` of the zip format, or the whole file."""
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                return [
+                    z.read(i)
+                    for i in z.infolist()
+                    if i.filename.endswith(".pkl") and i.file_size <= _MAX_SCAN
+                ]
+        with open(p, "rb") as f:
+            return [f.read(_MAX_SCAN)]
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return []
+
+
+def _foreign_imports(p: Path) -> list[str]:
+    """Globals outside torch and plain containers that the file's pickle would import.
+
+    Read with ``pickletools.genops``, which decodes opcodes and executes nothing. A stream
+    that stops early (truncated) yields what was decoded before the damage.
+    """
+    found: list[str] = []
+    for raw in _pickle_streams(p):
+        stream = io.BytesIO(raw)
+        strings: list[str] = []
+        # The legacy (non-zip) format is several pickles in a row, then raw storage bytes.
+        for _ in range(8):
+            start = stream.tell()
+            try:
+                for op, arg, _ in pickletools.genops(stream):
+                    if op.name in _STRING_OPS and isinstance(arg, str | bytes):
+                        strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+                        continue
+                    if op.name in ("GLOBAL", "INST"):
+                        name = str(arg).replace(" ", ".", 1)
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        name = f"{strings[-2]}.{strings[-1]}"
+                    else:
+                        continue
+                    if not name.startswith(tuple(m + "." for m in _SAFE_MODULES)):
+                        found.append(name)
+            except Exception:  # damaged stream: keep what was decoded before the damage
+                break
+            if stream.tell() in (start, len(raw)):
+                break
+    return found
+
+
+def _load_error(p: Path, e: Exception, what: str = "checkpoint") -> CheckpointError:
+    """One line for a ``torch.load(weights_only=True)`` failure: refused or damaged.
+
+    Refused means the pickle asks to import something other than torch's tensor rebuilders
+    and plain containers (``os.system``, ``builtins.eval``, a class to build): the file may
+    be well formed, and it was written to run code when loaded.
+    """
+    foreign = _foreign_imports(p)
+    if foreign:
+        return CheckpointError(
+            f"{what} {p}: refusing to unpickle it: it imports {_names(sorted(set(foreign)), 3)}"
+            ", not only tensors and plain containers, and loading it could run arbitrary code"
+        )
+    msg = str(e)
+    if "WeightsUnpickler error:" in msg:  # torch wraps the cause in a long help text
+        msg = msg.split("WeightsUnpickler error:", 1)[1]
+    msg = msg.split("Check the documentation")[0]
+    if "Weights only load failed" in msg:  # the cause is on the lines after torch's preamble
+        msg = msg.split("\n\n", 1)[-1]
+    cause = " ".join(msg.split()).split(". ")[0].rstrip(".")[:200] or "no details"
+    return CheckpointError(
+        f"{what} {p}: cannot be read, the file is truncated or corrupt "
+        f"({type(e).__name__}: {cause})"
+    )
+
+
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; every failure is one CheckpointError line.
+
+    ``what`` names the kind of file in the message ("checkpoint", "memory file"). A file
+    whose pickle imports anything but tensors and plain containers is refused as such (see
+    :func:`_load_error`), never reported as damaged.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{what} {p}: no such file")
+    if not p.is_file():
+        raise CheckpointError(f"{what} {p}: not a regular file")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files: the error says more.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _load_error(p, e, what) from None
+
+
 def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
     """Read a checkpoint with ``weights_only=True`` and check format, version and digest."""
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p}: no such file")
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p}: not a regular file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e)
-        if "Unsupported global" in msg:
-            raise CheckpointError(
-                f"checkpoint {p}: holds objects other than tensors and plain containers; "
-                "refusing to unpickle it (that could run arbitrary code)"
-            ) from None
-        # The safe unpickler wraps every failure in a long help text; keep the actual cause.
-        if "WeightsUnpickler error:" in msg:
-            msg = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
-        cause = " ".join(msg.split()).split(". ")[0].rstrip(".")[:200]
-        raise CheckpointError(
-            f"checkpoint {p}: cannot be read, the file is truncated or corrupt "
-            f"({type(e).__name__}: {cause})"
-        ) from None
-
+    obj = safe_torch_load(p)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             what = "a plain state dict"
@@ -238,6 +352,7 @@ def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
             f"checkpoint {p}: sha256 mismatch, the file was tampered with or corrupted "
             f"(stored {str(obj['sha256'])[:12]}..., computed {digest[:12]}...)"
         )
+    obj["contract"] = {**_CONTRACT_DEFAULTS, **obj["contract"]}  # after the digest: as stored
     return obj, p
 
 
@@ -297,12 +412,17 @@ def load_checkpoint(
         model.head.grow(int(contract["head_rows"]))
     except (ImportError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {p}: cannot rebuild its model: {e}") from None
+    problems = state_dict_mismatch(model.state_dict(), obj["state_dict"])
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {p}: weights do not fit the model its contract describes: {problems}"
+        )
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
-    except RuntimeError as e:
+    except RuntimeError as e:  # e.g. a dtype torch cannot copy; the mismatch check saw none
+        cause = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise CheckpointError(
-            f"checkpoint {p}: weights do not fit the model its contract describes: "
-            f"{str(e).splitlines()[0]}"
+            f"checkpoint {p}: weights do not fit the model its contract describes: {cause[:500]}"
         ) from None
     if model.contract() != contract:
         raise CheckpointError(
@@ -312,24 +432,84 @@ def load_checkpoint(
     return model.to(map_location), _metadata(obj, p)
 
 
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, Any], limit: int = 8
+) -> str | None:
+    """Every difference between two state dicts, summarised on one line; None when they fit.
+
+    Missing keys, unexpected keys and shape mismatches are each counted in full and the
+    first ``limit`` of each are named (``load_state_dict`` reports them on many lines, and a
+    one-line error cut to its first line used to hide all but the first kind).
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k} {list(found[k].shape)} vs {list(expected[k].shape)}"
+        for k in sorted(set(expected) & set(found))
+        if isinstance(found[k], torch.Tensor) and found[k].shape != expected[k].shape
+    ]
+    not_tensors = sorted(k for k in set(found) if not isinstance(found[k], torch.Tensor))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_names(missing, limit)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected, limit)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (file vs model): {_names(shapes, limit)}")
+    if not_tensors:
+        parts.append(f"{len(not_tensors)} entries that are not tensors: {_names(not_tensors)}")
+    return "; ".join(parts) or None
+
+
 # ----------------------------------------------------------------------------- compatibility
 
 
-def _contract_of(c: Mapping) -> Mapping:
-    """Accept either a contract or the metadata dict that holds one."""
-    return c["contract"] if "contract" in c and isinstance(c["contract"], Mapping) else c
+ModelLike = CompatModel | Mapping | str | os.PathLike
+"""What :func:`check_compatible` compares: a model, a contract, a checkpoint's metadata dict
+(from :func:`read_contract` or :func:`load_checkpoint`), or a checkpoint file."""
 
 
-def _row_owners(class_map: Mapping) -> dict[int, tuple[str, int]]:
-    owners = {}
+def _contract_of(c: Any) -> tuple[Mapping, str | None]:
+    """The contract of any :data:`ModelLike`, and the file it came from (for messages)."""
+    if isinstance(c, str | os.PathLike):
+        return read_contract(c)["contract"], str(c)
+    try:
+        return _unwrap(c).contract(), None
+    except TypeError:
+        pass
+    if isinstance(c, Mapping):
+        if "contract" in c and isinstance(c["contract"], Mapping):
+            return c["contract"], c.get("path") if isinstance(c.get("path"), str) else None
+        return c, None
+    raise TypeError(
+        f"check_compatible compares models, contracts, checkpoint metadata or checkpoint "
+        f"paths, got {type(c).__name__}"
+    )
+
+
+def _placements(class_map: Mapping, by_name: bool) -> dict[tuple[str, str | int], int]:
+    """Row of each class, keyed by ``(space, class)``; local classes by name when ``by_name``."""
+    names = class_map.get("names") or {}
+    out: dict[tuple[str, str | int], int] = {}
     for space in ("local", "provider"):
         for cls, row in class_map.get(space, {}).items():
-            owners[int(row)] = (space, int(cls))
-    return owners
+            key = names[str(cls)] if by_name and space == "local" else int(cls)
+            out[(space, key)] = int(row)
+    return out
+
+
+def _fully_named(class_map: Mapping) -> bool:
+    names = class_map.get("names") or {}
+    return bool(names) and set(names) == {str(k) for k in class_map.get("local", {})}
 
 
 def check_compatible(
-    contract_a: Mapping, contract_b: Mapping, names: tuple[str, str] = ("model A", "model B")
+    model_a: ModelLike, model_b: ModelLike, names: tuple[str, str] | None = None
 ) -> None:
     """Raise :class:`IncompatibleModels` when features of the two models cannot be compared.
 
@@ -338,14 +518,20 @@ def check_compatible(
     kind, K or ETF seed; and, between fixed heads, a class placed on different
     rows, or one row holding different classes, in the two class maps, since
     the fixed rows are where the features of each class are trained to be.
+    When both class maps name every local class (``ClassMap.names``), a class
+    is identified by its name, otherwise by its label.
     Allowed: any backbone change, and pairs involving a learnable head as
     long as the dimension matches (their rows carry no shared geometry, and
     measuring how such a pair fares is exactly what the ER baseline is for).
-    Either argument may be a contract or a metadata dict from
-    :func:`read_contract`.
+
+    Either argument may be a :class:`~compatkit.model.CompatModel` (also wrapped by DDP or
+    ``torch.compile``), its ``contract()``, the metadata dict of :func:`read_contract` or
+    :func:`load_checkpoint`, or the path of a checkpoint (read with ``weights_only=True``).
+    ``names`` defaults to the file names where there are files, else "model A"/"model B".
     """
-    a, b = _contract_of(contract_a), _contract_of(contract_b)
-    na, nb = names
+    a, file_a = _contract_of(model_a)
+    b, file_b = _contract_of(model_b)
+    na, nb = names or (file_a or "model A", file_b or "model B")
 
     def refuse(why: str) -> None:
         raise IncompatibleModels(f"{na} and {nb} are not compatible: {why}")
@@ -371,19 +557,19 @@ def check_compatible(
             f"{b.get('etf_seed', 0)}), so their rows point in different directions"
         )
     ma, mb = a.get("class_map") or {}, b.get("class_map") or {}
-    for space in ("local", "provider"):
-        ra = {int(k): int(v) for k, v in ma.get(space, {}).items()}
-        rb = {int(k): int(v) for k, v in mb.get(space, {}).items()}
-        for cls in sorted(ra.keys() & rb.keys()):
-            if ra[cls] != rb[cls]:
-                refuse(
-                    f"{space} class {cls} sits on row {ra[cls]} in {na} but on row "
-                    f"{rb[cls]} in {nb}"
-                )
-    oa, ob = _row_owners(ma), _row_owners(mb)
+    # Classes named in both maps (checkpoints of `compatkit train`) are the same class when
+    # they have the same name, whatever their labels; otherwise labels identify classes.
+    by_name = _fully_named(ma) and _fully_named(mb)
+    pa, pb = _placements(ma, by_name), _placements(mb, by_name)
+
+    def show(key: tuple[str, str | int]) -> str:
+        space, cls = key
+        return f"class {cls!r}" if isinstance(cls, str) else f"{space} class {cls}"
+
+    for key in sorted(pa.keys() & pb.keys(), key=lambda k: (k[0], isinstance(k[1], str), k[1])):
+        if pa[key] != pb[key]:
+            refuse(f"{show(key)} sits on row {pa[key]} in {na} but on row {pb[key]} in {nb}")
+    oa, ob = {r: k for k, r in pa.items()}, {r: k for k, r in pb.items()}
     for row in sorted(oa.keys() & ob.keys()):
         if oa[row] != ob[row]:
-            refuse(
-                f"row {row} holds {oa[row][0]} class {oa[row][1]} in {na} but "
-                f"{ob[row][0]} class {ob[row][1]} in {nb}"
-            )
+            refuse(f"row {row} holds {show(oa[row])} in {na} but {show(ob[row])} in {nb}")

@@ -9,6 +9,8 @@ run directory, so every result carries the exact settings that produced it.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,10 +19,15 @@ from typing import Any
 
 import yaml
 
+from .data.sampler import SAMPLERS
 from .errors import ConfigError
 
 __all__ = [
+    "MAX_CLASSES",
+    "MAX_FEAT_DIM",
+    "MAX_THREADS",
     "ConfigError",
+    "ConfigFileNotFound",
     "DataSource",
     "EvalConfig",
     "LocalConfig",
@@ -29,6 +36,7 @@ __all__ = [
     "ProviderConfig",
     "RunConfig",
     "load_config",
+    "read_config_file",
     "to_dict",
 ]
 
@@ -47,7 +55,12 @@ class DataSource:
     """Dataset labels to use; None = all classes. Selected after the whole split is loaded
     (ImageNet32's train split is 3.9 GB of uint8 in memory)."""
     per_class: int | None = None
-    """Images per class (drawn without replacement, reproducibly); None = all that are free."""
+    """Images per class; None = all that are free (the released notebooks: all 500 of each
+    CIFAR-100 class)."""
+    select: str = "random"
+    """Which ``per_class`` images: ``random`` (drawn without replacement with data_seed) or
+    ``first`` (the first ones of each class in file order among those no earlier role took:
+    the released ``src/`` keeps the first 300; see docs/reproduce.md)."""
     download: bool = False
     """Fetch the files from their official location (checksums verified) when not found."""
 
@@ -64,6 +77,16 @@ class ModelConfig:
     heads use the same dimension unless set (ETF needs >= K-1)."""
     etf_seed: int = 0
     """Seed of the ETF frame's rotation: models are comparable only with the same seed."""
+    learnable_feature: str = "junction"
+    """Retrieval feature of learnable-head methods (ER, LwF, BCT, BCT-ER, FD, CVS):
+    ``junction`` = a bias-free linear layer to feat_dim on the backbone, as every head has
+    (compatkit's default); ``backbone`` = the pooled backbone output itself, no junction (the
+    released code: 512-d for ResNet-18)."""
+    learnable_replacement: str = "keep"
+    """A learnable-head model at a replacement: ``keep`` the provider's classifier rows and
+    append rows for the local classes (compatkit's default); ``fresh`` = drop the provider's
+    classifier and build a new one for the seen local classes, one row per class in order of
+    arrival (the released code; with the natural class order, class y -> row y)."""
 
 
 @dataclass
@@ -87,6 +110,22 @@ class OptimConfig:
     """Random horizontal flip."""
     warmup_epochs: int = 0
     """Linear warm-up at the start of the schedule, in epochs (0 = none)."""
+    lr_update: str = "step"
+    """When the cosine learning rate changes: every ``step`` (compatkit's default, a smooth
+    decay) or once per ``epoch`` (the released CosineAnnealingLR(T_max=epochs, eta_min=min_lr),
+    stepped after each epoch)."""
+    sampler: str = "shuffle"
+    """How an epoch's batches are drawn (``compatkit.data.sampler``). ``shuffle``
+    (compatkit's default): one shuffled pass over the new images, each exactly once per epoch;
+    after the first task every batch is half new, half memory (memory cycled evenly); the
+    last partial batch is kept. ``balanced`` (the released BalancedBatchSampler): after the
+    first task an epoch is (new + memory images) // batch_size batches, each drawn
+    independently, half from memory and half new; the first task (no memory) is a plain
+    shuffle with the last partial batch dropped."""
+    weight_decay_on: str = "weights"
+    """Which parameters weight_decay applies to: ``weights`` = conv/linear weights only,
+    none on norms and biases (compatkit's default and the released ``src/``); ``all`` =
+    every trained parameter (the released notebooks, which printed the paper's numbers)."""
     freeze_bn: bool = False
     """Keep BatchNorm running statistics fixed while fine-tuning (affine weights still train).
     Tasks of one or two classes would otherwise overwrite the statistics with those of a narrow
@@ -177,7 +216,25 @@ class RunConfig:
     providers_dir: str | None = None
     """Where trained providers are cached; None = <out>/../providers (shared by runs)."""
     num_workers_threads: int = 0
-    """CPU threads for torch (0 = torch's default)."""
+    """CPU threads for torch (0 = torch's default; at most MAX_THREADS)."""
+
+
+# --------------------------------------------------------------------------- bounds
+
+MAX_CLASSES = 8192
+"""Largest K accepted. The fixed heads hold a K x (K-1) matrix, built in float64: K = 8,192 is
+512 MiB while building and 256 MiB in every checkpoint, 8 times the paper's K = 1,024; a typo
+such as K = 10**6 would ask for terabytes and fail deep inside torch."""
+MAX_FEAT_DIM = 16384
+"""Largest feature dimension accepted: 2 x MAX_CLASSES, room for an ETF head (d >= K-1) at the
+largest K, while a learnable K x d head stays within 512 MiB of float32."""
+MAX_THREADS = 1024
+"""Largest num_workers_threads accepted: torch's OpenMP pool aborts the whole process (no
+Python error) when it cannot create the threads asked for (seen at 100,000); 1,024 is beyond
+the hardware threads of any machine torch runs on today."""
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Every integer of a config must fit in int64: seeds and counts reach torch, which stores
+them in 64 bits and fails with an overflow deep in a run otherwise."""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -218,6 +275,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
+        _check_plain_numbers(value, key)
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -226,16 +284,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
+        return _check_int(value, key)
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        return _to_float(value, key)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -243,10 +294,71 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 
+def _check_int(value: int, key: str) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ConfigError(f"{key}: {_short(value)} does not fit in a 64-bit integer")
+    return value
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: a 5,000-digit integer is shown by its size."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def _to_float(value: Any, key: str) -> float:
+    """A finite float, or a ConfigError naming ``key``.
+
+    Every float of the configuration goes through here, so a field added later is covered
+    without new code: NaN and infinity (YAML ``.nan``/``.inf``, or strings such as ``nan``
+    and ``1e999`` that ``float()`` accepts) would otherwise train a model to NaN and report
+    it as a result.
+    """
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {_short(value)}")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise ConfigError(f"{key}: {_short(value)} is too large for a number") from None
+    if not math.isfinite(out):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    return out
+
+
+_MAX_FREE_NODES = 10_000
+"""Values a free-form (``Any``) config entry may hold. YAML aliases let a few lines expand to
+billions of values (the "billion laughs"); no option of a method needs more than a few."""
+
+
+def _check_plain_numbers(value: Any, key: str, budget: list[int] | None = None) -> None:
+    """Finite floats and int64 integers inside a free-form (``Any``) value, at every depth."""
+    budget = [_MAX_FREE_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(f"{key}: more than {_MAX_FREE_NODES} values in one entry")
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if isinstance(value, int):
+        _check_int(value, key)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain_numbers(v, f"{key}.{k}", budget)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain_numbers(v, f"{key}[{i}]", budget)
+
+
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
@@ -288,6 +400,50 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
         cur[last] = value
 
 
+class ConfigFileNotFound(ConfigError, FileNotFoundError):
+    """The config file named does not exist (also a FileNotFoundError, as before)."""
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line} (first at line {first})")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    Plain ``yaml.safe_load`` keeps the last value silently, so a config holding two
+    ``train:`` blocks would run with half of its settings ignored.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # unhashable key: the base constructor reports it
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    """Parse YAML text strictly; every failure is one ConfigError line naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no tags run
+    except _DuplicateKey as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is not valid YAML: nested too deeply") from None
+
+
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     """``key.sub=value`` pairs; the value is read as YAML (``3``, ``0.1``, ``[1, 2]``, ``true``)."""
     out = []
@@ -295,26 +451,39 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out.append((k.strip(), yaml.safe_load(v)))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {k}: cannot parse value {v!r}: {e}") from e
+        if not k.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r} (no key)")
+        out.append((k.strip(), _yaml_load(v, f"--set {k.strip()}")))
     return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The mapping of a YAML config file; one ConfigError line naming the file otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigFileNotFound(f"config file {p} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a regular file")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}); save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror or e})") from None
+    data = _yaml_load(text, f"config file {p}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the YAML file, then ``--set`` overrides; validated."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    data: dict = read_config_file(path) if path is not None else {}
     base = to_dict(RunConfig())
     merged = _merge(base, data)
     for k, v in parse_overrides(overrides or []):
@@ -341,11 +510,103 @@ def _positive(key: str, v: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
+_DEVICE = re.compile(r"(auto|cpu|cuda(:[0-9]+)?)")
+_SPLITS = ("train", "test")
+
+
+def _walk(obj: Any, prefix: str = ""):
+    """Every dataclass value of a config with its dotted key, depth first (lists indexed)."""
+    if dataclasses.is_dataclass(obj):
+        yield prefix, obj
+        for f in dataclasses.fields(obj):
+            yield from _walk(getattr(obj, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{prefix}[{i}]")
+
+
+def _check_device(device: str) -> None:
+    if not _DEVICE.fullmatch(device):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if ":" in device:
+        import torch
+
+        n = int(device.split(":", 1)[1])
+        if torch.cuda.is_available() and n >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), numbered from 0"
+            )
+
+
+def _check_name(key: str, name: str) -> None:
+    """Names become file and folder names: one plain path component."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise ConfigError(
+            f"{key}: {name!r} cannot name a file or folder (no slashes, no surrounding spaces)"
+        )
+
+
+def _check_data_source(key: str, src: DataSource) -> None:
+    from .data.datasets import DATASETS, _canonical
+
+    if _canonical(src.dataset) not in DATASETS:
+        raise ConfigError(
+            f"{key}.dataset: unknown dataset {src.dataset!r}; choose one of {sorted(DATASETS)}"
+        )
+    if src.split not in _SPLITS:
+        raise ConfigError(f"{key}.split must be one of {list(_SPLITS)}, got {src.split!r}")
+    if src.classes is not None:
+        if not src.classes:
+            raise ConfigError(f"{key}.classes is empty; list classes, or null for all of them")
+        if len(set(src.classes)) != len(src.classes):
+            raise ConfigError(f"{key}.classes lists a class twice: {src.classes}")
+        if min(src.classes) < 0:
+            raise ConfigError(f"{key}.classes: labels are >= 0, got {min(src.classes)}")
+    if src.per_class is not None and src.per_class < 1:
+        raise ConfigError(f"{key}.per_class must be >= 1 (or null for all), got {src.per_class}")
+
+
+def _check_method_options(cfg: RunConfig) -> None:
+    """Each method's options typed by its Config dataclass (so floats are finite there too)."""
+    from .methods import METHODS, build_method
+
+    for m, opts in cfg.method_options.items():
+        if m not in METHODS:
+            raise ConfigError(f"method_options.{m}: unknown method; choose from {sorted(METHODS)}")
+        opts = opts or {}
+        hints = typing.get_type_hints(METHODS[m].Config)
+        bad = sorted(set(opts) - set(hints), key=str)
+        if bad:
+            raise ConfigError(
+                f"method_options.{m}.{bad[0]}: method {m!r} has no such option; its options "
+                f"are {sorted(hints) or 'none'}"
+            )
+        typed = {k: _coerce(v, hints[k], f"method_options.{m}.{k}") for k, v in opts.items()}
+        cfg.method_options[m] = typed
+        try:
+            build_method(m, typed)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"method_options.{m}: {e}") from None
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _sources(cfg: RunConfig) -> list[tuple[str, DataSource]]:
+    """Every data source of the config with its key (a source added later is included)."""
+    return [(key, src) for key, src in _walk(cfg) if isinstance(src, DataSource)]
+
+
 def validate(cfg: RunConfig) -> None:
     """Static checks that need no data; data-dependent checks run in ``protocol.plan``."""
+    from .backbones import check_backbone_name
     from .methods import METHODS, load_all
 
     load_all()
+    _check_name("name", cfg.name)
     if not cfg.methods:
         raise ConfigError("methods: give at least one method")
     for m in cfg.methods:
@@ -353,28 +614,32 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"methods: unknown method {m!r}; choose from {sorted(METHODS)}")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"methods: listed twice in {cfg.methods}")
-    for m, opts in cfg.method_options.items():
-        if m not in METHODS:
-            raise ConfigError(f"method_options.{m}: unknown method; choose from {sorted(METHODS)}")
-        from .methods import build_method
-
-        try:
-            build_method(m, opts)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"method_options.{m}: {e}") from e
+    _check_method_options(cfg)
     if not cfg.seeds:
         raise ConfigError("seeds: give at least one seed")
+    dup = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"seeds: {dup[0]} is listed twice in {cfg.seeds}")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}")
     if cfg.old_model not in ("reference", "previous"):
         raise ConfigError(f"old_model must be 'reference' or 'previous', got {cfg.old_model!r}")
-    if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    _check_device(cfg.device)
+    if not 0 <= cfg.num_workers_threads <= MAX_THREADS:
+        raise ConfigError(
+            f"num_workers_threads must lie in 0..{MAX_THREADS} (0 = torch's default), "
+            f"got {cfg.num_workers_threads}"
+        )
     k = cfg.model.num_classes
-    if k < 2:
-        raise ConfigError(f"model.num_classes (K) must be >= 2, got {k}")
+    if not 2 <= k <= MAX_CLASSES:
+        raise ConfigError(
+            f"model.num_classes (K) must lie in 2..{MAX_CLASSES} (the paper uses 1024), got {k}"
+        )
+    check_backbone_name("model.backbone", cfg.model.backbone)
     if cfg.model.feat_dim is not None:
         _positive("model.feat_dim", cfg.model.feat_dim)
+        if cfg.model.feat_dim > MAX_FEAT_DIM:
+            raise ConfigError(f"model.feat_dim must be <= {MAX_FEAT_DIM}, got {cfg.model.feat_dim}")
         heads = {METHODS[m].head for m in cfg.methods}
         if "simplex" in heads and cfg.model.feat_dim != k - 1:
             raise ConfigError(
@@ -389,10 +654,25 @@ def validate(cfg: RunConfig) -> None:
         _positive(f"{key}.weight_decay", opt.weight_decay, allow_zero=True)
         _positive(f"{key}.pad", opt.pad, allow_zero=True)
         _positive(f"{key}.warmup_epochs", opt.warmup_epochs, allow_zero=True)
+        if not 0.0 <= opt.momentum < 1.0:
+            raise ConfigError(f"{key}.momentum must lie in [0, 1), got {opt.momentum}")
+        if opt.warmup_epochs > opt.epochs:
+            raise ConfigError(
+                f"{key}.warmup_epochs={opt.warmup_epochs} is longer than the "
+                f"{opt.epochs} epochs of training ({key}.epochs)"
+            )
         if opt.batch_size < 2:
             raise ConfigError(f"{key}.batch_size must be >= 2 (BatchNorm), got {opt.batch_size}")
         if opt.min_lr > opt.lr:
             raise ConfigError(f"{key}.min_lr={opt.min_lr} exceeds {key}.lr={opt.lr}")
+        _one_of(f"{key}.lr_update", opt.lr_update, ("step", "epoch"))
+        _one_of(f"{key}.sampler", opt.sampler, SAMPLERS)
+        _one_of(f"{key}.weight_decay_on", opt.weight_decay_on, ("weights", "all"))
+    _one_of("model.learnable_feature", cfg.model.learnable_feature, ("junction", "backbone"))
+    _one_of("model.learnable_replacement", cfg.model.learnable_replacement, ("keep", "fresh"))
+    for role, src in _sources(cfg):
+        _one_of(f"{role}.select", src.select, ("random", "first"))
+        _check_data_source(role, src)
     loc = cfg.local
     _positive("local.initial_increment", loc.initial_increment)
     _positive("local.increment", loc.increment)
@@ -400,6 +680,10 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.providers:
         raise ConfigError("providers: at least one provider (the model of task 0) is needed")
     for i, p in enumerate(cfg.providers):
+        if p.name:
+            _check_name(f"providers[{i}].name", p.name)
+        if p.backbone is not None:
+            check_backbone_name(f"providers[{i}].backbone", p.backbone)
         _positive(f"providers[{i}].epochs", p.epochs)
         _positive(f"providers[{i}].lr", p.lr)
         if p.batch_size < 2:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ import torch
 from .checkpoint import file_sha256, load_checkpoint
 from .data import ImageSet
 from .distributed import Dist, gather_rows, shard_slice
+from .errors import CheckpointError
 from .metrics import compatibility_report
 from .retrieval import cross_model_matrix
 from .train import Precision, autocast
@@ -63,6 +65,29 @@ def extract_features(
     return gather_rows(feats, d)
 
 
+def task_contract(cfg: Any, method: str) -> dict[str, Any]:
+    """Contract values every task checkpoint of ``method`` in a run of ``cfg`` must hold.
+
+    ``load_checkpoint(path, expect=...)`` refuses a file that differs (a checkpoint of a run
+    with another K, head or feature size copied into this one) with a message naming it,
+    before any feature is extracted or compared. A learnable head carries no K that matters
+    (its rows grow, and a fresh head at a replacement starts empty), and without a junction
+    its feature size is the backbone's, which a provider may change: only what is fixed for
+    the whole run is expected.
+    """
+    from .methods import METHODS, load_all
+
+    load_all()
+    head = METHODS[method].head
+    m = cfg.model
+    expect: dict[str, Any] = {"head": head}
+    if head != "learnable":
+        expect["num_classes"] = m.num_classes
+    if head != "learnable" or m.learnable_feature == "junction":
+        expect["feat_dim"] = m.feat_dim if m.feat_dim is not None else m.num_classes - 1
+    return expect
+
+
 def features_for(
     ckpt: Path,
     query: ImageSet,
@@ -73,9 +98,11 @@ def features_for(
     device: torch.device,
     cache_dir: Path | None,
     dist: Dist | None = None,
+    expect: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Query and gallery features of one checkpoint, from the cache when it is still valid.
 
+    ``expect``: contract values the checkpoint must hold (see :func:`task_contract`).
     Returns ``(query_features, gallery_features, from_cache)``.
     """
     d = dist or Dist()
@@ -86,11 +113,12 @@ def features_for(
     if cache is not None and cache.is_file():
         try:
             c = torch.load(cache, weights_only=True, map_location="cpu")
-            if all(c.get(k) == v for k, v in key.items()):
+            dim = (expect or {}).get("feat_dim", c["query_features"].shape[1])
+            if all(c.get(k) == v for k, v in key.items()) and c["query_features"].shape[1] == dim:
                 return c["query_features"], c["gallery_features"], True
         except Exception:  # a stale or broken cache is recomputed, never trusted
             pass
-    model, _ = load_checkpoint(ckpt, map_location=device)
+    model, _ = load_checkpoint(ckpt, expect=expect, map_location=device)
     model.to(device)
     q = extract_features(model, query, normalize, batch_size, precision, d).cpu()
     g = extract_features(model, gallery, normalize, batch_size, precision, d).cpu()
@@ -183,6 +211,14 @@ def _local_accuracy_cached(
         if not model.head.fixed:
             return None
         model.add_classes(seen, "local", keep_provider_rows)  # as the task did
+    else:
+        lacking = sorted(set(seen) - set(model.class_map.local))
+        if lacking:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: has no head row for local classes {lacking} of its task "
+                f"(it was trained on {sorted(model.class_map.local)}): the checkpoint of another "
+                "task?"
+            )
     acc = local_accuracy(model.to(device), data, seen, normalize, batch_size, precision)
     if cache is not None and write:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +247,8 @@ def evaluate_sequence(
     seen: list[list[int]] | None = None,
     starts: list[Path | None] | None = None,
     keep_provider_rows: bool = False,
+    progress: Callable[[str], None] | None = None,
+    expect: dict[str, Any] | None = None,
 ) -> tuple[dict, int]:
     """Matrices and metrics of one method/seed; returns (result dict, extractions done).
 
@@ -218,27 +256,44 @@ def evaluate_sequence(
     also holds the local-class accuracy of every task model; with ``starts`` (the checkpoint
     each task started from), the accuracy of those starting models on the same classes and
     the mean gain of the tasks over them (fixed heads only: see ``_local_accuracy_cached``).
+    ``progress`` is called after each model's features (and each local-accuracy pass)
+    with a short note such as ``"task 3/5: features"`` (tasks numbered from 1).
+    ``expect``: contract values every checkpoint must hold (see :func:`task_contract`).
     """
     qf, gf, fresh = [], [], 0
-    for c in ckpts:
+    n = len(ckpts)
+    for t, c in enumerate(ckpts):
         q, g, cached = features_for(
-            c, query, gallery, normalize, batch_size, precision, device, cache_dir, dist
+            c, query, gallery, normalize, batch_size, precision, device, cache_dir, dist, expect
         )
         qf.append(q.to(device))
         gf.append(g.to(device))
         fresh += not cached
+        if progress is not None:
+            progress(f"task {t + 1}/{n}: features{' (cached)' if cached else ''}")
     ql, gl = query.labels.to(device), gallery.labels.to(device)
     m = cross_model_matrix(qf, gf, ql, gl, metric="template")
     rep = compatibility_report(m).to_dict()
     res = {"matrix": _tri(m), **rep, "final_self": round(float(m[-1, -1]), 4)}
     if local_test is not None and seen is not None:
         d = dist or Dist()
-        accs = [
-            _local_accuracy_cached(
-                c, local_test, seen[t], normalize, batch_size, precision, device, cache_dir, d.main
+        accs = []
+        for t, c in enumerate(ckpts):
+            accs.append(
+                _local_accuracy_cached(
+                    c,
+                    local_test,
+                    seen[t],
+                    normalize,
+                    batch_size,
+                    precision,
+                    device,
+                    cache_dir,
+                    d.main,
+                )
             )
-            for t, c in enumerate(ckpts)
-        ]
+            if progress is not None:
+                progress(f"task {t + 1}/{n}: local accuracy")
         res["local_accuracy"] = [None if a is None else round(a, 4) for a in accs]
         res["local_final"] = res["local_accuracy"][-1]
         known = [a for a in res["local_accuracy"] if a is not None]

@@ -29,8 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = [
     "CompatReport",
+    "MatrixFileNotFound",
     "aa_curve",
     "average_compatibility",
     "average_multimodel_accuracy",
@@ -43,6 +46,13 @@ __all__ = [
 ]
 
 _SPLIT = re.compile(r"[\s,;]+")
+_ROW_LABEL = re.compile(r"([0-9]+)\*?")
+"""A row label as the README and ``compatkit metrics`` print it: the model number, ``*`` for a
+replacement (`` 1*  89.75``)."""
+
+
+class MatrixFileNotFound(InputError, FileNotFoundError):
+    """The matrix file named does not exist (also a FileNotFoundError, as before)."""
 
 
 # ----------------------------------------------------------------------------- loading
@@ -57,51 +67,99 @@ def _rows_to_matrix(rows: Sequence[Sequence[float | None]], source: str) -> np.n
     """
     t = len(rows)
     if t == 0:
-        raise ValueError(f"{source}: empty matrix (no rows)")
+        raise InputError(f"{source}: empty matrix (no rows)")
+    problem = _shape_problem([len(r) for r in rows])
+    if problem:  # checked before allocating T x T floats
+        raise InputError(f"{source}: {problem}")
     out = np.full((t, t), np.nan, dtype=np.float64)
     for i, row in enumerate(rows):
-        if len(row) < i + 1:
-            raise ValueError(
-                f"{source}: row {i + 1} has {len(row)} entries; row i of a lower-triangular "
-                f"matrix needs at least i entries (counting from 1), here {i + 1}"
-            )
-        if len(row) > t:
-            raise ValueError(
-                f"{source}: row {i + 1} has {len(row)} entries but the matrix has only {t} rows "
-                "(a compatibility matrix is square)"
-            )
         for j in range(i + 1):
             v = row[j]
             if v is None or (isinstance(v, float) and math.isnan(v)):
-                raise ValueError(
+                raise InputError(
                     f"{source}: entry at row {i + 1}, column {j + 1} is missing (null/NaN); "
                     "the lower triangle and the diagonal must all be numbers"
                 )
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ValueError(
-                    f"{source}: entry at row {i + 1}, column {j + 1} is not a number: {v!r}"
+                shown = repr(v) if len(repr(v)) <= 40 else f"a {type(v).__name__}"
+                raise InputError(
+                    f"{source}: entry at row {i + 1}, column {j + 1} is not a number: {shown}"
                 )
-            out[i, j] = float(v)
+            try:
+                out[i, j] = float(v)
+            except OverflowError:
+                raise InputError(
+                    f"{source}: entry at row {i + 1}, column {j + 1} is too large a number"
+                ) from None
     return out
 
 
+def _shape_problem(lengths: Sequence[int]) -> str | None:
+    """Why rows of these lengths are not a (lower-triangular) T x T matrix; None if they are."""
+    t = len(lengths)
+    for i, n in enumerate(lengths):
+        if n < i + 1:
+            return (
+                f"row {i + 1} has {n} entries; row i of a lower-triangular matrix needs at "
+                f"least i entries (counting from 1), here {i + 1}"
+            )
+        if n > t:
+            return (
+                f"row {i + 1} has {n} entries but the matrix has only {t} rows "
+                "(a compatibility matrix is square)"
+            )
+    return None
+
+
+def _starts_like_data(token: str) -> bool:
+    return token[0] in "0123456789+-."
+
+
+def _floats(tokens: Sequence[str], lineno: int, source: str) -> list[float]:
+    row = []
+    for tok in tokens:
+        try:
+            row.append(float(tok))
+        except ValueError:
+            shown = tok if len(tok) <= 40 else tok[:40] + "..."
+            raise InputError(f"{source}: line {lineno}: {shown!r} is not a number") from None
+    return row
+
+
 def _parse_text(text: str, source: str) -> list[list[float]]:
-    """Whitespace/comma separated rows; blank lines and ``#`` comments are skipped."""
-    rows: list[list[float]] = []
+    """Rows of a plain-text matrix; see :func:`load_matrix` for the two accepted layouts.
+
+    Blank lines and ``#`` comments are skipped, and so are header lines at the top (lines
+    before the first row whose first word does not start like a number, as in ``query\\gallery
+    1 2 3``). Rows are either numbers only, or a row label first (``1*  89.75``): labels are
+    taken as labels only when they number the rows 1, 2, ..., T and the numbers-only reading
+    fails, which it always does for a labelled matrix (its last row is one entry too long).
+    """
+    lines = []
     for lineno, line in enumerate(text.splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        row = []
-        for tok in _SPLIT.split(line):
-            if not tok:
-                continue
-            try:
-                row.append(float(tok))
-            except ValueError:
-                raise ValueError(f"{source}: line {lineno}: {tok!r} is not a number") from None
-        rows.append(row)
-    return rows
+        tokens = [t for t in _SPLIT.split(line.split("#", 1)[0].strip()) if t]
+        if tokens:
+            lines.append((lineno, tokens))
+    while lines and not _starts_like_data(lines[0][1][0]):
+        lines.pop(0)  # header line
+    if not lines:
+        raise InputError(f"{source}: no matrix rows (only comments or header lines)")
+    labelled = all(
+        (m := _ROW_LABEL.fullmatch(toks[0])) is not None and int(m.group(1)) == i + 1
+        for i, (_, toks) in enumerate(lines)
+    )
+    try:
+        rows = [_floats(toks, lineno, source) for lineno, toks in lines]
+        problem = _shape_problem([len(r) for r in rows])
+    except InputError:
+        if not labelled:
+            raise
+        problem = "not numbers only"
+    if problem is None:
+        return rows
+    if labelled:
+        return [_floats(toks[1:], lineno, source) for lineno, toks in lines]
+    return rows  # _rows_to_matrix reports the shape problem
 
 
 def _looks_like_text(s: str) -> bool:
@@ -126,7 +184,11 @@ def load_matrix(path_or_text: str | os.PathLike | Sequence | np.ndarray) -> np.n
       shape ``compatkit metrics --json`` writes); ``null`` is fine above the
       diagonal, since JSON has no NaN;
     - plain text: one row per line, entries separated by whitespace, commas or
-      semicolons, ``#`` starts a comment;
+      semicolons, ``#`` starts a comment; a UTF-8 byte-order mark is fine;
+    - the matrix as the README and ``compatkit metrics`` print it: each row led by
+      its model number, ``*`` marking a replacement (`` 1*  89.75`` then
+      `` 2   88.00  90.15``), with optional header lines at the top (lines whose
+      first word does not start like a number, e.g. ``query\\gallery 1 2``);
     - an already parsed list of rows or array.
 
     Rows may be ragged (lower triangle only); entries above the diagonal are
@@ -137,36 +199,53 @@ def load_matrix(path_or_text: str | os.PathLike | Sequence | np.ndarray) -> np.n
     [0, 100] after that are refused.
 
     Raises:
-        ValueError: empty input, a non-numeric token, a row shorter than its
-            index requires or longer than the matrix, or a value out of range.
-        FileNotFoundError: a string that is neither an existing file nor
-            matrix-looking text.
+        InputError: empty input, a non-numeric token, a row shorter than its
+            index requires or longer than the matrix, or a value out of range
+            (a ``ValueError``, as before).
+        MatrixFileNotFound: a string that is neither an existing file nor
+            matrix-looking text (an ``InputError`` and a ``FileNotFoundError``).
     """
     source = "matrix"
     data: object
     if isinstance(path_or_text, np.ndarray):
         arr = np.asarray(path_or_text, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
-            raise ValueError(f"matrix must be square 2-D, got shape {arr.shape}")
+            raise InputError(f"matrix must be square 2-D, got shape {arr.shape}")
         data = [list(r) for r in arr.tolist()]
     elif isinstance(path_or_text, os.PathLike | str) and (
         isinstance(path_or_text, os.PathLike) or os.path.isfile(path_or_text)
     ):
         source = str(path_or_text)
-        try:
-            data = Path(path_or_text).read_text()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"matrix file {source} not found") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"{source}: not a text file") from None
+        data = read_matrix_text(Path(path_or_text))
     elif isinstance(path_or_text, str):
         if not _looks_like_text(path_or_text):
-            raise FileNotFoundError(f"matrix file {path_or_text} not found")
+            raise MatrixFileNotFound(f"matrix file {path_or_text} not found")
         data = path_or_text
     else:
         data = path_or_text
 
     return parse_matrix(data, source)
+
+
+def read_matrix_text(path: Path) -> str:
+    """A matrix file's text (UTF-8, a byte-order mark allowed); one InputError line otherwise."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MatrixFileNotFound(f"matrix file {path} not found") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return decode_text(raw, str(path))
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """UTF-8 text with an optional byte-order mark (as Windows editors save it)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{source}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
 
 
 def parse_matrix(data: str | Sequence, source: str = "matrix") -> np.ndarray:
@@ -176,23 +255,25 @@ def parse_matrix(data: str | Sequence, source: str = "matrix") -> np.ndarray:
     standard input); ``source`` names the input in error messages.
     """
     if isinstance(data, str):
-        stripped = data.strip()
+        stripped = data.lstrip("\ufeff").strip()
         if not stripped:
-            raise ValueError(f"{source}: empty input")
+            raise InputError(f"{source}: empty input")
         if stripped[0] in "[{":
             try:
                 data = json.loads(stripped)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{source}: invalid JSON: {e}") from None
+                raise InputError(f"{source}: invalid JSON: {e}") from None
+            except RecursionError:
+                raise InputError(f"{source}: invalid JSON: nested too deeply") from None
         else:
             data = _parse_text(stripped, source)
 
     if isinstance(data, dict):
         if "matrix" not in data:
-            raise ValueError(f"{source}: JSON object has no 'matrix' key")
+            raise InputError(f"{source}: JSON object has no 'matrix' key")
         data = data["matrix"]
     if not isinstance(data, list | tuple) or not all(isinstance(r, list | tuple) for r in data):
-        raise ValueError(f"{source}: expected a list of rows (a list of lists of numbers)")
+        raise InputError(f"{source}: expected a list of rows (a list of lists of numbers)")
 
     c = _rows_to_matrix(data, source)
     return _to_percent(c, source)
@@ -201,13 +282,13 @@ def parse_matrix(data: str | Sequence, source: str = "matrix") -> np.ndarray:
 def _to_percent(c: np.ndarray, source: str = "matrix") -> np.ndarray:
     low = c[np.tril_indices(c.shape[0])]
     if np.any(~np.isfinite(low)):
-        raise ValueError(f"{source}: the lower triangle must be finite numbers")
+        raise InputError(f"{source}: the lower triangle must be finite numbers")
     if np.any(low < 0):
-        raise ValueError(f"{source}: accuracies must be >= 0, found {low.min():g}")
+        raise InputError(f"{source}: accuracies must be >= 0, found {low.min():g}")
     if low.max() <= 1.0:
         c = c * 100.0  # fractions -> percent
     elif low.max() > 100.0:
-        raise ValueError(
+        raise InputError(
             f"{source}: accuracies are percentages (<= 100) or fractions (<= 1); "
             f"found {low.max():g}"
         )
@@ -215,12 +296,23 @@ def _to_percent(c: np.ndarray, source: str = "matrix") -> np.ndarray:
 
 
 def _check(c: np.ndarray | Sequence) -> np.ndarray:
-    """Validate a matrix passed to the metric functions; return a float64 copy, NaN above."""
-    a = np.array(c, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
-        raise ValueError(f"compatibility matrix must be square (T, T) with T >= 1, got {a.shape}")
-    if np.any(~np.isfinite(a[np.tril_indices(a.shape[0])])):
-        raise ValueError("compatibility matrix has NaN/inf on or below the diagonal")
+    """Any accepted matrix as float64 ``(T, T)`` percent, NaN above the diagonal.
+
+    The one normaliser of the module and of ``compatkit metrics``: a square array or a list of
+    (possibly lower-triangle) rows, fractions read as percent (see :func:`load_matrix`). A
+    matrix already normalised comes back unchanged (a copy).
+    """
+    if isinstance(c, np.ndarray):
+        a = np.array(c, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+            raise InputError(
+                f"compatibility matrix must be square (T, T) with T >= 1, got {a.shape}"
+            )
+        if np.any(~np.isfinite(a[np.tril_indices(a.shape[0])])):
+            raise InputError("compatibility matrix has NaN/inf on or below the diagonal")
+        a = _to_percent(a, "compatibility matrix")
+    else:
+        a = parse_matrix(c if isinstance(c, str) else list(c), "compatibility matrix")
     a[np.triu_indices(a.shape[0], k=1)] = np.nan
     return a
 
@@ -235,12 +327,12 @@ def violations(C) -> list[dict]:
     ordered by row then column.
     """
     a = _check(C)
-    out = []
-    for i in range(a.shape[0]):
-        for j in range(i):
-            if not a[i, j] > a[j, j]:
-                out.append({"row": i, "col": j, "value": float(a[i, j]), "self": float(a[j, j])})
-    return out
+    rows, cols = np.tril_indices(a.shape[0], k=-1)  # row by row, columns in order
+    bad = ~(a[rows, cols] > a[cols, cols])
+    return [
+        {"row": int(i), "col": int(j), "value": float(a[i, j]), "self": float(a[j, j])}
+        for i, j in zip(rows[bad], cols[bad], strict=True)
+    ]
 
 
 def _pair_counts(a: np.ndarray) -> tuple[int, int]:
@@ -272,15 +364,24 @@ def average_multimodel_accuracy(C, t: int | None = None) -> float:
     if t is None:
         t = n
     if not 1 <= t <= n:
-        raise ValueError(f"t must be between 1 and T={n}, got {t}")
+        raise InputError(f"t must be between 1 and T={n}, got {t}")
     block = a[:t, :t]
     return float(block[np.tril_indices(t)].mean())
 
 
 def aa_curve(C) -> list[float]:
-    """``[AA_1, ..., AA_T]``: AM of each top-left block; the last entry equals AM."""
+    """``[AA_1, ..., AA_T]``: AM of each top-left block; the last entry equals AM.
+
+    The block of ``t`` models adds row ``t-1`` of the lower triangle to the block of ``t-1``,
+    so one cumulative sum of the row sums gives every AA_t in O(T^2) (a mean per block is
+    O(T^3): 27 s at T = 1,000). ``benchmarks/bench_metrics.py`` times both.
+    """
     a = _check(C)
-    return [average_multimodel_accuracy(a, t) for t in range(1, a.shape[0] + 1)]
+    t = a.shape[0]
+    lower = np.where(np.tri(t, dtype=bool), a, 0.0)
+    sums = np.cumsum(lower.sum(axis=1))
+    sizes = np.arange(1, t + 1, dtype=np.float64)
+    return (sums / (sizes * (sizes + 1) / 2)).tolist()
 
 
 def backward_compatibility(C) -> float | None:
@@ -345,7 +446,12 @@ class CompatReport:
 
 
 def compatibility_report(C) -> CompatReport:
-    """Compute AC, AM, AA_t, BC, FC and the violating pairs of a compatibility matrix."""
+    """Compute AC, AM, AA_t, BC, FC and the violating pairs of a compatibility matrix.
+
+    ``C`` is anything :func:`load_matrix` reads once parsed: a square array or a list of rows,
+    lower-triangle rows allowed, in percent or as fractions (read as percent), exactly as
+    ``compatkit metrics`` takes it.
+    """
     a = _check(C)
     pairs, good = _pair_counts(a)
     return CompatReport(

@@ -5,11 +5,16 @@ Sec. 2): the junction layer's output is the feature used for retrieval, and
 the classifier head (d-Simplex, ETF or learnable) sits on top of it. The
 model also carries its class-to-row map, so that its contract (backbone,
 feature dimension, head kind, K, class map) travels with it into checkpoints.
+
+The junction is optional (``ModelSpec.junction``): the authors' released
+learnable-head baselines have none, and their retrieval feature is the pooled
+backbone output itself (``fc1`` exists only when the classifier's dimension
+differs from the backbone's; FIDELITY.md "feature (ER)").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -24,7 +29,8 @@ __all__ = ["CompatModel", "ModelOutput", "ModelSpec", "build_model"]
 
 class ModelOutput(NamedTuple):
     features: torch.Tensor
-    """Junction-layer output ``(B, d)``, un-normalised: the retrieval feature."""
+    """Junction-layer output ``(B, d)`` (the pooled backbone output when there is no
+    junction), un-normalised: the retrieval feature."""
     logits: torch.Tensor
     """Head output ``(B, rows)``."""
 
@@ -40,6 +46,11 @@ class ModelSpec:
     num_classes: int
     """K: fixed rows of a simplex/ETF head, or the initial rows of a learnable head."""
     etf_seed: int = 0
+    junction: bool = True
+    """A bias-free linear layer from the backbone's output to ``feat_dim`` (compatkit's
+    default for every head). False: the feature is the pooled backbone output, and
+    ``feat_dim`` must equal the backbone's size (the released learnable-head models).
+    Checkpoints written before this field existed have a junction."""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -54,7 +65,14 @@ class CompatModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.backbone = build_backbone(spec.backbone, spec.in_channels)
-        self.junction = nn.Linear(self.backbone.out_dim, spec.feat_dim, bias=False)
+        self.junction: nn.Linear | None = None
+        if spec.junction:
+            self.junction = nn.Linear(self.backbone.out_dim, spec.feat_dim, bias=False)
+        elif self.backbone.out_dim != spec.feat_dim:
+            raise ValueError(
+                f"without a junction the feature is the backbone's output: {spec.backbone} gives "
+                f"{self.backbone.out_dim} dimensions, feat_dim is {spec.feat_dim}"
+            )
         kw = {"seed": spec.etf_seed} if spec.head == "etf" else {}
         self.head: Head = build_head(spec.head, spec.num_classes, spec.feat_dim, **kw)
         fixed_rows = spec.num_classes if self.head.fixed else None
@@ -88,11 +106,27 @@ class CompatModel(nn.Module):
         return self.class_map.rows(labels, space)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.junction(self.backbone(x))
+        f = self.backbone(x)
+        return self.junction(f) if self.junction is not None else f
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f = self.features(x)
         return ModelOutput(f, self.head(f))
+
+    def with_fresh_head(self) -> CompatModel:
+        """A copy with the same backbone and junction weights and an empty learnable head.
+
+        What the released code does to a learnable-head model at a replacement: the
+        provider's classifier is discarded and a new one is built for the local classes
+        (``add_classes`` then grows it one row per class, in order of arrival). Only for
+        learnable heads: a fixed head has nothing to discard.
+        """
+        if self.head.fixed:
+            raise ValueError(f"a {self.spec.head} head is fixed; only a learnable head is rebuilt")
+        fresh = CompatModel(replace(self.spec, num_classes=0))
+        body = {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
+        fresh.load_state_dict({**fresh.state_dict(), **body})
+        return fresh.to(next(self.parameters()).device)
 
     def contract(self) -> dict:
         """The metadata a checkpoint stores; see ``checkpoint.py``."""

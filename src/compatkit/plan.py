@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ConfigError, DataSource, RunConfig, to_dict
-from .data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset
+from .data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset, steps_per_epoch
+from .data.missing import DatasetNotFoundError
+from .errors import DataError
 
 __all__ = ["Plan", "make_plan", "provider_key"]
 
@@ -53,7 +55,10 @@ class _Pool:
                 )
             if n == 0:
                 raise ConfigError(f"{role}: no unused images of class {c} are left")
-            idx = idx[torch.randperm(len(idx), generator=gen)[:n]].sort().values
+            if src.select == "first":  # the first n of the class in file order (released src/)
+                idx = idx[:n]
+            else:
+                idx = idx[torch.randperm(len(idx), generator=gen)[:n]].sort().values
             picked.append(idx)
         sel = torch.cat(picked)
         self.free[sel] = False
@@ -82,6 +87,26 @@ class Plan:
     def num_tasks(self) -> int:
         return len(self.scenario)
 
+    def epoch_steps(self, cfg: RunConfig, uses_memory: bool = True) -> list[int]:
+        """Optimiser steps in one epoch of each task, as the trainer will take them.
+
+        Task t trains on its own images and, after the first task, on the memory of the
+        classes of tasks 0..t-1 (``memory_per_class`` each, or all a class has) when the
+        method ``uses_memory``; ``steps_per_epoch`` turns that into batches for
+        ``train.sampler``. Multiply by ``train.epochs`` for a task's steps.
+        """
+        counts = torch.bincount(self.local.labels)
+        per = cfg.local.memory_per_class
+        steps, seen = [], []
+        for t in range(self.num_tasks):
+            classes = self.scenario.task_classes(t)
+            n_new = sum(int(counts[c]) for c in classes)
+            use = uses_memory and t > 0 and per > 0
+            n_mem = sum(min(per, int(counts[c])) for c in seen) if use else 0
+            steps.append(steps_per_epoch(n_new, n_mem, cfg.train.batch_size, cfg.train.sampler))
+            seen += classes
+        return steps
+
     def segments(self, cfg: RunConfig) -> list[int]:
         """Provider index whose segment each task belongs to."""
         reps = [] if cfg.no_replacement else sorted(cfg.replacement_tasks)
@@ -103,14 +128,27 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
     # A download asked for by one role serves every role reading the same dataset.
     fetch = {s.dataset for s in sources if s.download}
 
-    def pool(src: DataSource) -> _Pool:
+    def pool(src: DataSource, role: str) -> _Pool:
         key = (src.dataset, src.split, src.root)
         if key not in pools:
-            pools[key] = _Pool(load_dataset(src.dataset, src.split, src.root, src.dataset in fetch))
+            try:
+                data = load_dataset(src.dataset, src.split, src.root, src.dataset in fetch)
+            except DatasetNotFoundError as e:
+                raise e.for_key(role) from None
+            except OSError as e:  # a file of the user's data that is missing or unreadable
+                raise DataError(f"{src.dataset}/{src.split}: {' '.join(str(e).split())}") from e
+            pools[key] = _Pool(data)
         return pools[key]
 
     loc = cfg.local
-    local = pool(loc.data).draw(loc.data, gen, "local.data")
+    local = pool(loc.data, "local.data").draw(loc.data, gen, "local.data")
+    # Random crops pad by train.pad pixels on each side (providers use it as well): a pad as
+    # large as the image crops mostly padding, and a huge one asks for a huge padded batch.
+    if cfg.train.pad >= min(local.height, local.width):
+        raise ConfigError(
+            f"train.pad={cfg.train.pad} must be smaller than the {local.height}x{local.width} "
+            f"images of local.data (paper: 4 pixels on 32x32)"
+        )
     order = loc.data.classes if loc.data.classes is not None else sorted(set(local.labels.tolist()))
     n_tasks_cls = len(order) - loc.initial_increment
     if n_tasks_cls < 0 or n_tasks_cls % loc.increment:
@@ -141,7 +179,7 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
             providers.append(None)
             provider_classes.append([])
             continue
-        d = pool(p.data).draw(p.data, gen, f"providers[{i}].data")
+        d = pool(p.data, f"providers.{i}.data").draw(p.data, gen, f"providers[{i}].data")
         providers.append(d)
         provider_classes.append(sorted(set(d.labels.tolist())))
     k = cfg.model.num_classes
@@ -157,12 +195,12 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
                 f"model.num_classes K={k} is too small: provider {i} uses rows 0..{top - 1} and "
                 f"the local classes rows {bottom}..{k - 1 - min(own)}; raise K"
             )
-    gallery = pool(cfg.eval.gallery).draw(cfg.eval.gallery, gen, "eval.gallery")
-    query = pool(cfg.eval.query).draw(cfg.eval.query, gen, "eval.query")
+    gallery = pool(cfg.eval.gallery, "eval.gallery").draw(cfg.eval.gallery, gen, "eval.gallery")
+    query = pool(cfg.eval.query, "eval.query").draw(cfg.eval.query, gen, "eval.query")
     local_test = None
     test_src = DataSource(loc.data.dataset, "test", loc.data.root, list(order))
     try:  # whatever test images of the local classes no other role took
-        local_test = pool(test_src).draw(test_src, gen, "local test")
+        local_test = pool(test_src, "local.data").draw(test_src, gen, "local test")
     except (ConfigError, FileNotFoundError, ValueError):
         local_test = None
     if local.channels != query.channels or local.height != query.height:
@@ -185,17 +223,51 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
     )
 
 
-def provider_key(cfg: RunConfig, index: int, head: str) -> str:
-    """Cache key of a trained provider: everything that decides its weights."""
+def _source_key(src: DataSource) -> dict:
+    """A data source for a cache key; ``select`` only when not the default it replaced, so
+    providers cached before the option existed are still found."""
+    d = to_dict(src)
+    if d.get("select") == "random":
+        d.pop("select")
+    return d
+
+
+def _model_key(cfg: RunConfig, head: str) -> dict:
+    """The model settings that decide a provider's weights: ``learnable_replacement`` acts
+    after the provider is trained, ``learnable_feature`` only on learnable heads."""
+    d = to_dict(cfg.model)
+    d.pop("learnable_replacement", None)
+    if head != "learnable" or d.get("learnable_feature") == "junction":
+        d.pop("learnable_feature", None)
+    return d
+
+
+def provider_key(
+    cfg: RunConfig,
+    index: int,
+    head: str,
+    data_sha256: str | None = None,
+    precision: str | None = None,
+) -> str:
+    """Cache key of a trained provider: everything that decides its weights.
+
+    ``data_sha256`` is the digest of the provider's training images and labels and
+    ``precision`` the resolved training precision (``Runner.provider_recipe`` passes
+    both): the cache is shared by every run on a machine, so the same config on other
+    data files, or trained in bf16 instead of fp32, must not find this provider.
+    """
+    provider = to_dict(cfg.providers[index])
+    provider["data"] = _source_key(cfg.providers[index].data)
     blob = {
-        "provider": to_dict(cfg.providers[index]),
-        "earlier_providers": [to_dict(p.data) for p in cfg.providers[:index]],
-        "local_data": to_dict(cfg.local.data),
-        "model": to_dict(cfg.model),
+        "provider": provider,
+        "earlier_providers": [_source_key(p.data) for p in cfg.providers[:index]],
+        "local_data": _source_key(cfg.local.data),
+        "model": _model_key(cfg, head),
         "head": head,
         "data_seed": cfg.data_seed,
         "augment": [cfg.train.pad, cfg.train.flip],
-        "precision": cfg.precision,
+        "precision": precision or cfg.precision,
+        "data_sha256": data_sha256,
     }
     s = json.dumps(blob, sort_keys=True)
     return hashlib.sha256(s.encode()).hexdigest()[:16]

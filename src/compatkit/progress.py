@@ -16,25 +16,51 @@ __all__ = ["RunLog"]
 
 
 class RunLog:
-    """Writes timestamped lines to a log file and to stderr; drives a rich progress bar."""
+    """Writes timestamped lines to a log file and to stderr; drives a rich progress bar.
 
-    def __init__(self, path: Path | None, quiet: bool = False, live: bool | None = None) -> None:
-        self.path = path
+    ``path`` None keeps the lines in memory until :meth:`attach` names the file, so
+    that a run can log its checks before it creates its folder (a run refused up
+    front leaves nothing behind). ``stream`` is where the live bar draws (stderr).
+    """
+
+    _MAX_PENDING = 10_000
+
+    def __init__(
+        self,
+        path: Path | None,
+        quiet: bool = False,
+        live: bool | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.path = None
         self.quiet = quiet
         self._fh: TextIO | None = None
+        self._pending: list[str] = []
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = path.open("a", encoding="utf-8")
-        self.live = sys.stderr.isatty() if live is None else live
+            self.attach(path)
+        self._stream = stream
+        out = stream if stream is not None else sys.stderr
+        self.live = out.isatty() if live is None else live
         self._progress = None
         self._task_id = None
         self._t0 = time.perf_counter()
+
+    def attach(self, path: Path) -> None:
+        """Start writing to ``path`` (appending), first the lines logged so far."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+        self._fh.writelines(self._pending)
+        self._fh.flush()
+        self._pending = []
 
     def info(self, msg: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         if self._fh is not None:
             self._fh.write(f"{stamp} {msg}\n")
             self._fh.flush()
+        elif len(self._pending) < self._MAX_PENDING:
+            self._pending.append(f"{stamp} {msg}\n")
         if not self.quiet:
             if self._progress is not None:
                 self._progress.console.print(msg)
@@ -54,6 +80,11 @@ class RunLog:
         )
 
         if self._progress is None:
+            console = None
+            if self._stream is not None:
+                from rich.console import Console
+
+                console = Console(file=self._stream, force_terminal=self.live)
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -61,9 +92,11 @@ class RunLog:
                 TextColumn("{task.fields[stats]}"),
                 TimeRemainingColumn(),
                 transient=True,
+                console=console,
             )
             self._progress.start()
         self._task_id = self._progress.add_task(label, total=total, stats="")
+        self._progress.refresh()  # a phase shorter than the refresh period is still shown
 
     def advance(self, stats: str = "") -> None:
         if self._progress is not None and self._task_id is not None:
@@ -71,6 +104,7 @@ class RunLog:
 
     def finish(self) -> None:
         if self._progress is not None and self._task_id is not None:
+            self._progress.refresh()
             self._progress.remove_task(self._task_id)
             self._task_id = None
 

@@ -26,16 +26,28 @@ import torch
 import yaml
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .backbones import backbone_out_dim
+from .checkpoint import load_checkpoint, read_contract, save_checkpoint
 from .config import OptimConfig, RunConfig, to_dict
-from .data import RehearsalMemory
+from .data import ImageSet, RehearsalMemory, steps_per_epoch
 from .distributed import Dist
 from .distributed import init as init_distributed
+from .errors import CheckpointError, ConfigError
 from .methods import METHODS, Method, TaskContext, build_method, load_all
 from .model import CompatModel, ModelSpec, build_model
 from .plan import Plan, make_plan, provider_key
 from .progress import RunLog
-from .train import Precision, resolve_precision, train_task
+from .rundir import (
+    check_identity,
+    ensure_run_record,
+    load_memory,
+    providers_cache,
+    read_run_id,
+    result_changes,
+    save_memory,
+)
+from .simplex import ClassMap
+from .train import Precision, TrainingDiverged, resolve_precision, train_task
 
 __all__ = ["Runner", "resolve_device", "seed_dir", "task_seed"]
 
@@ -45,7 +57,12 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+        raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device: {name!r} asked for, but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), numbered from 0"
+        )
     return dev
 
 
@@ -96,10 +113,10 @@ class Runner:
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.num_workers_threads:
             torch.set_num_threads(cfg.num_workers_threads)
-        self.providers_dir = (
-            Path(cfg.providers_dir) if cfg.providers_dir else self.run_dir.parent / "providers"
-        )
+        self.providers_dir = Path(cfg.providers_dir) if cfg.providers_dir else providers_cache()
         self._plan: Plan | None = None
+        self._data_sha: dict[int, str] = {}
+        self._run_id: str | None = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -123,21 +140,43 @@ class Runner:
     def spec(self, head: str, backbone: str | None = None) -> ModelSpec:
         m = self.cfg.model
         k = m.num_classes
-        feat = m.feat_dim if m.feat_dim is not None else k - 1
+        backbone = backbone or m.backbone
+        channels = self.plan.local.channels
+        # The released learnable-head models have no junction: their feature is the backbone's.
+        junction = not (head == "learnable" and m.learnable_feature == "backbone")
+        if not junction:
+            feat = backbone_out_dim(backbone, channels)
+        else:
+            feat = m.feat_dim if m.feat_dim is not None else k - 1
         return ModelSpec(
-            backbone=backbone or m.backbone,
-            in_channels=self.plan.local.channels,
+            backbone=backbone,
+            in_channels=channels,
             feat_dim=feat,
             head=head,
             num_classes=k,
             etf_seed=m.etf_seed,
+            junction=junction,
         )
 
     def write_config(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(
-            yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
-        )
+        """Create the run's records (config.yaml, environment.json, run.json), or check them.
+
+        A run's config.yaml is never overwritten: when it exists (a resume), the
+        settings must agree on every key that shapes the results, and the precision
+        this machine resolves must be the one the run was trained with.
+        """
+        cfg_file = self.run_dir / "config.yaml"
+        env_file = self.run_dir / "environment.json"
+        if cfg_file.is_file():
+            self._check_existing_records(cfg_file, env_file)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cfg_file.with_suffix(".yaml.tmp")
+            tmp.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            tmp.replace(cfg_file)
+        self._run_id = ensure_run_record(self.run_dir)
+        if env_file.is_file():
+            return
         env = {
             "compatkit": __version__,
             "torch": torch.__version__,
@@ -148,64 +187,191 @@ class Runner:
             if self.device.type == "cuda"
             else None,
         }
-        (self.run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+        env_file.write_text(json.dumps(env, indent=2))
+
+    def _check_existing_records(self, cfg_file: Path, env_file: Path) -> None:
+        from .config import load_config
+        from .rundir import format_changes
+
+        changes = result_changes(load_config(cfg_file), self.cfg)
+        if changes:
+            raise ConfigError(
+                f"{cfg_file} holds other settings: {format_changes(changes)}; a run's config is "
+                "never rewritten (resume with its own settings, or start a new run)"
+            )
+        if env_file.is_file():
+            try:
+                saved = json.loads(env_file.read_text()).get("precision")
+            except (ValueError, AttributeError):
+                saved = None
+            if saved and saved != self.precision.name:
+                raise ConfigError(
+                    f"precision: this run was trained in {saved} ({env_file}), this machine "
+                    f"resolves {self.precision.name}; resume where the run started, or set "
+                    f"device/precision so that it resolves to {saved}"
+                )
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's identity (run.json); None for a run made before run ids existed."""
+        if self._run_id is None:
+            self._run_id = read_run_id(self.run_dir)
+        return self._run_id
+
+    def ensure_run_id(self) -> str:
+        """Create run.json if the run has none (rank 0), so every file it writes says whose it
+        is; every rank must call it at the same point (it waits for rank 0)."""
+        if self.dist.main and read_run_id(self.run_dir) is None:
+            ensure_run_record(self.run_dir)
+        self.dist.barrier()
+        self._run_id = read_run_id(self.run_dir)
+        assert self._run_id is not None
+        return self._run_id
 
     def heads_needed(self) -> list[str]:
         return sorted({METHODS[m].head for m in self.cfg.methods})
 
     # ------------------------------------------------------------------ providers
+    def provider_count(self) -> int:
+        return 1 if self.cfg.no_replacement else len(self.cfg.replacement_tasks) + 1
+
+    def provider_data_sha256(self, index: int) -> str | None:
+        """SHA-256 of provider ``index``'s training images and labels (None: a configured file).
+
+        Part of the recipe key: the cache is shared by every run on the machine, and the same
+        config on other data files (a test's tiny dataset, another root) is another provider.
+        """
+        if index not in self._data_sha:
+            data = self.plan.providers[index]
+            if data is None:
+                return None
+            self._data_sha[index] = _imageset_sha256(data)
+        return self._data_sha[index]
+
+    def provider_recipe(self, index: int, head: str) -> str:
+        """The recipe key of a trained provider: everything that decides its weights."""
+        return provider_key(
+            self.cfg, index, head, self.provider_data_sha256(index), self.precision.name
+        )
+
     def provider_path(self, index: int, head: str) -> Path:
         p = self.cfg.providers[index]
         if p.checkpoint and head in p.checkpoint:
             return Path(p.checkpoint[head])
         name = p.name or f"provider{index}"
-        return self.providers_dir / f"{name}-{head}-{provider_key(self.cfg, index, head)}.pt"
+        return self.providers_dir / f"{name}-{head}-{self.provider_recipe(index, head)}.pt"
+
+    def check_providers(self, heads: list[str] | None = None) -> dict[tuple[int, str], str]:
+        """Verify every provider file that would be reused; train nothing.
+
+        Returns ``{(index, head): "configured" | "cached" | "train"}``. A configured or
+        cached file that does not hold what the plan needs is refused here, before a run
+        creates anything.
+        """
+        status = {}
+        for i in range(self.provider_count()):
+            pc = self.cfg.providers[i]
+            for h in heads or self.heads_needed():
+                if pc.checkpoint and h not in pc.checkpoint:
+                    raise ConfigError(
+                        f"providers[{i}].checkpoint has no {h!r} file, needed by "
+                        f"{[m for m in self.cfg.methods if METHODS[m].head == h]}"
+                    )
+                path = self.provider_path(i, h)
+                if pc.checkpoint:
+                    self.verify_provider(path, i, h)
+                    status[(i, h)] = "configured"
+                elif path.is_file():
+                    self.verify_provider(path, i, h)
+                    status[(i, h)] = "cached"
+                else:
+                    status[(i, h)] = "train"
+        return status
 
     def ensure_providers(self, heads: list[str] | None = None) -> dict[tuple[int, str], Path]:
-        """Train (or reuse) every provider in every head version the methods need."""
-        heads = heads or self.heads_needed()
-        n = 1 if self.cfg.no_replacement else len(self.cfg.replacement_tasks) + 1
+        """Train (or reuse, after checking) every provider in every head version needed."""
         out = {}
-        for i in range(n):
-            for h in heads:
-                path = self.provider_path(i, h)
-                pc = self.cfg.providers[i]
-                if pc.checkpoint:
-                    if h not in pc.checkpoint:
-                        raise ValueError(
-                            f"providers[{i}].checkpoint has no {h!r} file, needed by "
-                            f"{[m for m in self.cfg.methods if METHODS[m].head == h]}"
-                        )
-                    self._check_provider_file(path, h, i)
-                elif path.is_file():
-                    self.log.info(f"provider {i} ({h}): reusing {path.name}")
-                else:
-                    self._train_provider(i, h, path)
-                out[(i, h)] = path
+        for (i, h), state in self.check_providers(heads).items():
+            path = self.provider_path(i, h)
+            if state == "cached":
+                self.log.info(f"provider {i} ({h}): reusing {path}")
+            elif state == "train":
+                self._train_provider(i, h, path)
+            out[(i, h)] = path
         return out
 
-    def _check_provider_file(self, path: Path, head: str, index: int) -> None:
-        spec = self.spec(head)
-        expect = {"head": head, "feat_dim": spec.feat_dim, "in_channels": spec.in_channels}
-        if head != "learnable":
-            expect["num_classes"] = spec.num_classes
-        if head == "etf":
-            expect["etf_seed"] = spec.etf_seed
+    def load_provider(self, index: int, head: str, map_location="cpu") -> CompatModel:
+        """Provider ``index`` in its ``head`` version, checked against the plan."""
+        return self.verify_provider(self.provider_path(index, head), index, head, map_location)
+
+    def verify_provider(self, path: Path, index: int, head: str, map_location="cpu") -> CompatModel:
+        """Load a provider file and refuse, in one line naming it, anything but what the plan
+        needs: the model's contract (backbone, input channels, feature size, head, K, ETF
+        seed), provider classes only (none of the local learner), on rows that the local
+        classes do not use, and for a cached file the classes it was trained on and the
+        recipe key its name promises."""
+        pc = self.cfg.providers[index]
+        configured = bool(pc.checkpoint)
+        where = (
+            f"providers[{index}].checkpoint.{head}" if configured else f"provider {index} ({head})"
+        )
+        spec = self.spec(head, pc.backbone)
+        expect: dict = spec.to_dict()
+        if configured and head == "learnable":
+            del expect["num_classes"]  # initial rows of a growing head: any file may differ
+        if configured and head != "etf":
+            del expect["etf_seed"]  # no frame to agree on
+        if not configured:
+            classes = self.plan.provider_classes[index]
+            cmap = ClassMap(spec.num_classes if head != "learnable" else None)
+            cmap.add_provider(classes)
+            expect["class_map"] = cmap.to_dict()
+        fix = "" if configured else "; delete it and compatkit trains it again"
         try:
-            model, _ = load_checkpoint(path, expect=expect)
-        except ValueError as e:
-            raise ValueError(f"providers[{index}].checkpoint.{head}: {e}") from e
+            model, meta = load_checkpoint(path, expect=expect, map_location=map_location)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}{fix}") from None
+        extra = meta["extra"]
+        if extra.get("role") not in (None, "provider"):
+            raise CheckpointError(
+                f"{where}: checkpoint {path} is a {extra.get('role')} checkpoint, not a provider"
+            )
         k = spec.num_classes
         shared = set(model.class_map.provider) if self.cfg.local.keep_provider_rows else set()
         local_rows = {k - 1 - c for c in self.plan.class_order if c not in shared}
         clash = (
             local_rows & set(model.class_map.provider.values()) if head != "learnable" else set()
         )
-        if clash or model.class_map.local:
-            raise ValueError(
-                f"providers[{index}].checkpoint.{head}: its classes occupy rows {sorted(clash)} "
-                "reserved for the local classes, or it already has local classes"
+        if model.class_map.local or clash:
+            raise CheckpointError(
+                f"{where}: checkpoint {path} "
+                + (
+                    f"holds local classes {sorted(model.class_map.local)}"
+                    if model.class_map.local
+                    else f"puts provider classes on rows {sorted(clash)}, which the local "
+                    "classes use"
+                )
             )
+        if not configured and extra.get("recipe") != self.provider_recipe(index, head):
+            raise CheckpointError(
+                f"{where}: checkpoint {path} was trained by recipe {extra.get('recipe')!r}, "
+                f"not {self.provider_recipe(index, head)!r} as its name says{fix}"
+            )
+        return model
+
+    def provider_optim(self, index: int) -> OptimConfig:
+        """How provider ``index`` is trained: its own epochs, batch and rate, from scratch."""
+        pc = self.cfg.providers[index]
+        return OptimConfig(
+            epochs=pc.epochs,
+            batch_size=pc.batch_size,
+            lr=pc.lr,
+            min_lr=pc.lr * 1e-3,
+            momentum=self.cfg.train.momentum,
+            weight_decay=self.cfg.train.weight_decay,
+            pad=self.cfg.train.pad,
+            flip=self.cfg.train.flip,
+        )
 
     def _train_provider(self, index: int, head: str, path: Path) -> None:
         pc = self.cfg.providers[index]
@@ -217,16 +383,7 @@ class Runner:
         model = build_model(self.spec(head, pc.backbone)).to(env.device)
         model.add_classes(sorted(set(data.labels.tolist())), "provider")
         model.to(env.device)
-        opt = OptimConfig(
-            epochs=pc.epochs,
-            batch_size=pc.batch_size,
-            lr=pc.lr,
-            min_lr=pc.lr * 1e-3,
-            momentum=self.cfg.train.momentum,
-            weight_decay=self.cfg.train.weight_decay,
-            pad=self.cfg.train.pad,
-            flip=self.cfg.train.flip,
-        )
+        opt = self.provider_optim(index)
         ctx = TaskContext(model, None, -1, [], [], device=env.device, normalize=env.normalize)
         label = f"provider {index} ({head}, {len(data)} images, {pc.epochs} epochs)"
         res = self._train(
@@ -248,6 +405,8 @@ class Runner:
                 "role": "provider",
                 "index": index,
                 "name": pc.name,
+                "recipe": self.provider_recipe(index, head),
+                "data_sha256": self.provider_data_sha256(index),
                 "losses": res.losses,
                 "normalize": {"mean": list(self.plan.mean), "std": list(self.plan.std)},
             },
@@ -265,9 +424,8 @@ class Runner:
 
     def _train(self, model, method, ctx, data, memory, opt, env, label, seed, space="local"):
         gen = torch.Generator(device=env.device).manual_seed(seed)
-        from .train import _count_batches
-
-        total = opt.epochs * _count_batches(len(data), opt.batch_size, memory is not None)
+        n_mem = len(memory) if memory is not None else 0
+        total = opt.epochs * steps_per_epoch(len(data), n_mem, opt.batch_size, opt.sampler)
         self.log.start(label, total)
         state = {"t": time.perf_counter()}
 
@@ -304,10 +462,64 @@ class Runner:
                 ddp_model=ddp,
                 dist=self.dist,
             )
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{label}: {e}") from None
         finally:
             self.log.finish()
 
     # ------------------------------------------------------------------ task sequence
+    def completed_tasks(
+        self, method_name: str, seed: int
+    ) -> tuple[int, CompatModel | None, dict | None]:
+        """The finished prefix of a sequence, checked: ``(tasks done, last model, memory state)``.
+
+        A task counts as done when its checkpoint and memory file are both there; only
+        a contiguous prefix counts. Every checkpoint of the prefix must be this run's
+        file for this method, seed and task, and the last memory file must read back
+        intact; anything else is refused naming the file, before any training.
+        """
+        out = seed_dir(self.run_dir, method_name, seed)
+        n = self.plan.num_tasks
+        done = 0
+        while (
+            done < n
+            and (out / f"task_{done}.pt").is_file()
+            and (out / f"memory_{done}.pt").is_file()
+        ):
+            done += 1
+        run_id = self.run_id
+        for t in range(done):
+            self.check_task_checkpoint(read_contract(out / f"task_{t}.pt"), method_name, seed, t)
+        if not done:
+            return 0, None, None
+        last = done - 1
+        model, _ = load_checkpoint(out / f"task_{last}.pt", map_location="cpu")
+        state, extra = load_memory(out / f"memory_{last}.pt")
+        if extra:  # a memory file of compatkit 0.1.0 carries no identity
+            check_identity(
+                extra,
+                out / f"memory_{last}.pt",
+                "memory file",
+                method=method_name,
+                seed=seed,
+                task=last,
+                run_id=run_id,
+                role="memory",
+            )
+        return done, model, state
+
+    def check_task_checkpoint(self, meta: dict, method_name: str, seed: int, task: int) -> None:
+        """Refuse a task checkpoint that is not this run's file for (method, seed, task)."""
+        check_identity(
+            meta["extra"],
+            meta["path"],
+            "checkpoint",
+            method=method_name,
+            seed=seed,
+            task=task,
+            run_id=self.run_id,
+        )
+
     def run_sequence(self, method_name: str, seed: int, resume: bool = True) -> list[Path]:
         """Train one method through every task for one seed; returns the task checkpoints."""
         cfg, plan = self.cfg, self.plan
@@ -315,42 +527,40 @@ class Runner:
         method = build_method(method_name, cfg.method_options.get(method_name))
         head = method.head
         out = seed_dir(self.run_dir, method_name, seed)
+        run_id = self.ensure_run_id()
         out.mkdir(parents=True, exist_ok=True)
         segments = plan.segments(cfg)
         per_class = cfg.local.memory_per_class
         memory = RehearsalMemory(per_class, seed=seed) if per_class > 0 else None
         prev: CompatModel | None = None
         start = 0
-        paths = [out / f"task_{t}.pt" for t in range(plan.num_tasks)]
+        n_tasks = plan.num_tasks
+        paths = [out / f"task_{t}.pt" for t in range(n_tasks)]
         if resume:
-            done = [
-                t
-                for t in range(plan.num_tasks)
-                if paths[t].is_file() and (out / f"memory_{t}.pt").is_file()
-            ]
-            while done and done[-1] != len(done) - 1:  # only a contiguous prefix counts
-                done.pop()
-            if done:
-                last = done[-1]
-                prev, _ = load_checkpoint(paths[last], map_location=env.device)
+            start, prev, state = self.completed_tasks(method_name, seed)
+            if prev is not None:
                 prev.to(env.device).eval()
-                if memory is not None:
-                    memory.load_state_dict(
-                        torch.load(out / f"memory_{last}.pt", weights_only=True, map_location="cpu")
-                    )
-                start = last + 1
-                if start < plan.num_tasks:
-                    self.log.info(f"{method_name} seed {seed}: resuming after task {last}")
+            if memory is not None and state is not None:
+                try:
+                    memory.load_state_dict(state)
+                except (KeyError, ValueError, TypeError, RuntimeError) as e:
+                    raise CheckpointError(
+                        f"memory file {out / f'memory_{start - 1}.pt'}: not a memory state ({e})"
+                    ) from None
+            if 0 < start < n_tasks:
+                self.log.info(f"{method_name} seed {seed}: resuming after task {start}/{n_tasks}")
         for t in range(start, plan.num_tasks):
             task = plan.scenario[t]
             torch.manual_seed(task_seed(seed, t, 1))
             replaced = t == 0 or segments[t] != segments[t - 1]
             provider_model = None
             if replaced:
-                ppath = self.provider_path(segments[t], head)
-                model, _ = load_checkpoint(ppath, map_location="cpu")
+                model = self.load_provider(segments[t], head)
                 provider_model = model
-                model = copy.deepcopy(model)
+                if head == "learnable" and cfg.model.learnable_replacement == "fresh":
+                    model = model.with_fresh_head()  # the provider's classifier is dropped
+                else:
+                    model = copy.deepcopy(model)
             else:
                 assert prev is not None
                 model = copy.deepcopy(prev)
@@ -380,9 +590,8 @@ class Runner:
                 device=env.device,
                 normalize=env.normalize,
             )
-            label = (
-                f"{method_name} seed {seed} task {t + 1}/{plan.num_tasks}"
-                f"{' (replaced)' if replaced and t else ''}"
+            label = f"{method_name} seed {seed} task {t + 1}/{n_tasks}" + (
+                " (replacement)" if replaced and t else ""
             )
             res = self._train(
                 model,
@@ -397,8 +606,7 @@ class Runner:
             )
             parts = " ".join(f"{k} {v:.3f}" for k, v in res.parts[-1].items())
             self.log.info(
-                f"{method_name} seed {seed} task {t}: classes {task.classes}, "
-                f"provider {segments[t]}{' (replacement)' if replaced else ''}, "
+                f"{label}: classes {task.classes}, provider {segments[t]}, "
                 f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f} ({parts}), "
                 f"{res.images_per_s:.0f} img/s, {res.seconds:.1f}s"
             )
@@ -410,6 +618,7 @@ class Runner:
                     "method": method_name,
                     "seed": seed,
                     "task": t,
+                    "run_id": run_id,
                     "provider": segments[t],
                     "replaced": bool(replaced),
                     "classes": list(task.classes),
@@ -422,18 +631,34 @@ class Runner:
             if memory is not None:
                 memory.update(task.data)
             if self.dist.main:
-                _atomic_torch_save(
-                    memory.state_dict() if memory is not None else {}, out / f"memory_{t}.pt"
+                save_memory(
+                    out / f"memory_{t}.pt",
+                    memory.state_dict() if memory is not None else {},
+                    {
+                        "role": "memory",
+                        "method": method_name,
+                        "seed": seed,
+                        "task": t,
+                        "run_id": run_id,
+                    },
                 )
             self.dist.barrier()
             prev = model
         return paths
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+def _imageset_sha256(data: ImageSet) -> str:
+    """SHA-256 of a set's images and labels, read in blocks of CPU memory."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in (("images", data.images), ("labels", data.labels)):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
+        flat = t.reshape(-1).view(torch.uint8) if t.numel() else t.reshape(-1)
+        for i in range(0, flat.numel(), 1 << 26):
+            h.update(flat[i : i + (1 << 26)].numpy().tobytes())
+    return h.hexdigest()
 
 
 def _eval_normalize(plan: Plan, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -444,7 +669,7 @@ def _eval_normalize(plan: Plan, device: torch.device) -> Callable[[torch.Tensor]
 
 def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
     """Compute every method's matrices and metrics from the run's checkpoints; write JSON."""
-    from .evaluate import evaluate_sequence, summarize
+    from .evaluate import evaluate_sequence, summarize, task_contract
 
     cfg, plan, log = runner.cfg, runner.plan, runner.log
     device = runner.device
@@ -466,27 +691,40 @@ def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
             ckpts = [d / f"task_{t}.pt" for t in range(plan.num_tasks)]
             missing = [p.name for p in ckpts if not p.is_file()]
             if missing:
-                raise FileNotFoundError(f"{m} seed {seed}: missing checkpoints {missing} in {d}")
+                raise CheckpointError(
+                    f"{m} seed {seed}: missing checkpoints {missing} in {d}; finish the run with "
+                    f"compatkit run --out {runner.run_dir} --resume"
+                )
+            for t, c in enumerate(ckpts):
+                runner.check_task_checkpoint(read_contract(c), m, seed, t)
             starts = [
                 runner.provider_path(segs[t], METHODS[m].head) if t in firsts else ckpts[t - 1]
                 for t in range(plan.num_tasks)
             ]
-            res, n = evaluate_sequence(
-                ckpts,
-                query,
-                gallery,
-                norm,
-                cfg.eval.batch_size,
-                runner.precision,
-                device,
-                d / "features",
-                cfg.eval.full_gallery,
-                runner.dist,
-                local_test,
-                seen,
-                starts,
-                cfg.local.keep_provider_rows,
-            )
+            label = f"evaluating {m} seed {seed}"
+            steps = len(ckpts) * (2 if local_test is not None else 1)
+            log.start(label, steps)
+            try:
+                res, n = evaluate_sequence(
+                    ckpts,
+                    query,
+                    gallery,
+                    norm,
+                    cfg.eval.batch_size,
+                    runner.precision,
+                    device,
+                    d / "features",
+                    cfg.eval.full_gallery,
+                    runner.dist,
+                    local_test,
+                    seen,
+                    starts,
+                    cfg.local.keep_provider_rows,
+                    progress=log.advance,
+                    expect=task_contract(cfg, m),
+                )
+            finally:
+                log.finish()
             extractions += n
             runs.append({"seed": seed, **res})
             log.info(

@@ -49,6 +49,7 @@ import functools
 import re
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -152,26 +153,51 @@ def _backend(backend: str, device: torch.device, dtype: torch.dtype, prefer_fais
     return b
 
 
-def _flat_index(vectors: torch.Tensor):
+class _FlatIndex(NamedTuple):
+    """A faiss exact inner-product index and the float32 CPU rows it holds."""
+
+    index: Any
+    vectors: torch.Tensor
+
+
+def _flat_index(vectors: torch.Tensor) -> _FlatIndex:
     """An exact inner-product index of unit rows (float32, on the CPU)."""
     faiss = _faiss()
-    x = np.ascontiguousarray(vectors.detach().to("cpu", torch.float32).numpy())
+    x = vectors.detach().to("cpu", torch.float32).contiguous()
     index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    return index
+    index.add(x.numpy())
+    return _FlatIndex(index, x)
 
 
-def _faiss_neighbours(index, q: torch.Tensor, k: int) -> torch.Tensor:
+_TIE_SLACK = 16
+"""Extra neighbours asked of faiss beyond k, so that most ties at the k-th place are settled
+from faiss's own list; longer tie groups fall back to an exact ranking of that query."""
+
+
+def _faiss_neighbours(flat: _FlatIndex, q: torch.Tensor, k: int) -> torch.Tensor:
     """``(nq, k)`` gallery indices of each query's k best, in stable order, on ``q``'s device.
 
-    faiss cuts its list keeping the lower index among equal scores, but orders equal scores
-    within the list arbitrarily; re-sorting by (score desc, index asc) restores the stable
-    order the torch backend uses, so ``[:, :k']`` is the stable top-k' for every k' <= k.
+    Stable order is (score descending, index ascending), the torch backend's rule. faiss
+    neither keeps the lower indices when it cuts a group of equal scores nor orders equal
+    scores by index, so: ask for ``k + _TIE_SLACK`` neighbours and re-sort them; a query
+    whose group of scores equal to its k-th best may run past the end of that list is
+    ranked exactly by a stable sort of its scores against every row (exact ties are rare
+    with real features, so this costs nothing in practice).
     """
-    x = np.ascontiguousarray(q.detach().to("cpu", torch.float32).numpy())
-    scores, ids = index.search(x, k)
+    n = flat.index.ntotal
+    kk = min(n, k + _TIE_SLACK)
+    x = q.detach().to("cpu", torch.float32).contiguous()
+    scores, ids = flat.index.search(x.numpy(), kk)
     order = np.lexsort((ids, -scores), axis=1)  # last key first: score desc, then index asc
-    return torch.from_numpy(np.take_along_axis(ids, order, axis=1)).to(q.device)
+    ids = np.take_along_axis(ids, order, axis=1)[:, :k]
+    if kk < n:
+        scores = np.take_along_axis(scores, order, axis=1)
+        cut = np.nonzero(scores[:, -1] >= scores[:, k - 1])[0]
+        if len(cut):
+            exact = x[torch.from_numpy(cut)] @ flat.vectors.t()
+            best = torch.sort(exact, dim=1, descending=True, stable=True).indices[:, :k]
+            ids[cut] = best.numpy()
+    return torch.from_numpy(ids).to(q.device)
 
 
 # ----------------------------------------------------------------------------- templates

@@ -45,6 +45,7 @@ from .analysis import (
     torch_threads,
 )
 from .analysis_report import render_markdown, stationarity_lines, verdict_lines
+from .errors import CheckpointError, InputError
 
 __all__ = [
     "ANALYSIS_FILE",
@@ -105,12 +106,12 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
+        raise InputError(f"run directory not found: {run_dir}")
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a compatkit run (no config.yaml)")
+        raise InputError(f"{run_dir} is not a compatkit run (no config.yaml)")
     if not (run_dir / "metrics.json").is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"{run_dir} has no metrics.json: the run did not finish its evaluation; "
             f"run `compatkit eval {run_dir}` first"
         )
@@ -252,19 +253,26 @@ def load_models(
 ) -> list[ModelRecord]:
     """Features, vertices and logged losses of every task model of ``method`` / ``seed``."""
     from .checkpoint import load_checkpoint
+    from .evaluate import task_contract
     from .protocol import seed_dir
+    from .rundir import check_identity, read_run_id
 
     source = source or _FeatureSource(info, log)
     d = seed_dir(info.run_dir, method, seed)
     paths = [d / f"task_{t}.pt" for t in range(info.num_tasks)]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{method} seed {seed}: missing checkpoints {missing} in {d}")
+        raise CheckpointError(f"{method} seed {seed}: missing checkpoints {missing} in {d}")
+    run_id = read_run_id(info.run_dir)
     out = []
+    expect = task_contract(info.cfg, method)
     for t, p in enumerate(paths):
-        q, g, ql, gl = source.get(p)
-        model, meta = load_checkpoint(p, map_location="cpu")
+        # The contract first: a checkpoint of another K or feature size is refused by name
+        # instead of failing later when its features meet the others'.
+        model, meta = load_checkpoint(p, expect=expect, map_location="cpu")
         extra = dict(meta.get("extra") or {})
+        check_identity(extra, p, "checkpoint", method=method, seed=seed, task=t, run_id=run_id)
+        q, g, ql, gl = source.get(p)
         labels = torch.cat([ql, gl])
         verts, space, note = eval_vertices(model, labels, extra.get("provider"), info.cfg)
         out.append(ModelRecord(t, p, q, g, ql, gl, model.spec.head, extra, verts, space, note))
@@ -472,7 +480,7 @@ def _resolve_seeds(info: RunInfo, seeds: Sequence[int] | str | None) -> list[int
         return list(info.seeds)
     bad = [s for s in seeds if s not in info.seeds]
     if bad:
-        raise ValueError(f"seed(s) {bad} not in this run (seeds {info.seeds})")
+        raise InputError(f"seed(s) {bad} not in this run (seeds {info.seeds})")
     return list(seeds)
 
 
@@ -515,14 +523,14 @@ def analyze_run(
 def _analyze_run(run_dir, methods, seeds, metrics, max_pairs, no_replacement_run, plots, log):
     info = load_run(run_dir)
     if max_pairs < 1:
-        raise ValueError(f"--pairs must be >= 1, got {max_pairs}")
+        raise InputError(f"--pairs must be >= 1, got {max_pairs}")
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:
-        raise ValueError(f"unknown metric(s) {bad}; choose from {list(METRICS)}")
+        raise InputError(f"unknown metric(s) {bad}; choose from {list(METRICS)}")
     methods = list(methods) if methods else list(info.methods)
     unknown = [m for m in methods if m not in info.methods]
     if unknown:
-        raise ValueError(f"method(s) {unknown} not in this run (methods {info.methods})")
+        raise InputError(f"method(s) {unknown} not in this run (methods {info.methods})")
     seed_list = _resolve_seeds(info, seeds)
 
     other = None

@@ -61,12 +61,20 @@ class ClassMap:
     a local class that is also a provider class shares the provider's row. The map is part of a
     model's contract: it is saved in every checkpoint and two models can only be
     compared when their shared classes sit on the same rows.
+
+    ``names`` optionally gives local classes their names (``compatkit train``
+    sets them from the image folders): a class is then identified by its name
+    across model versions, and its label is a stable id that a successor keeps.
+    A map without names (every checkpoint of the paper's protocol) serialises
+    exactly as before the field existed.
     """
 
     num_rows: int | None
     """K for a fixed head; None for a growing (learnable) head."""
     local: dict[int, int] = field(default_factory=dict)
     provider: dict[int, int] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    """Local label -> class name (empty: the classes are known by label only)."""
 
     def _used(self) -> set[int]:
         return set(self.local.values()) | set(self.provider.values())
@@ -154,25 +162,46 @@ class ClassMap:
             raise KeyError(f"{space} classes {missing} have no row in this model's head")
         return out
 
+    def set_names(self, names: Mapping[int, str]) -> None:
+        """Name local classes; each must be mapped, and a name may belong to one class only."""
+        merged = {**self.names, **{int(k): str(v) for k, v in names.items()}}
+        unmapped = sorted(set(merged) - set(self.local))
+        if unmapped:
+            raise ValueError(f"cannot name local classes {unmapped}: they have no row")
+        seen: dict[str, int] = {}
+        for label, name in sorted(merged.items()):
+            if not name:
+                raise ValueError(f"local class {label} has an empty name")
+            if name in seen:
+                raise ValueError(f"class name {name!r} is given to labels {seen[name]} and {label}")
+            seen[name] = label
+        self.names = merged
+
     def used_rows(self) -> int:
         """Number of rows a learnable head needs (one past the highest used row)."""
         used = self._used()
         return max(used) + 1 if used else 0
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "num_rows": self.num_rows,
             "local": {str(k): v for k, v in sorted(self.local.items())},
             "provider": {str(k): v for k, v in sorted(self.provider.items())},
         }
+        if self.names:  # absent when empty: older contracts (and their digests) stay as they were
+            out["names"] = {str(k): v for k, v in sorted(self.names.items())}
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ClassMap:
-        return cls(
+        m = cls(
             num_rows=d["num_rows"],
             local={int(k): int(v) for k, v in d.get("local", {}).items()},
             provider={int(k): int(v) for k, v in d.get("provider", {}).items()},
         )
+        if d.get("names"):
+            m.set_names(d["names"])
+        return m
 
     def copy(self) -> ClassMap:
-        return ClassMap(self.num_rows, dict(self.local), dict(self.provider))
+        return ClassMap(self.num_rows, dict(self.local), dict(self.provider), dict(self.names))

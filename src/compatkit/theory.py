@@ -85,6 +85,7 @@ from pathlib import Path
 import torch
 
 from .analysis import definition1_pairs, mean_ci, pair_distances
+from .errors import InputError
 from .simplex import simplex_vertices
 
 __all__ = [
@@ -210,9 +211,9 @@ def critical_shift_deg(r_old: float, r_new: float, d: int) -> float:
 
 def _check_cap(theta: float, d: int) -> None:
     if d < 2:
-        raise ValueError(f"a spherical cap needs dimension d >= 2, got {d}")
+        raise InputError(f"a spherical cap needs dimension d >= 2, got {d}")
     if not 0.0 <= theta <= math.pi:
-        raise ValueError(f"cap angular radius must be in [0, pi] radians, got {theta}")
+        raise InputError(f"cap angular radius must be in [0, pi] radians, got {theta}")
 
 
 # --------------------------------------------------------------------------- samplers
@@ -373,23 +374,23 @@ def verdict(res: TheoryResult) -> str:
 
 def _validate(K: int, d: int, r_old: float, r_new: float, region: str, metric: str, coupling: str):
     if not isinstance(K, int) or K < 2:
-        raise ValueError(f"K must be an integer >= 2, got {K!r}")
+        raise InputError(f"K must be an integer >= 2, got {K!r}")
     if d < K - 1:
-        raise ValueError(f"dimension d must be >= K-1 = {K - 1} to hold the d-Simplex, got {d}")
+        raise InputError(f"dimension d must be >= K-1 = {K - 1} to hold the d-Simplex, got {d}")
     if d < 2:
-        raise ValueError(f"the model needs dimension d >= 2 (to rotate centres), got {d}")
+        raise InputError(f"the model needs dimension d >= 2 (to rotate centres), got {d}")
     if r_old < 0 or r_new < 0:
-        raise ValueError(f"radii must be >= 0, got r_old={r_old}, r_new={r_new}")
+        raise InputError(f"radii must be >= 0, got r_old={r_old}, r_new={r_new}")
     if region not in REGIONS:
-        raise ValueError(f"region must be one of {list(REGIONS)}, got {region!r}")
+        raise InputError(f"region must be one of {list(REGIONS)}, got {region!r}")
     if region == "cap" and max(r_old, r_new) > math.pi:
-        raise ValueError(
+        raise InputError(
             f"cap radii are angles in radians and must be <= pi, got r_old={r_old}, r_new={r_new}"
         )
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+        raise InputError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     if coupling not in COUPLINGS:
-        raise ValueError(f"coupling must be one of {list(COUPLINGS)}, got {coupling!r}")
+        raise InputError(f"coupling must be one of {list(COUPLINGS)}, got {coupling!r}")
 
 
 def _notes(r_old: float, r_new: float, region: str, metric: str, normalize: bool) -> list[str]:
@@ -478,13 +479,13 @@ def simulate(
     d = max(K - 1, 2) if d is None else int(d)
     _validate(K, d, r_old, r_new, region, metric, coupling)
     if n_pairs < 2:
-        raise ValueError(f"n_pairs must be >= 2, got {n_pairs}")
+        raise InputError(f"n_pairs must be >= 2, got {n_pairs}")
     gen = torch.Generator().manual_seed(int(seed))
     model = _Model(K, d, r_old, r_new, shift, region, coupling, gen)
 
     if n_per_class is not None:
         if n_per_class < 2:
-            raise ValueError(f"n_per_class must be >= 2, got {n_per_class}")
+            raise InputError(f"n_per_class must be >= 2, got {n_per_class}")
         labels = torch.arange(K).repeat_interleave(n_per_class)
         new_q, old_q = model.query(labels)
         old_g = model.old(labels)  # a separate gallery set, drawn from the old model

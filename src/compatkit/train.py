@@ -3,8 +3,10 @@
 The loop knows nothing about methods: it asks the method for its loss
 (``Method.loss``) and, when the method needs it, runs the frozen old model on
 the same augmented batch. Optimisation follows METHOD.md Sec. 4: SGD with
-momentum, weight decay only on conv/linear weights, cosine decay per step to a
-floor, optional linear warm-up.
+momentum, weight decay on conv/linear weights (``train.weight_decay_on``),
+cosine decay to a floor updated every step or, as released, once per epoch
+(``train.lr_update``), optional linear warm-up; batches from the configured
+sampler (``train.sampler``).
 """
 
 from __future__ import annotations
@@ -19,19 +21,32 @@ import torch
 from torch import nn
 
 from .config import OptimConfig
-from .data import ImageSet, augment, half_and_half_batches
+from .data import ImageSet, augment, epoch_batches, steps_per_epoch
 from .distributed import Dist, gather_rows, shard_slice
+from .errors import ConfigError
 from .methods import Method, StepInputs, TaskContext
 from .model import CompatModel, ModelOutput
 
 __all__ = [
+    "FINITE_CHECK_EVERY",
     "Precision",
     "TaskResult",
+    "TrainingDiverged",
     "autocast",
     "make_optimizer",
     "resolve_precision",
     "train_task",
 ]
+
+FINITE_CHECK_EVERY = 25
+"""Steps between two looks at the divergence flag. The flag itself is updated on the device at
+every step without a synchronisation; reading it costs one (about what one log line costs), so
+a diverged run stops at most this many steps late, with nothing saved."""
+
+
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or infinite: the settings (learning rate, loss weights,
+    precision) made the run diverge. Nothing of the failed task is saved."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +82,15 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=precision.dtype)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, wd: float) -> torch.optim.SGD:
-    """SGD; weight decay on weights of >= 2 dimensions only (none on norms and biases)."""
+def make_optimizer(
+    model: nn.Module, lr: float, momentum: float, wd: float, decay_all: bool = False
+) -> torch.optim.SGD:
+    """SGD; weight decay on weights of >= 2 dimensions only (none on norms and biases), or on
+    every trained parameter with ``decay_all`` (the released notebooks)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if (decay_all or p.ndim >= 2) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
@@ -127,13 +145,23 @@ def train_task(
     net = ddp_model or model
     old = ctx.old_model
     method.begin_task(ctx)
-    opt = make_optimizer(model, base_lr, opt_cfg.momentum, opt_cfg.weight_decay)
+    decay_all = opt_cfg.weight_decay_on == "all"
+    opt = make_optimizer(model, base_lr, opt_cfg.momentum, opt_cfg.weight_decay, decay_all)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
-    bs = opt_cfg.batch_size
-    steps_per_epoch = _count_batches(len(data), bs, memory is not None)
-    total, warm = epochs * steps_per_epoch, opt_cfg.warmup_epochs * steps_per_epoch
+    bs, sampler = opt_cfg.batch_size, opt_cfg.sampler
+    n_mem = len(memory) if memory is not None else 0
+    per_epoch = steps_per_epoch(len(data), n_mem, bs, sampler)
+    total = epochs * per_epoch
+    # Per epoch: the released CosineAnnealingLR(T_max=epochs, eta_min), stepped after each epoch.
+    by_epoch = opt_cfg.lr_update == "epoch"
+    span = epochs if by_epoch else total
+    warm = opt_cfg.warmup_epochs * (1 if by_epoch else per_epoch)
     step, seen, t0 = 0, 0, time.perf_counter()
     losses, parts_hist = [], []
+    # Divergence watch, on the device (no per-step host sync): the step at which the loss
+    # first became non-finite (-1: never) and the last finite loss before it.
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    last_finite = torch.full((), float("nan"), device=device)
     model.train()
     if opt_cfg.freeze_bn:
         for m in model.modules():
@@ -143,9 +171,11 @@ def train_task(
         ep_loss = torch.zeros((), device=device)
         ep_parts: dict[str, torch.Tensor] = {}
         n_batches = 0
-        for images, labels in half_and_half_batches(data, memory, bs, generator):
+        for images, labels in epoch_batches(data, memory, bs, generator, sampler):
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, base_lr, opt_cfg.min_lr, warm)
+                g["lr"] = cosine_lr(
+                    epoch if by_epoch else step, span, base_lr, opt_cfg.min_lr, warm
+                )
             x = normalize(augment(images, opt_cfg.pad, opt_cfg.flip, generator))
             targets = model.targets(labels, space)
             if d.enabled:
@@ -173,18 +203,57 @@ def train_task(
             n_batches += 1
             step += 1
             seen += len(labels)
+            _watch(loss.detach(), step, bad_step, last_finite)
+            if step % FINITE_CHECK_EVERY == 0:
+                _stop_if_diverged(bad_step, last_finite, total)
             if on_step is not None:
-                on_step({"epoch": epoch, "step": step, "total": total, "loss": loss, "seen": seen})
+                lr_now = opt.param_groups[0]["lr"]
+                on_step(
+                    {
+                        "epoch": epoch,
+                        "step": step,
+                        "total": total,
+                        "loss": loss,
+                        "seen": seen,
+                        "lr": lr_now,
+                    }
+                )
+        _stop_if_diverged(bad_step, last_finite, total)
         losses.append(float(ep_loss) / max(1, n_batches))
         parts_hist.append({k: float(v) / max(1, n_batches) for k, v in ep_parts.items()})
+    # The last update can turn the weights non-finite after a finite loss: such a model must
+    # not be saved as the task's result (one host sync per task).
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise TrainingDiverged(
+            f"the weights became non-finite in the last update (step {step}/{total}, after a "
+            f"loss of {losses[-1]:.4g}). The settings made training diverge: lower the "
+            "learning rate (train.lr, or the provider's lr)"
+        )
     dt = time.perf_counter() - t0
     model.eval()
     return TaskResult(losses, parts_hist, seen / max(dt, 1e-9), dt)
 
 
-def _count_batches(n_new: int, bs: int, with_memory: bool) -> int:
-    per = bs // 2 if with_memory else bs
-    n = math.ceil(n_new / per)
-    if not with_memory and n_new % per == 1 and n > 1:
-        n -= 1  # the sampler drops a final batch of one image (BatchNorm cannot train on it)
-    return max(1, n)
+def _watch(loss: torch.Tensor, step: int, bad_step: torch.Tensor, last: torch.Tensor) -> None:
+    """Record, in place and on the device, the first non-finite step and the last finite loss."""
+    ok = torch.isfinite(loss.float())
+    fresh = bad_step < 0
+    last.copy_(torch.where(ok & fresh, loss.float(), last))
+    bad_step.copy_(torch.where(~ok & fresh, torch.full_like(bad_step, step), bad_step))
+
+
+def _stop_if_diverged(bad_step: torch.Tensor, last: torch.Tensor, total: int) -> None:
+    s = int(bad_step)  # the one host synchronisation of the watch
+    if s < 0:
+        return
+    before = float(last)
+    was = (
+        f"the last finite loss was {before:.4g} (step {s - 1})"
+        if s > 1
+        else "it was not finite from the first step"
+    )
+    raise TrainingDiverged(
+        f"the training loss became non-finite at step {s}/{total}; {was}. The settings made "
+        "training diverge: lower the learning rate (train.lr, or the provider's lr) or change "
+        "the loss weights (method_options)"
+    )

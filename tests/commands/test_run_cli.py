@@ -22,7 +22,7 @@ def _tri_ok(m, t):
     return len(m) == t and all(len(row) == i + 1 for i, row in enumerate(m))
 
 
-def test_run_writes_every_output(run_dir):
+def test_run_writes_every_output(run_dir, _private_cache):
     for f in (
         "config.yaml",
         "environment.json",
@@ -37,8 +37,9 @@ def test_run_writes_every_output(run_dir):
     for m in ("hoc", "er"):
         for t in range(3):
             assert (run_dir / m / "seed_7" / f"task_{t}.pt").is_file()
-    providers = sorted(p.name for p in (run_dir.parent / "providers").glob("*.pt"))
-    assert len(providers) == 4  # 2 providers x (simplex, learnable)
+    providers = sorted(p.name for p in (_private_cache / "providers").glob("*.pt"))
+    assert len(providers) == 4  # 2 providers x (simplex, learnable), in the shared cache
+    assert not (run_dir.parent / "providers").exists()
     log = (run_dir / "log.txt").read_text()
     assert "task 2" in log and "replacement" in log
 

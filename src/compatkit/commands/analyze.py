@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import InputError
+
 HELP = "check Definition 1 and stationarity on a run's models; paper figures; K=3 simplex demo"
 
 
@@ -86,7 +88,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     demo.add_argument("--demo-test-per-class", type=int, metavar="N", help="held-out images")
     demo.add_argument("--demo-epochs", type=int, metavar="E", help="epochs per model")
     demo.add_argument("--demo-dataset", help="dataset of the demo (default fashion-mnist)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _log(args: argparse.Namespace):
@@ -192,13 +193,13 @@ def _print_demo(res: dict) -> None:
 def main(args: argparse.Namespace) -> int:
     # Argument errors first: they need no torch import, so they answer at once.
     if args.run_dir is None and args.simplex_demo is None:
-        raise ValueError("give a RUN_DIR to analyse, or --simplex-demo OUT_DIR (or both)")
+        raise InputError("give a RUN_DIR to analyse, or --simplex-demo OUT_DIR (or both)")
     if args.run_dir is not None and not Path(args.run_dir).is_dir():
-        raise FileNotFoundError(f"run directory not found: {args.run_dir}")
+        raise InputError(f"run directory not found: {args.run_dir}")
     if args.pairs < 1:
-        raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+        raise InputError(f"--pairs must be >= 1, got {args.pairs}")
     if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
 
     from ..run_analysis import ANALYSIS_FILE, METRICS, analyze_run
 

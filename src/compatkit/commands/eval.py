@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InputError
+
 HELP = "recompute a run's matrices, metrics.json and report from its checkpoints alone"
 
 
@@ -12,22 +14,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a directory written by `compatkit run`")
     p.add_argument("--methods", nargs="*", help="only these methods (default: all of the run)")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def main(args: argparse.Namespace) -> int:
-    import json
     import time
 
     from ..config import load_config
     from ..progress import RunLog
     from ..protocol import Runner, evaluate_run, write_metrics
-    from ..report import write_report
+    from ..report import read_json, write_report
 
     run_dir = Path(args.run_dir)
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a compatkit run (no config.yaml)")
+        raise InputError(f"{run_dir} is not a compatkit run (no config.yaml)")
     cfg = load_config(cfg_file)
     log = RunLog(run_dir / "log.txt", quiet=args.quiet)
     try:
@@ -35,10 +35,14 @@ def main(args: argparse.Namespace) -> int:
         runner = Runner(cfg, run_dir, log)
         results = evaluate_run(runner, args.methods)
         old = run_dir / "metrics.json"
-        if old.is_file():
-            prev = json.loads(old.read_text()).get("_meta", {})
-            if "wall_time_s" in prev:
-                results["_meta"]["wall_time_s"] = prev["wall_time_s"]
+        if old.is_file():  # keep the run's wall time; a damaged file is about to be replaced
+            try:
+                prev = read_json(old)
+            except InputError:
+                prev = {}
+            meta = prev.get("_meta") if isinstance(prev, dict) else None
+            if isinstance(meta, dict) and "wall_time_s" in meta:
+                results["_meta"]["wall_time_s"] = meta["wall_time_s"]
         write_metrics(run_dir, results)
         write_report(run_dir)
         log.info(

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MATRIX_FILE",
         help=(
             "the matrix: JSON (a list of rows, or an object with a 'matrix' list) or plain "
-            "text (one row per line, whitespace/comma separated); the lower triangle is "
-            "enough; percent or fractions; '-' reads standard input"
+            "text (one row per line, whitespace/comma separated, or as the README prints it: "
+            "'1*  89.75'); the lower triangle is enough; percent or fractions; '-' reads "
+            "standard input"
         ),
     )
     parser.add_argument(
@@ -80,14 +81,20 @@ def main(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..metrics import compatibility_report, load_matrix, parse_matrix
+    from ..metrics import (
+        MatrixFileNotFound,
+        compatibility_report,
+        decode_text,
+        load_matrix,
+        parse_matrix,
+    )
 
     if args.matrix == "-":
-        c = parse_matrix(sys.stdin.read(), "<stdin>")
+        c = parse_matrix(decode_text(sys.stdin.buffer.read(), "<stdin>"), "<stdin>")
     else:
         path = Path(args.matrix)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+            raise MatrixFileNotFound(f"{path}: no such file")
         c = load_matrix(path)
     rep = compatibility_report(c)
     if args.json:

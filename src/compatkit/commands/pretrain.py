@@ -9,8 +9,12 @@ HELP = "train the replacement models (providers) of a config, in every head vers
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML config (default: the packaged fashion.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "config", nargs="?", help="YAML config or a shipped config's name (default: fashion)"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE"
+    )
     p.add_argument(
         "--heads",
         nargs="*",
@@ -18,26 +22,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="head versions to train (default: those the config's methods need)",
     )
     p.add_argument(
-        "--out", help="where to put providers (default: providers_dir or runs/providers)"
+        "--out",
+        help="where to put providers (default: the config's providers_dir, else the providers "
+        "cache that `compatkit run` reads: $COMPATKIT_CACHE/providers, ~/.cache/compatkit/...)",
     )
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def main(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..progress import RunLog
     from ..protocol import Runner
-    from .run import default_config_path
+    from ..shipped import resolve_config
 
-    cfg = load_config(Path(args.config) if args.config else default_config_path(), args.overrides)
+    cfg = load_config(resolve_config(args.config), args.overrides)
     if args.out:
         cfg.providers_dir = args.out
-    providers_dir = Path(cfg.providers_dir or "runs/providers")
-    cfg.providers_dir = str(providers_dir)
-    log = RunLog(providers_dir / "pretrain.log", quiet=args.quiet)
+    log = RunLog(None, quiet=args.quiet)
     try:
-        runner = Runner(cfg, providers_dir / "_pretrain", log)
+        runner = Runner(cfg, Path("."), log)  # no run folder: providers only
+        runner.check_providers(args.heads)  # refuse a bad file before writing anything
+        log.attach(runner.providers_dir / "pretrain.log")
         paths = runner.ensure_providers(args.heads)
         for (i, h), p in sorted(paths.items()):
             print(f"provider {i} {h:9s} {p}")

@@ -38,7 +38,11 @@ def main(args: argparse.Namespace) -> int:
         )
     for row in rows:
         table.add_row(*(str(row[k]) for k in columns))
-    console.print(table)
+    # Rendered to a string, then printed: rich answers a closed pipe with its own exit status 1
+    # (an internal error by the CLI's rule); print lets the CLI's rule see it (status 141).
+    with console.capture() as captured:
+        console.print(table)
+    print(captured.get(), end="")
     # Plain print of the path: a terminal may wrap or style rich output, scripts read this line.
     print(f"report: {path}")
     return 0

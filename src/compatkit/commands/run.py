@@ -1,8 +1,15 @@
-"""``compatkit run [CONFIG] [--set key=value ...] [--out DIR] [--resume]``."""
+"""``compatkit run [CONFIG] [--set KEY=VALUE ...] [--out DIR] [--resume [--fork NEW]] [--dry-run]``.
+
+A run is refused before it creates anything when its config, its data plan or a
+provider file it would reuse is wrong; a run that fails later records the error
+in its ``log.txt``. ``--resume`` continues the run in ``--out`` with that run's
+own ``config.yaml`` (see :mod:`compatkit.rundir` for what a resume may change).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -10,35 +17,41 @@ from . import add_set_argument
 
 HELP = "run the IAM-CL2R scenario: providers, task sequence per method and seed, evaluation, report"
 
-DEFAULT_CONFIG = "fashion.yaml"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help=f"YAML config (default: configs/{DEFAULT_CONFIG})")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config file, or the name of a shipped one (see `compatkit configs`; "
+        "default: fashion)",
+    )
     add_set_argument(p)
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run in --out from its last completed task",
+        help="continue the run in --out from its last completed task, with its own config.yaml",
+    )
+    p.add_argument(
+        "--fork",
+        metavar="NEW_DIR",
+        help="with --out RUN --resume: start a new run in NEW_DIR from RUN's config.yaml changed "
+        "by CONFIG/--set, instead of resuming RUN",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and the plan (tasks, roles, providers, steps); "
+        "train nothing, create nothing",
     )
     p.add_argument("--quiet", action="store_true", help="log to RUN_DIR/log.txt only")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def default_config_path() -> Path:
-    """The packaged default config (installed with compatkit) or the repository's copy."""
-    from importlib.resources import files
+    """The packaged default config (kept for callers of earlier versions)."""
+    from ..shipped import resolve_config
 
-    packaged = Path(str(files("compatkit") / "configs" / DEFAULT_CONFIG))
-    here = Path("configs") / DEFAULT_CONFIG
-    checkout = Path(__file__).resolve().parents[3] / "configs" / DEFAULT_CONFIG  # editable install
-    for p in (packaged, here, checkout):
-        if p.is_file():
-            return p
-    raise FileNotFoundError(
-        f"no default config {DEFAULT_CONFIG}: run from the compatkit checkout or pass a CONFIG"
-    )
+    return resolve_config(None)
 
 
 def new_run_dir(name: str) -> Path:
@@ -51,43 +64,116 @@ def new_run_dir(name: str) -> Path:
     return path
 
 
-def main(args: argparse.Namespace) -> int:
+def _holds_run(d: Path) -> bool:
+    return (d / "config.yaml").is_file() or any(d.glob("*/seed_*/task_*.pt"))
+
+
+def resolve_run(args: argparse.Namespace):
+    """``(config, run directory, resume?)`` from the command line, refusing mixed settings."""
     from ..config import load_config
+    from ..errors import ConfigError, InputError
+    from ..rundir import format_changes, result_changes
+    from ..shipped import resolve_config
+
+    stray = [o for o in args.overrides if "=" not in o]
+    if stray:
+        raise InputError(
+            f"--set takes KEY=VALUE pairs, got {stray[0]!r}"
+            + (" (a CONFIG goes before --set)" if stray[0].endswith((".yaml", ".yml")) else "")
+        )
+    if args.fork and not args.resume:
+        raise InputError(
+            "--fork NEW_DIR goes with --out RUN --resume: it starts a new run from RUN's config"
+        )
+    if args.resume:
+        if not args.out:
+            raise InputError("--resume needs --out RUN_DIR (the run to continue)")
+        out = Path(args.out)
+        saved_file = out / "config.yaml"
+        if not saved_file.is_file():
+            raise InputError(
+                f"--resume: {out} holds no run (no config.yaml); start one with "
+                f"compatkit run [CONFIG] --out {out}"
+            )
+        saved = load_config(saved_file)
+        asked = saved
+        if args.config or args.overrides:
+            base = resolve_config(args.config) if args.config else saved_file
+            asked = load_config(base, args.overrides)
+        changes = result_changes(saved, asked)
+        if args.fork:
+            fork = Path(args.fork)
+            if fork.resolve() == out.resolve():
+                raise InputError(f"--fork {fork}: give a new folder, not the run being forked")
+            if _holds_run(fork):
+                raise InputError(f"--fork {fork} already holds a run; choose another folder")
+            return asked, fork, False
+        if changes:
+            raise ConfigError(
+                f"--resume: the settings given differ from {saved_file} in "
+                f"{format_changes(changes)}; these shape the results, so a resume keeps the "
+                f"run's own config: drop CONFIG/--set to continue {out}, or add --fork NEW_DIR "
+                "to start a new run with these settings"
+            )
+        return asked, out, True
+    cfg = load_config(resolve_config(args.config), args.overrides)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not args.out:
+        raise InputError("under torchrun pass --out RUN_DIR, so that every process writes one run")
+    run_dir = Path(args.out) if args.out else new_run_dir(cfg.name)
+    if _holds_run(run_dir):
+        raise InputError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
+        )
+    return cfg, run_dir, False
+
+
+def main(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..config import to_dict
     from ..progress import RunLog
     from ..protocol import Runner, evaluate_run, write_metrics
     from ..report import write_report
 
-    cfg_path = Path(args.config) if args.config else default_config_path()
-    cfg = load_config(cfg_path, args.overrides)
-    if args.resume and not args.out:
-        raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
-    import os
-
+    cfg, run_dir, resume = resolve_run(args)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not args.out:
-        raise ValueError("under torchrun pass --out RUN_DIR, so that every process writes one run")
-    run_dir = Path(args.out) if args.out else new_run_dir(cfg.name)
-    if run_dir.exists() and any(run_dir.glob("*/seed_*/task_*.pt")) and not args.resume:
-        raise ValueError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
-        )
     main_rank = rank == 0
-    log = RunLog(run_dir / "log.txt" if main_rank else None, quiet=args.quiet or not main_rank)
+    if args.dry_run:
+        runner = Runner(cfg, run_dir, RunLog(None, quiet=True))
+        lines = plan_lines(runner, resume)  # every check of a real run, before any output
+        print(f"# resolved config of {run_dir}{' (resume)' if resume else ''}")
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
+        print("\n".join(lines))
+        return 0
+    # Nothing is written until the config, the data and the providers to reuse are checked.
+    log = RunLog(None, quiet=args.quiet or not main_rank)
     t0 = time.perf_counter()
     try:
         runner = Runner(cfg, run_dir, log)
-        plan = runner.plan  # loads and checks the data before anything is trained
+        plan = runner.plan  # loads and checks the data
+        runner.check_providers()
+        if resume:
+            for seed in cfg.seeds:
+                for m in cfg.methods:
+                    runner.completed_tasks(m, seed)
         if main_rank:
-            runner.write_config()
+            runner.write_config()  # creates the run, or checks a resumed one's records
+            log.attach(run_dir / "log.txt")
+        runner.dist.barrier()
+    except BaseException:
+        log.close()
+        raise
+    try:
         log.info(
-            f"run {run_dir}: {plan.num_tasks} tasks {[t.classes for t in plan.scenario]}, "
-            f"methods {cfg.methods}, seeds {cfg.seeds}, device {runner.device} "
-            f"({runner.precision.name})"
+            f"{'resume' if resume else 'run'} {run_dir}: {plan.num_tasks} tasks "
+            f"{[t.classes for t in plan.scenario]}, methods {cfg.methods}, seeds {cfg.seeds}, "
+            f"device {runner.device} ({runner.precision.name}), providers in {runner.providers_dir}"
         )
         runner.ensure_providers()
         for seed in cfg.seeds:
             for m in cfg.methods:
-                runner.run_sequence(m, seed, resume=args.resume)
+                runner.run_sequence(m, seed, resume=resume)
         results = evaluate_run(runner)
         results["_meta"]["wall_time_s"] = round(time.perf_counter() - t0, 1)
         results["_meta"]["processes"] = world
@@ -108,6 +194,87 @@ def main(args: argparse.Namespace) -> int:
                 f"  {m:12s} AC {s['AC']['mean']:.2f} ± {s['AC']['std']:.2f}   "
                 f"AM {s['AM']['mean']:.2f} ± {s['AM']['std']:.2f}{plasticity}"
             )
+    except KeyboardInterrupt:
+        log.info(f"interrupted; continue with: compatkit run --out {run_dir} --resume")
+        raise
+    except BaseException as e:
+        msg = " ".join(str(e).split())
+        log.info(f"run failed: {type(e).__name__}: {msg}")
+        raise
     finally:
         log.close()
     return 0
+
+
+def plan_lines(runner, resume: bool = False) -> list[str]:
+    """The plan of a run in words: tasks, data roles, providers and optimiser steps."""
+    from ..data import steps_per_epoch
+    from ..methods import METHODS
+
+    cfg, plan = runner.cfg, runner.plan
+    n = plan.num_tasks
+    segments = plan.segments(cfg)
+    lines = [
+        "",
+        f"# plan: {n} tasks, methods {cfg.methods}, seeds {cfg.seeds}, device {runner.device} "
+        f"({runner.precision.name})",
+        f"local learner: {len(plan.local)} images of {len(plan.class_order)} classes from "
+        f"{cfg.local.data.dataset}/{cfg.local.data.split}; memory {cfg.local.memory_per_class} "
+        "per class",
+    ]
+    opt = cfg.train
+    per_epoch = {  # the trainer's own count (Plan.epoch_steps), per method: memory or not
+        m: plan.epoch_steps(cfg, uses_memory=METHODS[m].uses_memory) for m in cfg.methods
+    }
+    for t in range(n):
+        task = plan.scenario[t]
+        steps: dict[int, list[str]] = {}
+        for m in cfg.methods:
+            steps.setdefault(opt.epochs * per_epoch[m][t], []).append(m)
+        steps_s = "; ".join(
+            _n(k, "step") + (f" ({', '.join(ms)})" if len(steps) > 1 else "")
+            for k, ms in steps.items()
+        )
+        start = "provider" if t == 0 or segments[t] != segments[t - 1] else "previous task"
+        mark = " (replacement)" if t and start == "provider" else ""
+        lines.append(
+            f"  task {t + 1}/{n}{mark}: classes {list(task.classes)}, {len(task.data)} images, "
+            f"starts from {start if start != 'provider' else f'provider {segments[t]}'}, "
+            f"{_n(opt.epochs, 'epoch')} = {steps_s}"
+        )
+    status = runner.check_providers()
+    lines.append(f"providers (folder {runner.providers_dir}):")
+    words = {"configured": "configured file", "cached": "cached, checked", "train": "to train"}
+    for i in range(runner.provider_count()):
+        pc = cfg.providers[i]
+        data = plan.providers[i]
+        if data is None:
+            what = "a configured checkpoint"
+        else:
+            po = runner.provider_optim(i)
+            k = po.epochs * steps_per_epoch(len(data), 0, po.batch_size, po.sampler)
+            what = (
+                f"{len(data)} images of classes {plan.provider_classes[i]}, "
+                f"{_n(pc.epochs, 'epoch')} = {_n(k, 'step')}"
+            )
+        lines.append(f"  provider {i} ({pc.name or 'unnamed'}): {what}")
+        for h in runner.heads_needed():
+            lines.append(f"    {h:9s} {words[status[(i, h)]]}: {runner.provider_path(i, h)}")
+    lines.append(
+        f"evaluation: query {len(plan.query)} images of {cfg.eval.query.dataset}/"
+        f"{cfg.eval.query.split} classes {sorted(set(plan.query.labels.tolist()))}; gallery "
+        f"{len(plan.gallery)} images of {cfg.eval.gallery.dataset}/{cfg.eval.gallery.split}"
+    )
+    lt = plan.local_test
+    lines.append(f"local test: {len(lt) if lt is not None else 0} images of the local classes")
+    if resume:
+        for seed in cfg.seeds:
+            for m in cfg.methods:
+                done = runner.completed_tasks(m, seed)[0]
+                lines.append(f"resume: {m} seed {seed}: {done}/{n} tasks done")
+    lines.append("dry run: nothing trained, nothing written")
+    return lines
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"

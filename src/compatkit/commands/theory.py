@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import InputError
+
 HELP = "Simulate Theorem 1: does Definition 1 hold in expectation and per pair?"
 
 
@@ -51,7 +53,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write theory.json and PNG plots here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _print_table(results: list) -> None:
@@ -105,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     from .. import theory
 
     if args.pairs < 2:
-        raise ValueError(f"--pairs must be >= 2, got {args.pairs}")
+        raise InputError(f"--pairs must be >= 2, got {args.pairs}")
     results = theory.sweep(
         r_news=args.r_new,
         shifts=args.shift,

@@ -2,7 +2,7 @@
 the half-new/half-memory batch sampler and batched augmentation.
 
 Data flows one way (see the design notes): ``load_dataset`` -> ``ClassIncremental``
-(tasks of tensors) -> per task ``half_and_half_batches`` over the task data and the
+(tasks of tensors) -> per task ``epoch_batches`` over the task data and the
 ``RehearsalMemory`` -> ``augment`` -> ``to_float`` -> the model; after the task,
 ``RehearsalMemory.update``.
 """
@@ -21,12 +21,19 @@ from .download import ChecksumError, download_file
 from .idx import IdxFormatError, read_idx, write_idx
 from .imageset import ImageSet
 from .memory import RehearsalMemory
-from .sampler import half_and_half_batches
+from .sampler import (
+    SAMPLERS,
+    balanced_batches,
+    epoch_batches,
+    half_and_half_batches,
+    steps_per_epoch,
+)
 from .scenario import ClassIncremental, Task
 
 __all__ = [
     "DATASETS",
     "DATASET_STATS",
+    "SAMPLERS",
     "ChecksumError",
     "CifarFormatError",
     "ClassIncremental",
@@ -37,16 +44,19 @@ __all__ = [
     "Task",
     "UnsafePickleError",
     "augment",
+    "balanced_batches",
     "channel_stats",
     "crop_flip",
     "dataset_root",
     "download_file",
+    "epoch_batches",
     "half_and_half_batches",
     "load_dataset",
     "read_idx",
     "restricted_loads",
     "sample_augment_params",
     "stats_for",
+    "steps_per_epoch",
     "to_float",
     "write_idx",
 ]

@@ -19,6 +19,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "find_cifar",
     "load_cifar",
     "restricted_loads",
+    "safe_numpy_globals",
     "write_cifar_batch",
 ]
 
@@ -50,8 +52,9 @@ class UnsafePickleError(DataError, pickle.UnpicklingError):
     """A pickle names a global outside the allow-list (it could run code): refused."""
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR pickle may name, resolved without importing by name.
+def safe_numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR pickle may name (numpy arrays, builtin containers), resolved
+    without importing by name; also the base of the torch-file reader's allow-list.
 
     Numpy moved ``numpy.core`` to ``numpy._core`` in 2.0; files written with either
     name map to the function of the installed numpy (and never trigger an import).
@@ -100,7 +103,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if RestrictedUnpickler._allowed is None:
-            RestrictedUnpickler._allowed = _allowed_globals()
+            RestrictedUnpickler._allowed = safe_numpy_globals()
         try:
             return RestrictedUnpickler._allowed[(module, name)]
         except KeyError:
@@ -191,9 +194,20 @@ def find_cifar(layout: CifarLayout, root: Path) -> tuple[str, _Reader] | None:
         if folder.is_dir() and (folder / layout.meta_file).is_file():
             return str(folder), lambda members, folder=folder: _read_files(folder, members)
     for archive in (root, root / layout.archive):
-        if archive.is_file() and tarfile.is_tarfile(archive):
+        if not archive.is_file():
+            continue
+        try:
+            is_tar = tarfile.is_tarfile(archive)
+        except (OSError, EOFError, zlib.error):
+            is_tar = False
+        if is_tar:
             return str(archive), lambda members, archive=archive: _read_tar_members(
                 archive, layout.folder, members
+            )
+        if archive.name == layout.archive:  # the file is there, under its own name: damaged
+            raise CifarFormatError(
+                f"{archive}: not a readable tar archive (a truncated or damaged download?); "
+                "delete it and download it again"
             )
     return None
 
@@ -203,7 +217,10 @@ def _read_files(folder: Path, members: list[str]) -> dict[str, bytes]:
     for m in members:
         if not (folder / m).is_file():
             raise CifarFormatError(f"{folder}: missing file {m!r}")
-        out[m] = (folder / m).read_bytes()
+        try:
+            out[m] = (folder / m).read_bytes()
+        except OSError as e:
+            raise CifarFormatError(f"{folder / m}: cannot be read ({e.strerror or e})") from None
     return out
 
 
@@ -212,13 +229,18 @@ def _read_tar_members(archive: Path, folder: str, members: list[str]) -> dict[st
     (a gzipped tar has no index: a lookup per member would decompress it once per member)."""
     wanted = {f"{folder}/{m}": m for m in members}
     out: dict[str, bytes] = {}
-    with tarfile.open(archive, "r:*") as tar:
-        for info in tar:
-            if info.name in wanted and info.isfile():
-                f = tar.extractfile(info)
-                if f is not None:
-                    with f:
-                        out[wanted[info.name]] = f.read()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for info in tar:
+                if info.name in wanted and info.isfile():
+                    f = tar.extractfile(info)
+                    if f is not None:
+                        with f:
+                            out[wanted[info.name]] = f.read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # truncated or damaged
+        raise CifarFormatError(
+            f"{archive}: damaged archive ({type(e).__name__}: {e}); download it again"
+        ) from None
     missing = [m for m in members if m not in out]
     if missing:
         raise CifarFormatError(f"{archive}: missing file(s) {missing} under {folder}/")
@@ -231,7 +253,8 @@ def _load_pickle(raw: bytes, member: str, where: str) -> dict:
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{where}/{member}: {e}") from None
     except Exception as e:  # truncated stream, garbage bytes
-        raise CifarFormatError(f"{where}/{member}: not a readable CIFAR pickle ({e!r})") from e
+        cause = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise CifarFormatError(f"{where}/{member}: not a readable CIFAR pickle ({cause})") from e
     if not isinstance(obj, dict):
         raise CifarFormatError(f"{where}/{member}: expected a dict, got {type(obj).__name__}")
     return obj
@@ -241,7 +264,7 @@ def load_cifar(layout: CifarLayout, root: Path, split: str) -> ImageSet:
     """Load one split of a CIFAR variant from ``root`` (see :func:`find_cifar`)."""
     found = find_cifar(layout, root)
     if found is None:
-        raise FileNotFoundError(root)
+        raise CifarFormatError(f"{root}: no {layout.name} files found")
     where, read = found
     blobs = read([layout.meta_file, *layout.files(split)])
     meta = _load_pickle(blobs.pop(layout.meta_file), layout.meta_file, where)
@@ -256,7 +279,12 @@ def load_cifar(layout: CifarLayout, root: Path, split: str) -> ImageSet:
             if key not in batch:
                 raise CifarFormatError(f"{where}/{member}: no {key!r} entry")
         data = np.asarray(batch[b"data"])
-        lab = np.asarray(batch[layout.labels_key], dtype=np.int64)
+        try:
+            lab = np.asarray(batch[layout.labels_key], dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise CifarFormatError(
+                f"{where}/{member}: {layout.labels_key!r} is not a list of integers"
+            ) from None
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise CifarFormatError(
                 f"{where}/{member}: data must be uint8 of shape (N, 3072), got "
@@ -284,9 +312,16 @@ def write_cifar_batch(
     protocol: int = 2,
 ) -> None:
     """Write ``(N, 3, 32, 32)`` uint8 ``images`` as an official-format batch file (for tests
-    and for exporting subsets). Protocol 2 is what the distributed Python 2 files use."""
+    and for exporting subsets). Protocol 2 is what the distributed Python 2 files use.
+
+    Labels are stored as a list of Python ints, as in the official files: ``list()`` of a
+    numpy array would pickle numpy scalar objects, which the restricted unpickler refuses.
+    """
     data = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
+    if data.shape[1] != 3 * 32 * 32:
+        raise CifarFormatError(f"images must be (N, 3, 32, 32), got {np.shape(images)}")
+    stored = [int(y) for y in np.asarray(labels).reshape(-1)]
+    if len(stored) != len(data):
+        raise CifarFormatError(f"{len(data)} images but {len(stored)} labels")
     with open(path, "wb") as f:
-        pickle.dump(
-            {b"batch_label": b"batch", b"data": data, labels_key: list(labels)}, f, protocol
-        )
+        pickle.dump({b"batch_label": b"batch", b"data": data, labels_key: stored}, f, protocol)

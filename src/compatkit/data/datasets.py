@@ -1,8 +1,10 @@
 """Dataset registry: where each dataset lives, how it is loaded, its channel statistics.
 
 Every loader returns an :class:`~compatkit.data.imageset.ImageSet` (uint8 images,
-int64 labels, class names) and fails with a ``FileNotFoundError`` that says
-where it looked and how to get the data, before any training starts.
+int64 labels, class names) and fails with a
+:class:`~compatkit.data.missing.DatasetNotFoundError` (a ``DataError`` and a
+``FileNotFoundError``) that says where it looked, why a download failed, and how
+to get the data, before any training starts.
 
 Where a dataset is looked for (:func:`dataset_root`), first match wins:
 
@@ -28,17 +30,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .cifar import CIFAR_LAYOUTS, find_cifar, load_cifar
-from .download import download_file
+from .download import DownloadError, download_file
 from .folder import load_image_folder
 from .idx import IdxFormatError, read_idx
 from .imagenet32 import load_imagenet32
 from .imageset import ImageSet
+from .missing import DatasetNotFoundError
 
 __all__ = [
     "DATASETS",
     "DATASET_STATS",
     "SYSTEM_LOCATIONS",
+    "DatasetNotFoundError",
     "channel_stats",
     "dataset_root",
     "env_var",
@@ -56,6 +61,9 @@ SYSTEM_LOCATIONS: dict[str, Path] = {
     "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
 }
 """Folders where an operating-system package puts a dataset."""
+
+SYSTEM_PACKAGES: dict[str, str] = {"fashion-mnist": "dataset-fashion-mnist"}
+"""The Debian/Ubuntu package that installs a dataset into its SYSTEM_LOCATIONS folder."""
 
 SPLITS = ("train", "test")
 
@@ -149,14 +157,12 @@ class _IdxSpec:
         base_url: str,
         md5: dict[str, str],
         classes: list[str],
-        how_to_get: str,
     ) -> None:
         self.title = title
         self.subdir = subdir  # torchvision's layout: <root>/<subdir>/raw/
         self.base_url = base_url
         self.md5 = md5  # of the published .gz files
         self.classes = classes
-        self.how_to_get = how_to_get
 
 
 _IDX_SPECS = {
@@ -183,7 +189,6 @@ _IDX_SPECS = {
             "Bag",
             "Ankle boot",
         ],
-        how_to_get="install the Debian/Ubuntu package dataset-fashion-mnist, or ",
     ),
     "mnist": _IdxSpec(
         title="MNIST",
@@ -197,7 +202,6 @@ _IDX_SPECS = {
             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
         },
         classes=[str(d) for d in range(10)],
-        how_to_get="",
     ),
 }
 
@@ -223,19 +227,26 @@ def _load_idx_dataset(
     base = dataset_root(name, root)
     stems = _IDX_FILES[split]
     paths = [_find_idx_file(base, s, spec.subdir) for s in stems]
+    failure = None
     if download and None in paths:
-        for stem in stems:
-            if _find_idx_file(base, stem, spec.subdir) is None:
-                fname = f"{stem}.gz"
-                download_file(spec.base_url + fname, base / fname, spec.md5[fname])
+        try:
+            for stem in stems:
+                if _find_idx_file(base, stem, spec.subdir) is None:
+                    fname = f"{stem}.gz"
+                    download_file(spec.base_url + fname, base / fname, spec.md5[fname])
+        except DownloadError as e:  # a ChecksumError (tampered file) propagates as it is
+            failure = str(e)
         paths = [_find_idx_file(base, s, spec.subdir) for s in stems]
     if None in paths:
         missing = [s for s, p in zip(stems, paths, strict=True) if p is None]
-        raise FileNotFoundError(
-            f"{spec.title} ({split}) not found: no {' / '.join(m + '[.gz]' for m in missing)} "
-            f"in {base} (searched {_searched(name, root)}). To get it: {spec.how_to_get}"
-            f"call load_dataset({name!r}, download=True) (downloads to {base}), or point "
-            f"${env_var(name)} or root= at a folder holding the four idx files"
+        raise DatasetNotFoundError(
+            f"{spec.title} ({split})",
+            f"{_searched(name, root)}; no {' / '.join(m + '[.gz]' for m in missing)} in {base}",
+            env=env_var(name),
+            holding="the four idx files (train-images-idx3-ubyte.gz, ...)",
+            failure=failure,
+            apt=SYSTEM_PACKAGES.get(name),
+            download=True,
         )
     img_path, lab_path = paths
     images = read_idx(img_path)
@@ -279,14 +290,21 @@ def load_mnist(split: str = "train", root: str | None = None, download: bool = F
 def _load_cifar_dataset(name: str, split: str, root: str | None, download: bool) -> ImageSet:
     layout = CIFAR_LAYOUTS[name]
     base = dataset_root(name, root)
+    failure = None
     if download and find_cifar(layout, base) is None:
-        download_file(layout.url, base / layout.archive, layout.md5)
+        try:
+            download_file(layout.url, base / layout.archive, layout.md5)
+        except DownloadError as e:  # a ChecksumError (tampered file) propagates as it is
+            failure = str(e)
     if find_cifar(layout, base) is None:
-        raise FileNotFoundError(
-            f"{layout.name} not found: {base} is neither the extracted {layout.folder}/ folder, "
-            f"nor holds it, nor is/holds {layout.archive} (searched {_searched(name, root)}). "
-            f"To get it: call load_dataset({name!r}, download=True) (downloads {layout.url} to "
-            f"{base}), or point ${env_var(name)} or root= at the archive or its extracted folder"
+        raise DatasetNotFoundError(
+            layout.name,
+            f"{_searched(name, root)}; {base} is neither the extracted {layout.folder}/ "
+            f"folder, nor holds it, nor is or holds {layout.archive}",
+            env=env_var(name),
+            holding=f"{layout.archive} or its extracted {layout.folder}/ folder",
+            failure=failure,
+            download=True,
         )
     return load_cifar(layout, base, split)
 
@@ -314,12 +332,14 @@ def load_folder(
 ) -> ImageSet:
     """Your own images: ``root/<class>/*.png`` or ``root/{train,test}/<class>/*.png``."""
     if download:
-        raise ValueError("an image folder cannot be downloaded; pass root= pointing at it")
+        raise DataError("an image folder cannot be downloaded; pass root= pointing at it")
     base = dataset_root("folder", root)
     if not base.is_dir():
-        raise FileNotFoundError(
-            f"image folder not found at {base} (searched {_searched('folder', root)}); pass "
-            "root= (or set $COMPATKIT_FOLDER) to a folder laid out as <class_name>/<image files>"
+        raise DatasetNotFoundError(
+            "image folder",
+            f"{_searched('folder', root)}; {base} is not a folder",
+            env=env_var("folder"),
+            holding="one sub-folder of images per class (<class_name>/<image files>)",
         )
     return load_image_folder(base, split, image_size=image_size)
 
@@ -348,9 +368,9 @@ def load_dataset(
     the CPU. ``options`` go to the loader (e.g. ``image_size=`` for ``"folder"``)."""
     key = _canonical(name)
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     return DATASETS[key](split=split, root=root, download=download, **options)
 
 

@@ -11,15 +11,56 @@ else becomes RGB.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .imageset import ImageSet
+from .missing import DatasetNotFoundError
 
-__all__ = ["IMAGE_SUFFIXES", "load_image_folder"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFolderError", "load_image_folder"]
+
+
+class ImageFolderError(DataError):
+    """An image folder that cannot be read as asked; the message names the folder or file."""
+
+
+def _not_found(root: Path, detail: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        "image folder",
+        f"{root}: {detail}",
+        env="COMPATKIT_FOLDER",
+        holding="one sub-folder of images per class (<class_name>/<image files>)",
+    )
+
+
+def _decode(path: Path):  # -> PIL.Image.Image
+    """Open and fully decode one image; any failure is one DataError naming the file.
+
+    Pillow warns (``DecompressionBombWarning``) above ``Image.MAX_IMAGE_PIXELS`` and raises
+    above twice that; both are refused here, since a dataset image of more than 89 million
+    pixels is a decompression bomb, not a training image.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageFolderError(f"{path}: refused, a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # UnidentifiedImageError (an OSError): empty or non-image file; OSError "image file is
+        # truncated"; SyntaxError/ValueError: malformed chunks in some Pillow plug-ins.
+        cause = " ".join(str(e).split())[:160] or type(e).__name__
+        raise ImageFolderError(f"{path}: not a readable image ({cause})") from None
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -56,14 +97,14 @@ def load_image_folder(root: Path, split: str = "train", image_size: int | None =
     ``image_size`` (pixels): resize + centre-crop every image to a square of that side.
     Without it all images must already share one size, otherwise a ValueError says so.
     """
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - Pillow ships with matplotlib
-        raise ImportError("loading an image folder needs Pillow: pip install pillow") from e
+    import importlib.util
+
+    if importlib.util.find_spec("PIL") is None:  # pragma: no cover - Pillow ships with matplotlib
+        raise DataError("loading an image folder needs Pillow: pip install pillow")
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise _not_found(root, "no such folder")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     if has_splits:
         classes = sorted({d.name for s in ("train", "test") for d in _class_dirs(root / s)})
@@ -72,12 +113,13 @@ def load_image_folder(root: Path, split: str = "train", image_size: int | None =
         classes = [d.name for d in _class_dirs(root)]
         folder = root
     else:
-        raise FileNotFoundError(
-            f"image folder {root} has no train/ and test/ sub-folders, so it only has a "
-            f"'train' split (asked for {split!r})"
+        raise _not_found(
+            root,
+            f"no train/ and test/ sub-folders, so it only has a 'train' split "
+            f"(asked for {split!r})",
         )
     if not classes:
-        raise FileNotFoundError(f"image folder {folder} has no class sub-folders")
+        raise _not_found(folder, "no class sub-folders")
 
     paths: list[Path] = []
     labels: list[int] = []
@@ -85,29 +127,27 @@ def load_image_folder(root: Path, split: str = "train", image_size: int | None =
         class_dir = folder / name
         files = _image_files(class_dir) if class_dir.is_dir() else []
         if not files and not has_splits:
-            raise FileNotFoundError(f"class folder {class_dir} holds no images ({IMAGE_SUFFIXES})")
+            raise _not_found(class_dir, f"the class folder holds no images ({IMAGE_SUFFIXES})")
         paths += files
         labels += [label] * len(files)
     if not paths:
-        raise FileNotFoundError(f"no images under {folder}")
+        raise _not_found(folder, "no images")
 
-    pil = []
-    for p in paths:
-        with Image.open(p) as im:
-            im.load()
-            pil.append(im)
+    pil = [_decode(p) for p in paths]
     gray = all(im.mode in ("L", "1") for im in pil)
     mode = "L" if gray else "RGB"
     pil = [im.convert(mode) for im in pil]
     if image_size is not None:
         if image_size < 1:
-            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+            raise ImageFolderError(
+                f"image_size must be a positive number of pixels, got {image_size}"
+            )
         pil = [_resize_center_crop(im, image_size) for im in pil]
     sizes = Counter(im.size for im in pil)
     if len(sizes) > 1:
         common = sizes.most_common(1)[0][0]
         odd, im = next((p, im) for p, im in zip(paths, pil, strict=True) if im.size != common)
-        raise ValueError(
+        raise ImageFolderError(
             f"images under {folder} have {len(sizes)} different sizes (e.g. {odd} is "
             f"{im.size[0]}x{im.size[1]} while most are {common[0]}x{common[1]}); pass "
             "image_size=N to resize and centre-crop them all to N x N"

@@ -14,6 +14,7 @@ array or garbage images.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -70,7 +71,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise IdxFormatError(f"{path}: truncated IDX header (needs {header} bytes for {ndim} dims)")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = IDX_DTYPES[code]
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # exact: int64 would wrap
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         raise IdxFormatError(

@@ -40,6 +40,7 @@ import torch
 from ..errors import DataError
 from .cifar import RestrictedUnpickler, UnsafePickleError
 from .imageset import ImageSet
+from .missing import DatasetNotFoundError
 
 __all__ = [
     "IMAGENET32_CLASSES",
@@ -253,18 +254,19 @@ def load_imagenet32(
     paths = find_imagenet32(base, split)
     if paths is None:
         archive = IMAGENET32_FOLDERS[split][0]
-        raise FileNotFoundError(
-            f"ImageNet32 ({split}) not found in {base} (searched "
-            f"{_searched('imagenet32', root)}; {_missing_report(base, split)}). It cannot be "
-            f"downloaded automatically{' (download=True ignored)' if download else ''}: get "
-            f"{archive}.zip (or the _npz variant) from https://image-net.org/download-images "
-            f"(account needed), extract it, and point ${env_var('imagenet32')} or root= at the "
-            "folder holding the extracted Imagenet32_train/ and Imagenet32_val/ folders"
+        raise DatasetNotFoundError(
+            f"ImageNet32 ({split})",
+            f"{_searched('imagenet32', root)}; {_missing_report(base, split)}",
+            env=env_var("imagenet32"),
+            holding="the extracted Imagenet32_train/ and Imagenet32_val/ folders",
+            how=f"get {archive}.zip (or the _npz variant) from "
+            "https://image-net.org/download-images (account needed; it cannot be downloaded "
+            f"automatically{', download=True is ignored' if download else ''}) and extract it",
         )
     if classes is not None:
         bad = [c for c in classes if not 0 <= int(c) < IMAGENET32_CLASSES]
         if bad:
-            raise ValueError(f"classes {bad} outside 0..{IMAGENET32_CLASSES - 1} (0-based)")
+            raise DataError(f"classes {bad} outside 0..{IMAGENET32_CLASSES - 1} (0-based)")
     images, labels = [], []
     for p in paths:
         x, y = read_imagenet32_batch(p, classes)

@@ -7,7 +7,6 @@ not drawn. Models and tasks are numbered from 1; ``*`` marks a replacement model
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
 from .metrics_file import (
     Matrix,
+    RunFileNotFound,
     is_number,
     load_metrics,
     lower_triangle,
     method_names,
     method_runs,
+    read_json,
     replacement_tasks,
     resolve_violations,
 )
@@ -340,10 +340,7 @@ def _analysis_section(run_dir: Path) -> list[tuple[str, str]]:
     p = run_dir / "analysis.json"
     if not p.is_file():
         return []
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: not valid JSON ({e})") from e
+    data = read_json(p)
     if isinstance(data, Mapping) and isinstance(data.get("markdown"), str):
         title = data.get("title") if isinstance(data.get("title"), str) else "Analysis"
         return [(title, data["markdown"])]
@@ -368,7 +365,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise InputError(f"run directory not found: {run_dir}")
+        raise RunFileNotFound(f"run directory not found: {run_dir}")
     metrics = load_metrics(run_dir)
     extra = _analysis_section(run_dir)
     methods = method_names(metrics)

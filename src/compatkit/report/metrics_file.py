@@ -227,16 +227,28 @@ def load_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.suffix != ".json":  # a run directory
         if not p.is_dir():
-            raise InputError(f"run directory not found: {p}")
+            raise RunFileNotFound(f"run directory not found: {p}")
         p = p / "metrics.json"
     if not p.is_file():
-        raise InputError(
+        raise RunFileNotFound(
             f"no {p.name} in {p.parent} (a run writes it when its evaluation finishes)"
         )
+    return validate_metrics(read_json(p), source=str(p))
+
+
+class RunFileNotFound(InputError, FileNotFoundError):
+    """A run directory, or a file a run should hold, is not there."""
+
+
+def read_json(p: Path) -> Any:
+    """A JSON file's content; one InputError line naming the file when it is not JSON."""
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_bytes().decode("utf-8-sig"))
     except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not valid JSON ({e})") from e
+        raise InputError(f"{p}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
-        raise InputError(f"{p}: not a UTF-8 text file ({e})") from e
-    return validate_metrics(data, source=str(p))
+        raise InputError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise InputError(f"{p}: not valid JSON (nested too deeply)") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot be read ({e.strerror or e})") from None

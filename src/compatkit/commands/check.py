@@ -1,0 +1,99 @@
+"""``compatkit check OLD.pt NEW.pt --query Q --gallery G``: the upgrade gate (exit 0 / 1 / 2)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = (
+    "may NEW query a gallery embedded by OLD? the 2x2 compatibility matrix and a verdict: "
+    "exit 0 compatible, 1 not, 2 bad input"
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..upgrade.gate import METRICS, SCOPES
+
+    p.add_argument("old", metavar="OLD.pt", help="the model that embedded the gallery")
+    p.add_argument("new", metavar="NEW.pt", help="the candidate model")
+    p.add_argument("--query", required=True, metavar="Q", help="query images (folder or dataset)")
+    p.add_argument(
+        "--gallery", required=True, metavar="G", help="gallery images (folder or dataset)"
+    )
+    p.add_argument(
+        "--metric",
+        default="recall@1",
+        choices=METRICS,
+        help="the metric that decides the exit code (default recall@1)",
+    )
+    p.add_argument(
+        "--scope",
+        default="all",
+        choices=SCOPES,
+        help="queries that decide: all (default), old (classes OLD was trained on), unseen, "
+        "or each (every non-empty one must pass)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        metavar="PP",
+        help="pass when new/old > old/old - PP percentage points (default 0: the strict criterion)",
+    )
+    p.add_argument(
+        "--require-improvement",
+        action="store_true",
+        help="also require new/new > old/old (the upgrade must be better after a backfill)",
+    )
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.add_argument(
+        "--record", metavar="IDX", help="record the verdict in this index (compatkit index)"
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from ..errors import InputError
+    from ..upgrade.gate import render, run_check
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    verdict = run_check(
+        args.old,
+        args.new,
+        args.query,
+        args.gallery,
+        metric=args.metric,
+        scope=args.scope,
+        tolerance=args.tolerance,
+        require_improvement=args.require_improvement,
+        device=args.device,
+        batch_size=args.batch_size,
+        log=say,
+    )
+    if args.record:
+        try:
+            from ..upgrade.index import record_check
+        except ModuleNotFoundError as e:
+            if e.name != "compatkit.upgrade.index":
+                raise
+            raise InputError(
+                "--record needs the versioned index (compatkit.upgrade.index)"
+            ) from None
+        record_check(args.record, verdict)
+        say(f"recorded the verdict in {args.record}")
+    if args.json:
+        print(json.dumps(verdict, indent=1))
+    else:
+        print(render(verdict))
+    return 0 if verdict["compatible"] else 1

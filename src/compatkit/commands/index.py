@@ -1,0 +1,341 @@
+"""``compatkit index build|search|backfill|curve|info``: the versioned gallery of a retrieval
+service (see docs/upgrade-index.md).
+
+- ``build MODEL DATA --out IDX``: embed a gallery and store it (float16 ``.npy`` shards
+  and a JSON manifest that records which model made each vector);
+- ``search IDX --model M QUERY``: the nearest gallery items of each query image, after
+  the compatibility gate (refused, unless ``--force``, when M's contract differs from the
+  index's versions or no recorded ``compatkit check`` found M compatible with them);
+- ``backfill IDX --model NEW --fraction F --policy random|class|uncertainty``: re-embed
+  items with NEW until a fraction F of the gallery is NEW's; atomic and resumable;
+- ``curve IDX --old OLD --new NEW QUERY``: retrieval accuracy against the backfilled
+  fraction for each policy, without touching the index;
+- ``info IDX``: versions, counts, pending backfill, recorded checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "build, search, backfill and plan a versioned gallery (index) of embeddings"
+
+_SUBCOMMANDS = ("build", "search", "backfill", "curve", "info")
+
+
+def _common(p: argparse.ArgumentParser, embeds: bool = True) -> None:
+    if embeds:
+        p.add_argument(
+            "--batch-size", type=int, default=256, help="images per forward pass (default 256)"
+        )
+        p.add_argument(
+            "--device",
+            default="auto",
+            help="where models run: auto (default: cuda when available), cpu, cuda, cuda:N",
+        )
+    # After the sub-command too (`compatkit index search ... --debug`); SUPPRESS keeps a
+    # global `compatkit --debug index ...` from being reset by this parser's default.
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an unexpected error, print the full traceback (for a bug report)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    b = sub.add_parser("build", help="embed a gallery with a model and store it as an index")
+    b.add_argument("model", metavar="MODEL", help="checkpoint (.pt) that embeds the gallery")
+    b.add_argument(
+        "data",
+        metavar="DATA",
+        help="gallery images: an image folder (one sub-folder per class) or a dataset "
+        "name with optional split (fashion-mnist:test)",
+    )
+    b.add_argument("--out", required=True, metavar="IDX", help="index folder to create (new)")
+    b.add_argument(
+        "--dtype",
+        default="float16",
+        choices=("float16", "float32"),
+        help="storage precision (default float16: half the disk and memory)",
+    )
+    b.add_argument(
+        "--shard-rows",
+        type=int,
+        default=None,
+        help="vectors per shard file (default 65536: 128 MiB at d = 1023 in float16)",
+    )
+    _common(b)
+
+    s = sub.add_parser("search", help="nearest gallery items of query images (gated)")
+    s.add_argument("index", metavar="IDX", help="index folder (written by index build)")
+    s.add_argument("query", metavar="QUERY", help="query images (folder or dataset[:split])")
+    s.add_argument("--model", required=True, metavar="M", help="checkpoint that embeds queries")
+    s.add_argument("-k", "--top-k", type=int, default=5, help="neighbours per query (default 5)")
+    s.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "faiss", "torch"),
+        help="search kernel (auto: faiss when installed); both give identical results",
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="search even when the compatibility gate refuses the model (warns)",
+    )
+    m = s.add_mutually_exclusive_group()
+    m.add_argument(
+        "--map",
+        dest="with_map",
+        action="store_const",
+        const=True,
+        help="compute mAP whatever it costs (default: when queries x gallery <= 1e9)",
+    )
+    m.add_argument(
+        "--no-map",
+        dest="with_map",
+        action="store_const",
+        const=False,
+        help="skip mAP (a full ranking of the gallery per query)",
+    )
+    s.add_argument("--show", type=int, default=5, help="queries printed (default 5; all: -1)")
+    s.add_argument(
+        "--json", metavar="FILE", help="write every query's results as JSON ('-': stdout)"
+    )
+    _common(s)
+
+    f = sub.add_parser("backfill", help="re-embed part of the gallery with a new model, in place")
+    f.add_argument("index", metavar="IDX", help="index folder (written by index build)")
+    f.add_argument("--model", required=True, metavar="NEW", help="checkpoint of the new model")
+    f.add_argument(
+        "--fraction",
+        type=float,
+        required=True,
+        metavar="F",
+        help="target: afterwards F (0..1) of the gallery holds NEW's vectors",
+    )
+    f.add_argument(
+        "--policy",
+        default="random",
+        choices=("random", "class", "uncertainty"),
+        help="which items first: a seeded random order (default), whole classes that moved "
+        "most, or items least confidently placed by their stored vectors",
+    )
+    f.add_argument("--seed", type=int, default=0, help="seed of the random choices (default 0)")
+    f.add_argument(
+        "--chunk",
+        type=int,
+        default=4096,
+        help="items embedded and committed per atomic step (default 4096)",
+    )
+    f.add_argument("--data", help="the gallery's images, if they moved since the build")
+    f.add_argument(
+        "--replan",
+        action="store_true",
+        help="discard an unfinished backfill planned with other arguments",
+    )
+    f.add_argument("--json", action="store_true", help="print the report as JSON")
+    _common(f)
+
+    c = sub.add_parser("curve", help="accuracy against the backfilled fraction, per policy")
+    c.add_argument("index", metavar="IDX", help="index folder (written by index build)")
+    c.add_argument("query", metavar="QUERY", help="labelled query images")
+    c.add_argument(
+        "--old", required=True, help="checkpoint of the model the gallery was built with"
+    )
+    c.add_argument("--new", required=True, help="checkpoint of the new model")
+    c.add_argument(
+        "--policies",
+        nargs="+",
+        default=["random", "class", "uncertainty"],
+        choices=("random", "class", "uncertainty"),
+    )
+    c.add_argument(
+        "--steps", type=int, default=10, help="fractions 0, 1/steps, ..., 1 (default 10)"
+    )
+    c.add_argument("--seed", type=int, default=0, help="seed of the policies (as backfill's)")
+    c.add_argument("--data", help="the gallery's images, if they moved since the build")
+    c.add_argument(
+        "--out",
+        default="backfill-curve",
+        help="folder for curve.png/.json/.md (default ./backfill-curve)",
+    )
+    c.add_argument("--json", action="store_true", help="print the curve as JSON")
+    _common(c)
+
+    i = sub.add_parser("info", help="versions, counts, pending backfill and recorded checks")
+    i.add_argument("index", metavar="IDX", help="index folder (written by index build)")
+    i.add_argument("--verify", action="store_true", help="re-hash every shard file")
+    i.add_argument("--json", action="store_true")
+    _common(i, embeds=False)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _warn(problems: list[str]) -> None:
+    for p in problems:
+        _log(f"warning: {p}")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from ..upgrade.index import build_index, short
+
+    g = build_index(
+        args.model,
+        args.data,
+        args.out,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        device=args.device,
+        shard_rows=args.shard_rows,
+        log=_log,
+    )
+    v = g.versions[0]
+    classes = f", {len(g.classes)} classes" if g.classes else ""
+    print(
+        f"index {args.out}: {g.count} items{classes}, {g.dim}-d {g.dtype}, "
+        f"{len(g.shards)} shard(s), model {short(v['fingerprint'])}"
+    )
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ..upgrade.index import search_index
+
+    if args.top_k < 1:
+        from ..errors import InputError
+
+        raise InputError(f"--top-k {args.top_k}: must be at least 1")
+    res = search_index(
+        args.index,
+        args.model,
+        args.query,
+        k=args.top_k,
+        backend=args.backend,
+        force=args.force,
+        batch_size=args.batch_size,
+        device=args.device,
+        with_map=args.with_map,
+    )
+    _warn([f"--force: {p}" for p in res["warnings"]])
+    if args.json:
+        text = json.dumps(res, indent=1, allow_nan=False)
+        if args.json == "-":
+            print(text)
+            return 0
+        from pathlib import Path
+
+        from ..upgrade.index_store import write_json
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.json), res)
+    print(f"{len(res['results'])} queries, top {res['k']} by cosine ({res['backend']})")
+    shown = res["results"] if args.show < 0 else res["results"][: args.show]
+    for r in shown:
+        print(f"query {r['id']}" + (f" [{r['class']}]" if r["class"] else ""))
+        for rank, n in enumerate(r["neighbours"], 1):
+            cls = f" [{n['class']}]" if n["class"] is not None else ""
+            print(f"  {rank:>3}. {n['score']:.4f}  {n['id']}{cls}  v {n['version']}")
+    m = res.get("metrics")
+    if m:
+        parts = [f"{k} {m[k]:.2f}%" for k in ("recall@1", "mAP") if m.get(k) is not None]
+        if m.get("mAP_skipped"):
+            parts.append(f"mAP skipped ({m['mAP_skipped']})")
+        skipped = (
+            f" ({m['unanswerable']} with a class not in the gallery left out)"
+            if m["unanswerable"]
+            else ""
+        )
+        print(f"{m['queries']} labelled queries: " + ", ".join(parts) + skipped)
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from ..upgrade.backfill import backfill
+
+    rep = backfill(
+        args.index,
+        args.model,
+        args.fraction,
+        policy=args.policy,
+        seed=args.seed,
+        chunk=args.chunk,
+        data=args.data,
+        replan=args.replan,
+        batch_size=args.batch_size,
+        device=args.device,
+        log=_log,
+    )
+    _warn(
+        [
+            f"{p}: searches of this index stay refused until a check is recorded"
+            for p in rep.warnings
+        ]
+        if 0 < rep.new_fraction < 1
+        else []
+    )
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=1))
+        return 0
+    resumed = (
+        f", {rep.resumed_chunks} chunk(s) already done by an interrupted run"
+        if rep.resumed_chunks
+        else ""
+    )
+    print(
+        f"backfill {rep.policy}: {rep.embedded} items embedded{resumed}; "
+        f"{100 * rep.new_fraction:.1f}% of {rep.count} items now by {rep.fingerprint[:12]}"
+    )
+    return 0
+
+
+def _curve(args: argparse.Namespace) -> int:
+    from ..upgrade.curve import backfill_curve, render_table, write_curve
+
+    curve = backfill_curve(
+        args.index,
+        args.old,
+        args.new,
+        args.query,
+        policies=args.policies,
+        steps=args.steps,
+        seed=args.seed,
+        data=args.data,
+        batch_size=args.batch_size,
+        device=args.device,
+        log=_log,
+    )
+    files = write_curve(curve, args.out)
+    if args.json:
+        print(json.dumps(curve, indent=1))
+    else:
+        print(render_table(curve))
+        print(f"\nwritten: {files['plot']}, {files['json']}, {files['table']}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..upgrade.index import describe
+
+    info = describe(args.index, verify=args.verify)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print(info["text"])
+    return 1 if args.verify and info["corrupt"] else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return {
+        "build": _build,
+        "search": _search,
+        "backfill": _backfill,
+        "curve": _curve,
+        "info": _info,
+    }[args.index_command](args)

@@ -1,0 +1,567 @@
+"""``compatkit train``: a model on one's own images, or its successor against a frozen old model.
+
+A first model (no ``old``) is trained with cross-entropy through its head (the
+d-Simplex fixed classifier by default; Biondi et al., CVPR 2024, Sec. 3):
+every class of the data gets a vertex, written from the bottom (class id c on
+vertex K-1-c), and the class names go into the checkpoint's contract.
+
+A successor (``old`` given) is trained with a registered method's loss against
+the frozen old model (d-Simplex-HOC, Eq. 3, by default). What keeps its
+features comparable with the old gallery is the class-to-vertex contract, so
+it is built by *name*:
+
+- a class the old model knows keeps its id, hence its vertex, whatever
+  position the folder order gives it now;
+- a new class gets the next free id (the next free vertex);
+- K cannot change (the vertices would move): when the classes do not fit,
+  training is refused before anything runs, with the number needed.
+
+The d-Simplex feature dimension is K-1 whatever the backbone, so a successor
+may also start from scratch (``init="scratch"``) or use another backbone.
+A learnable-head method (ER, BCT, LwF, FD, CVS) may follow a d-Simplex model
+and vice versa: the backbone and junction start from the old ones, and a new
+learnable head starts, for each class the old model knows, from the old head's
+row of that class. Two fixed heads of different kinds (d-Simplex, ETF) never
+share a gallery, so that change is refused.
+
+One deviation from the paper, measured: by default the cross-entropy's softmax
+runs over the vertices of the classes the model has (``ce_rows="seen"``), not
+over all K. With all K vertices in the softmax, every feature gains a growing
+component along the centroid of the used vertices (it lowers every unused
+vertex's logit at once), so all features crowd into a narrow cone: on
+Fashion-MNIST (smallcnn, K=16, 5 classes) two images of different classes had
+a mean cosine of 0.97, a successor that moved its features by only 10 degrees
+lost 27 points of recall@1 against the old gallery, and HOC's contrastive term,
+which needs old features of different classes to differ, stayed near its
+uniform value (4.05 against 0.97 with ``seen``). ``ce_rows="all"`` restores
+Eq. 2 as written. See docs/upgrade.md for the numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import OptimConfig
+from ..data import ImageSet, channel_stats, steps_per_epoch
+from ..errors import CheckpointError, ConfigError
+from ..evaluate import local_accuracy
+from ..methods import METHODS, TaskContext, build_method, load_all
+from ..model import CompatModel, ModelSpec, build_model
+from ..progress import RunLog
+from ..train import resolve_precision, train_task
+from .data import load_user_data, relabel
+
+__all__ = [
+    "CE_METHOD",
+    "TrainOptions",
+    "TrainResult",
+    "plan_classes",
+    "stratified_split",
+    "train_model",
+]
+
+CE_METHOD = {"simplex": "cores", "learnable": "er", "etf": "etf"}
+"""Head kind -> the registered method that is plain cross-entropy through it: how a first
+model is trained (the compatibility terms of the other methods need an old model)."""
+
+HEAD_KINDS = tuple(CE_METHOD)
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``compatkit train`` can be told (flags, ``--config`` YAML or ``--set``).
+
+    None means "decide from the data or the old model", as each field says.
+    """
+
+    method: str | None = None
+    """Registered method; None: ``hoc`` for a successor, plain cross-entropy for a first model."""
+    head: str | None = None
+    """simplex, etf or learnable; None: the method's head (simplex for a first model)."""
+    backbone: str | None = None
+    """Registry name or timm:/tv: name; None: the old model's backbone, else smallcnn."""
+    num_classes: int | None = None
+    """K, the vertices of a fixed head; None: the old model's K, else max(16, 2 x classes)
+    (room to double the classes without a new lineage). Fixed for the life of a gallery."""
+    image_size: int | None = None
+    """Square side in pixels; None: the old model's size, else the data's own (uniform) size."""
+    init: str = "old"
+    """Successor start: ``old`` (the old weights) or ``scratch``."""
+    epochs: int = 10
+    """Passes over the data."""
+    batch_size: int = 128
+    """Images per step."""
+    lr: float | None = None
+    """Initial learning rate; None: 0.05 from scratch, 0.001 (the paper's fine-tuning rate)
+    when starting from the old model."""
+    min_lr: float | None = None
+    """Cosine-decay floor; None: lr / 100."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    """L2 penalty on conv/linear weights only (none on norms and biases)."""
+    pad: int | None = None
+    """Random-crop padding in pixels; None: an eighth of the image side (4 px at 32 px)."""
+    flip: bool = True
+    """Random horizontal flips (turn off for data where left and right differ, e.g. text)."""
+    freeze_bn: bool | None = None
+    """Keep BatchNorm statistics fixed; None: on when a successor starts from the old weights
+    (so the features of classes absent from the data do not move with the statistics)."""
+    ce_rows: str = "seen"
+    """Rows of a fixed head in the cross-entropy's softmax: ``seen``, only the vertices of the
+    classes this model has, or ``all`` K vertices (the paper's Eq. 2; see the module notes)."""
+    val_fraction: float = 0.0
+    """Share of each class held out to report validation accuracy after every epoch."""
+    seed: int = 0
+    """Seed of the weights, the batch order, the augmentation and the validation split."""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:N."""
+    precision: str = "auto"
+    """auto (bf16 on CUDA when supported, else fp16; fp32 on CPU), fp32, bf16, fp16."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-method hyperparameters, e.g. {hoc: {lam: 0.3}} (``--set hoc.lam=0.3``)."""
+
+    def validate(self) -> None:
+        """Static checks (no data needed); each failure names the option."""
+        load_all()
+        if self.method is not None and self.method not in METHODS:
+            raise ConfigError(
+                f"method: unknown method {self.method!r}; choose from {sorted(METHODS)}"
+            )
+        if self.head is not None and self.head not in HEAD_KINDS:
+            raise ConfigError(f"head must be one of {list(HEAD_KINDS)}, got {self.head!r}")
+        if self.method is not None and self.head is not None:
+            if METHODS[self.method].head != self.head:
+                raise ConfigError(
+                    f"head: method {self.method!r} trains a {METHODS[self.method].head} head, "
+                    f"not {self.head}"
+                )
+        for m, opts in self.method_options.items():
+            if m not in METHODS:
+                raise ConfigError(
+                    f"method_options.{m}: unknown method; choose from {sorted(METHODS)}"
+                )
+            try:
+                build_method(m, opts)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"method_options.{m}: {e}") from None
+        if self.ce_rows not in ("all", "seen"):
+            raise ConfigError(f"ce_rows must be 'all' or 'seen', got {self.ce_rows!r}")
+        if self.init not in ("old", "scratch"):
+            raise ConfigError(f"init must be 'old' or 'scratch', got {self.init!r}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"num_classes (K) must be >= 2, got {self.num_classes}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"image_size must be >= 1 pixel, got {self.image_size}")
+        for key in ("epochs", "lr", "batch_size"):
+            v = getattr(self, key)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{key} must be a finite number > 0, got {v}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
+        for key in ("min_lr", "momentum", "weight_decay", "pad", "threads"):
+            v = getattr(self, key)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{key} must be a finite number >= 0, got {v}")
+        if self.lr is not None and self.min_lr is not None and self.min_lr > self.lr:
+            raise ConfigError(f"min_lr={self.min_lr} exceeds lr={self.lr}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "options") -> TrainOptions:
+        """Build from a mapping (a YAML file's content), refusing unknown keys and bad types."""
+        from ..config import _build
+
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source} must hold a mapping of option: value")
+        try:
+            opts = _build(cls, d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        return opts
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    model: CompatModel
+    extra: dict
+    """The metadata written into the checkpoint (see :func:`train_model`)."""
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def plan_classes(data_classes: list[str], old_names: dict[int, str] | None) -> dict[int, str]:
+    """Class id -> name for a model trained on ``data_classes`` (after ``old_names``, if any).
+
+    Ids of the old model's classes are kept; the data's new classes follow in folder order.
+    """
+    ids = dict(old_names or {})
+    known = set(ids.values())
+    nxt = max(ids) + 1 if ids else 0
+    for name in data_classes:
+        if name not in known:
+            ids[nxt] = name
+            known.add(name)
+            nxt += 1
+    return ids
+
+
+def stratified_split(
+    data: ImageSet, fraction: float, generator: torch.Generator
+) -> tuple[ImageSet, ImageSet | None]:
+    """``(train, held_out)``: ``fraction`` of each class (rounded, at least one image when the
+    class has two or more) drawn at random; ``held_out`` is None when ``fraction`` is 0."""
+    if fraction <= 0:
+        return data, None
+    keep, held = [], []
+    for c in data.present_classes():
+        idx = torch.nonzero(data.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        n = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    h = torch.cat(held).sort().values
+    return data.subset(torch.cat(keep).sort().values), (data.subset(h) if len(h) else None)
+
+
+SUCCESSOR_METHOD = {"simplex": "hoc", "etf": "etf-hoc", "learnable": "er"}
+"""Head kind -> the default method of a successor with that head."""
+
+
+def _method_for(opts: TrainOptions, successor: bool) -> tuple[str, str]:
+    """``(method name, head kind)``: a first model is always trained with cross-entropy
+    through the head of ``--head`` or of ``--method`` (a compatibility term needs an old model)."""
+    if successor:
+        if opts.method is not None:
+            return opts.method, METHODS[opts.method].head
+        head = opts.head or "simplex"
+        return SUCCESSOR_METHOD[head], head
+    head = opts.head or (METHODS[opts.method].head if opts.method else "simplex")
+    return CE_METHOD[head], head
+
+
+def _room(k: int, ids: dict[int, str], old_ids: set[int], what: str) -> None:
+    if max(ids) + 1 <= k:
+        return
+    new = [ids[i] for i in sorted(ids) if i not in old_ids]
+    need = max(ids) + 1
+    if old_ids:
+        raise ConfigError(
+            f"K={k} vertices cannot hold {need} classes ({len(old_ids)} the old model knows + "
+            f"{len(new)} new: {', '.join(new[:5])}{', ...' if len(new) > 5 else ''}); a "
+            f"successor keeps K, so train a new lineage with --num-classes >= {need} (and "
+            f"re-embed the gallery), or leave classes out of {what}"
+        )
+    raise ConfigError(
+        f"K={k} vertices cannot hold the {need} classes of {what}; pass --num-classes >= {need}"
+    )
+
+
+def _reset_modes(model: nn.Module, freeze_bn: bool) -> Callable[[], None]:
+    """A function that puts ``model`` back in training mode as ``train_task`` left it."""
+
+    def restore() -> None:
+        model.train()
+        if freeze_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    return restore
+
+
+def _build_successor(
+    old: CompatModel, head: str, backbone: str, ids: dict[int, str], init: str
+) -> CompatModel:
+    """The successor model: OLD's contract kept, new classes on free rows, weights per ``init``."""
+    o = old.spec
+    same_head = head == o.head
+    if init == "old" and backbone != o.backbone:
+        raise ConfigError(
+            f"backbone: --init old needs the old model's backbone ({o.backbone}); pass "
+            f"--init scratch to train a {backbone} successor"
+        )
+    if not same_head and head != "learnable" and o.head != "learnable":
+        raise ConfigError(
+            f"head: the old model has a fixed {o.head} head and the method needs a fixed {head} "
+            "head; their vertices differ, so no gallery can be shared (pick a method with the "
+            f"{o.head} head or a learnable one)"
+        )
+    if same_head and init == "old":
+        model = copy.deepcopy(old)
+    else:
+        k = o.num_classes if head != "learnable" else len(ids)
+        spec = ModelSpec(backbone, o.in_channels, o.feat_dim, head, k, o.etf_seed, o.junction)
+        model = build_model(spec, old.class_map.copy() if same_head else None)
+        if init == "old":
+            model.backbone.load_state_dict(old.backbone.state_dict())
+            if old.junction is not None:
+                model.junction.load_state_dict(old.junction.state_dict())
+    model.add_classes(sorted(ids), "local")
+    model.class_map.set_names(ids)
+    if not same_head and head == "learnable" and init == "old":
+        with torch.no_grad():  # each known class starts from the old head's row of it
+            for c in old.class_map.local:
+                new_row = model.class_map.local[c]
+                model.head.w[new_row] = old.head.weight[old.class_map.local[c]].to(model.head.w)
+    return model
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_model(
+    data_spec: str,
+    out: str | Path,
+    opts: TrainOptions | None = None,
+    old: str | Path | None = None,
+    log: RunLog | None = None,
+) -> TrainResult:
+    """Train a model on ``data_spec`` (a folder or a dataset name) and save it to ``out``.
+
+    With ``old``: the successor of that checkpoint (see the module docstring).
+    The checkpoint's ``extra`` holds ``normalize`` {mean, std}, ``input_size``
+    [C, H, W], ``class_names`` {id: name}, the method and its options, the old
+    model's fingerprint and path, the data spec and counts, the resolved
+    options, per-epoch losses, validation accuracy and timing.
+    """
+    from ..protocol import resolve_device
+
+    opts = opts or TrainOptions()
+    opts.validate()
+    log = log or RunLog(None)
+    t_start = time.perf_counter()
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    try:
+        device = resolve_device(opts.device)
+        precision = resolve_precision(opts.precision, device)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"device/precision: {e}") from None
+
+    old_model, old_meta = (None, None)
+    if old is not None:
+        old_model, old_meta = load_checkpoint(old, map_location="cpu")
+        if not old_model.class_map.names or set(old_model.class_map.names) != set(
+            old_model.class_map.local
+        ):
+            raise CheckpointError(
+                f"checkpoint {old}: its classes have no names (it was not written by "
+                "`compatkit train`), so the classes of the new data cannot be matched to them"
+            )
+        if opts.num_classes is not None and old_model.spec.head != "learnable":
+            if opts.num_classes != old_model.spec.num_classes:
+                raise ConfigError(
+                    f"num_classes: the old model has K={old_model.spec.num_classes}; a successor "
+                    f"keeps K (asked for {opts.num_classes})"
+                )
+    method_name, head = _method_for(opts, old is not None)
+
+    # Data: the old model's input size and channels unless told otherwise.
+    old_extra = old_meta["extra"] if old_meta else {}
+    size = opts.image_size
+    channels = None
+    if old_model is not None:
+        channels = old_model.spec.in_channels
+        if size is None and isinstance(old_extra.get("input_size"), list):
+            size = int(old_extra["input_size"][1])
+    data = load_user_data(data_spec, image_size=size, channels=channels)
+    ids = plan_classes(data.classes, old_model.class_map.names if old_model else None)
+    names = [ids.get(i, f"<unused {i}>") for i in range(max(ids) + 1)]
+    data = relabel(data, names)
+    backbone = opts.backbone or (old_model.spec.backbone if old_model else "smallcnn")
+    torch.manual_seed(opts.seed)
+
+    if old_model is None:
+        if opts.init != "old":
+            raise ConfigError("init: --init applies to a successor (pass --old)")
+        k = opts.num_classes or max(16, 2 * len(ids))
+        if head != "learnable":
+            _room(k, ids, set(), data_spec)
+        spec = ModelSpec(
+            backbone, data.channels, k - 1, head, k if head != "learnable" else len(ids)
+        )
+        try:
+            model = build_model(spec)
+        except (ValueError, ImportError) as e:
+            raise ConfigError(f"model: {e}") from None
+        model.add_classes(sorted(ids), "local")
+        model.class_map.set_names(ids)
+        mean, std = channel_stats(data.images)
+        method = build_method(method_name)
+        frozen = None
+    else:
+        if head != "learnable":
+            _room(old_model.spec.num_classes, ids, set(old_model.class_map.local), data_spec)
+        try:
+            model = _build_successor(old_model, head, backbone, ids, opts.init)
+        except (ImportError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"model: {e}") from None
+        norm = old_extra.get("normalize") or {}
+        if not norm:
+            raise CheckpointError(f"checkpoint {old}: no input normalisation in its metadata")
+        mean, std = list(norm["mean"]), list(norm["std"])
+        method = build_method(method_name, opts.method_options.get(method_name))
+        frozen = None
+        if method.needs_old:
+            frozen = copy.deepcopy(old_model).to(device).eval()
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+
+    gen = torch.Generator().manual_seed(opts.seed)
+    train_set, val_set = stratified_split(data, opts.val_fraction, gen)
+    side = data.height
+    lr = opts.lr or (0.001 if (old_model is not None and opts.init == "old") else 0.05)
+    freeze_bn = (
+        opts.freeze_bn
+        if opts.freeze_bn is not None
+        else (old_model is not None and opts.init == "old")
+    )
+    optim = OptimConfig(
+        epochs=int(opts.epochs),
+        batch_size=int(opts.batch_size),
+        lr=lr,
+        min_lr=opts.min_lr if opts.min_lr is not None else lr / 100,
+        momentum=opts.momentum,
+        weight_decay=opts.weight_decay,
+        pad=int(opts.pad) if opts.pad is not None else max(1, side // 8),
+        flip=opts.flip,
+        freeze_bn=freeze_bn,
+    )
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - mean_t) / std_t
+
+    model.to(device)
+    present = train_set.present_classes()
+    ctx = TaskContext(
+        model=model,
+        old_model=frozen,
+        task_id=1 if old_model is not None else 0,
+        new_classes=present,
+        old_classes=sorted(frozen.class_map.local) if frozen is not None else [],
+        device=device,
+        normalize=normalize,
+    )
+    steps = steps_per_epoch(len(train_set), 0, optim.batch_size)
+    total = steps * optim.epochs
+    what = f"{'successor' if old_model else 'model'} ({method_name}, {len(train_set)} images)"
+    log.info(
+        f"train {what}: {len(ids)} classes on a {head} head (K={model.spec.num_classes}), "
+        f"{backbone}, {data.channels}x{data.height}x{data.width}, {optim.epochs} epochs x "
+        f"{steps} steps, lr {lr:g}, device {device}"
+    )
+    val_seen = sorted(ids)
+    val_hist: list[float | None] = []
+    restore = _reset_modes(model, freeze_bn)
+    state = {"t": time.perf_counter(), "loss": 0.0, "n": 0}
+    val_dev = val_set.to(device) if val_set is not None else None
+
+    def on_step(s: dict) -> None:
+        state["loss"] += float(s["loss"].detach())
+        state["n"] += 1
+        rate = s["seen"] / max(1e-9, time.perf_counter() - state["t"])
+        log.advance(f"ep {s['epoch'] + 1} loss {float(s['loss'].detach()):.3f} {rate:.0f} img/s")
+        if s["step"] % steps == 0:
+            msg = f"epoch {s['epoch'] + 1}/{optim.epochs}: loss {state['loss'] / state['n']:.4f}"
+            if val_dev is not None:
+                acc = local_accuracy(model, val_dev, val_seen, normalize, 512, precision)
+                restore()
+                val_hist.append(acc)
+                msg += f", validation accuracy {acc:.2f} %"
+            log.info(msg)
+            state["loss"], state["n"] = 0.0, 0
+
+    hook = None
+    if opts.ce_rows == "seen" and model.head.fixed:
+        keep = torch.zeros(model.head.num_rows, dtype=torch.bool, device=device)
+        keep[sorted(model.class_map.local.values())] = True
+
+        def seen_rows_only(_mod: nn.Module, _inp: Any, logits: torch.Tensor) -> torch.Tensor:
+            return logits.masked_fill(~keep, float("-inf"))
+
+        hook = model.head.register_forward_hook(seen_rows_only)
+    log.start(f"train {what}", total)
+    try:
+        res = train_task(
+            model,
+            method,
+            ctx,
+            train_set.to(device),
+            None,
+            optim,
+            normalize,
+            precision,
+            torch.Generator(device=device).manual_seed(opts.seed),
+            on_step=on_step,
+        )
+    finally:
+        log.finish()
+        if hook is not None:
+            hook.remove()
+    for loss in res.losses:
+        if not math.isfinite(loss):
+            raise ConfigError(f"training diverged (loss {loss}); lower --lr (was {lr:g})")
+    model.eval()
+    resolved = {
+        **opts.to_dict(),
+        "method": method_name,
+        "head": head,
+        "backbone": backbone,
+        "num_classes": model.spec.num_classes,
+        "image_size": data.height,
+        "lr": lr,
+        "min_lr": optim.min_lr,
+        "pad": optim.pad,
+        "freeze_bn": freeze_bn,
+    }
+    extra = {
+        "role": "upgrade",
+        "method": method_name,
+        "method_options": asdict(method.cfg) if hasattr(method.cfg, "__dataclass_fields__") else {},
+        "old": {"fingerprint": old_meta["sha256"], "path": str(old)} if old_meta else None,
+        "data": {"spec": data_spec, "images": len(train_set), "held_out": len(val_set or [])},
+        "class_names": {str(k): v for k, v in sorted(ids.items())},
+        "classes_trained": [ids[c] for c in present],
+        "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "input_size": [data.channels, data.height, data.width],
+        "options": resolved,
+        "losses": res.losses,
+        "loss_parts": res.parts,
+        "val_accuracy": val_hist,
+        "seed": opts.seed,
+        "images_per_s": res.images_per_s,
+        "seconds": round(time.perf_counter() - t_start, 2),
+        "compatkit": __version__,
+    }
+    save_checkpoint(out, model.cpu(), extra=extra)
+    return TrainResult(Path(out), model, extra)
+
+
+def option_fields() -> list[str]:
+    """Names of the options a config file or ``--set`` may give."""
+    return [f.name for f in fields(TrainOptions)]

@@ -1,0 +1,40 @@
+"""Data roles of a plan: which images a ``per_class`` selection takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compatkit.config import ConfigError, load_config
+from compatkit.data import load_dataset
+from compatkit.plan import make_plan
+
+TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
+
+
+def _local(fake_fashion, select: str):
+    cfg = load_config(TINY, [f"local.data.root={fake_fashion}", f"local.data.select={select}"])
+    return make_plan(cfg).local
+
+
+def test_select_first_takes_the_first_images_of_each_class_in_file_order(fake_fashion):
+    full = load_dataset("fashion-mnist", "train", fake_fashion)
+    local = _local(fake_fashion, "first")
+    for c in range(4):  # tiny.yaml: classes 0..3, 16 images each
+        first = torch.nonzero(full.labels == c).flatten()[:16]
+        assert torch.equal(local.images[local.labels == c], full.images[first])
+
+
+def test_select_random_draws_other_images(fake_fashion):
+    full = load_dataset("fashion-mnist", "train", fake_fashion)
+    local = _local(fake_fashion, "random")
+    first = torch.nonzero(full.labels == 0).flatten()[:16]
+    assert len(local.images[local.labels == 0]) == 16
+    assert not torch.equal(local.images[local.labels == 0], full.images[first])
+
+
+def test_select_is_validated():
+    with pytest.raises(ConfigError, match=r"local.data.select must be one of random, first"):
+        load_config(TINY, ["local.data.select=last"])
