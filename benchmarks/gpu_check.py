@@ -250,6 +250,8 @@ def run_checks(
         # network (a sandbox may have no working loopback, where a TCP store waits 30 min);
         # and a bounded timeout turns any hang of a collective into a FAIL.
         store_dir = tempfile.mkdtemp(prefix="gpu_check_ddp_")
+        if not cuda and Path("/sys/class/net/lo").exists():
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no host-name lookup for gloo
         dist.init_process_group(
             backend,
             init_method=Path(store_dir, "store").as_uri(),
