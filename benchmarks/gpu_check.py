@@ -31,10 +31,12 @@ instead of nccl, fp32): it checks the script, not the GPU.
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
-import socket
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -96,12 +98,6 @@ def flops_per_image(model: torch.nn.Module, shape: tuple[int, ...], device: torc
         model(x)
     model.train(was)
     return fc.get_total_flops() / batch
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Checks:
@@ -250,10 +246,19 @@ def run_checks(
         )
 
     def c_ddp() -> str:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        dist.init_process_group(backend, init_method="env://", rank=0, world_size=1)
+        # One process: the rendezvous is a file, not a TCP store, so the check needs no
+        # network (a sandbox may have no working loopback, where a TCP store waits 30 min);
+        # and a bounded timeout turns any hang of a collective into a FAIL.
+        store_dir = tempfile.mkdtemp(prefix="gpu_check_ddp_")
+        if not cuda and Path("/sys/class/net/lo").exists():
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no host-name lookup for gloo
+        dist.init_process_group(
+            backend,
+            init_method=Path(store_dir, "store").as_uri(),
+            rank=0,
+            world_size=1,
+            timeout=datetime.timedelta(seconds=120),
+        )
         try:
             s = bt.make_setup(BACKBONE, 5, batch, device, prec, channels_last=cuda, side=side)
             model = s.model
@@ -277,6 +282,7 @@ def run_checks(
             return f"{backend}, world 1: 5 steps, {moved} tensors updated, all_reduce ok"
         finally:
             dist.destroy_process_group()
+            shutil.rmtree(store_dir, ignore_errors=True)
 
     def c_eval() -> str:
         from compatkit.evaluate import extract_features

@@ -15,8 +15,15 @@ TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
 
 
 def _local(fake_fashion, select: str):
-    cfg = load_config(TINY, [f"local.data.root={fake_fashion}", f"local.data.select={select}"])
-    return make_plan(cfg).local
+    # Every role (providers, gallery, query) reads the small files, not an installed dataset:
+    # the plan draws them all, and CI has no Fashion-MNIST.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COMPATKIT_FASHION_MNIST", str(fake_fashion))
+    try:
+        cfg = load_config(TINY, [f"local.data.select={select}"])
+        return make_plan(cfg).local
+    finally:
+        mp.undo()
 
 
 def test_select_first_takes_the_first_images_of_each_class_in_file_order(fake_fashion):
