@@ -52,3 +52,40 @@ def test_local_accuracy_against_a_loop():
             total += 1
     assert got == 100.0 * correct / total
     assert local_accuracy(model, data.select_classes([1]), [0, 2], _norm, 5, FP32) is None
+
+
+def test_start_accuracy_of_a_task_with_many_classes_is_cached_under_a_short_name(tmp_path):
+    """A CIFAR-100 task sees up to 100 local classes; the start model's cache file is named by a
+    digest of the class set (listing the classes made a name the file system refused), and the
+    class set inside the file decides a cache hit."""
+    from compatkit.checkpoint import save_checkpoint
+    from compatkit.evaluate import _local_accuracy_cached
+
+    torch.manual_seed(2)
+    n_cls = 120
+    model = build_model(ModelSpec("smallcnn", 1, 2 * n_cls - 1, "simplex", 2 * n_cls)).eval()
+    ckpt = tmp_path / "task_4.pt"
+    save_checkpoint(ckpt, model)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(2 * n_cls) % n_cls
+    images = torch.randint(0, 256, (len(labels), 1, 28, 28), dtype=torch.uint8, generator=g)
+    data = ImageSet(images, labels, [f"c{i}" for i in range(n_cls)])
+    seen = list(range(n_cls))
+    cache = tmp_path / "features"
+    args = (data, seen, _norm, 64, FP32, torch.device("cpu"), cache, True)
+    acc = _local_accuracy_cached(ckpt, *args, start=True)
+    files = list(cache.glob("task_4.start-*.local.json"))
+    assert len(files) == 1 and len(files[0].name) < 64
+    # the start model gets its rows exactly as the task did: the same number by hand
+    fresh = build_model(ModelSpec("smallcnn", 1, 2 * n_cls - 1, "simplex", 2 * n_cls))
+    fresh.load_state_dict(model.state_dict())
+    fresh.add_classes(seen, "local")
+    assert acc == local_accuracy(fresh.eval(), data, seen, _norm, 64, FP32)
+    # a hit returns the stored number; another class set is another file
+    import json
+
+    stored = json.loads(files[0].read_text())
+    files[0].write_text(json.dumps({**stored, "accuracy": -1.0}))
+    assert _local_accuracy_cached(ckpt, *args, start=True) == -1.0
+    _local_accuracy_cached(ckpt, data, seen[:60], *args[2:], start=True)
+    assert len(list(cache.glob("task_4.start-*.local.json"))) == 2

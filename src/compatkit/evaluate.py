@@ -13,6 +13,7 @@ re-normalised), by cosine. Full-gallery recall@1 and mAP are reported too.
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -197,7 +198,11 @@ def _local_accuracy_cached(
     sha = file_sha256(ckpt)
     key = {"sha256": sha, "n": len(data), "seen": sorted(seen)}
     key["keep_provider_rows"] = keep_provider_rows
-    suffix = "start-" + "-".join(str(c) for c in sorted(seen)) + ".local" if start else "local"
+    # The start model of each task is evaluated on that task's classes: one cache file per
+    # class set, named by a digest (a CIFAR-100 task sees up to 100 classes: a file name
+    # listing them is too long for the file system); the key inside checks the set itself.
+    classes = ",".join(str(c) for c in sorted(seen)).encode()
+    suffix = f"start-{hashlib.sha256(classes).hexdigest()[:16]}.local" if start else "local"
     cache = cache_dir / f"{ckpt.stem}.{suffix}.json" if cache_dir is not None else None
     if cache is not None and cache.is_file():
         try:
