@@ -5,8 +5,10 @@ Layout of a sweep directory::
     DIR/sweep.json                 the index: every invocation's command and settings
     DIR/runs/<setting>/            a normal compatkit run (config.yaml, metrics.json, report.md)
     DIR/runs/<setting>/<method>/seed_<s>/done.json   written when that seed is evaluated
-    DIR/runs/providers/            providers shared by every setting (the runs' default cache)
     DIR/summary.{md,json,csv}, DIR/front.png
+
+Providers are shared by every setting through the providers cache every run uses (the
+config's ``providers_dir``, else ``$COMPATKIT_CACHE/providers``), trained once before any job.
 
 A job trains one method through every task for one seed (``Runner.run_sequence`` with
 resume, so a job killed half-way continues from its last finished task) and evaluates that
