@@ -310,3 +310,36 @@ def test_a_later_invocation_finds_a_setting_by_hash_not_by_name(tmp_path):
         assert on_disk["seeds"] == [7, 8]
     pending, finished = sweep.jobs([s.hash for s in second])
     assert len(pending) == 8 and not finished
+
+
+def test_settings_that_differ_by_a_set_value_get_their_own_column(tmp_path):
+    """A later invocation may change a value with --set instead of --vary (another HOC form):
+    the summary shows that key, so the two settings are not printed as one row twice; keys that
+    shape nothing (providers_dir, name) stay out."""
+    sweep = tmp_path / "s"
+    run = [_run(1, [[60.0], [61.0, 60.0]], [50.0, 40.0])]
+    for name, form, prov in (("hoc-t", "textbook", "/a"), ("hoc-r", "reference", "/b")):
+        _write_setting(sweep, name, "hoc", 0.1, run)
+        p = sweep / "runs" / name / "config.yaml"
+        cfg = yaml.safe_load(p.read_text())
+        cfg["method_options"]["hoc"]["form"] = form
+        cfg.update(providers_dir=prov, name=name)
+        p.write_text(yaml.safe_dump(cfg))
+    index = {
+        "format": 1,
+        "invocations": [{"command": "c1"}, {"command": "c2"}],
+        "settings": {
+            h: {"method": "hoc", "name": n, "values": {"method_options.hoc.lam": "0.1"},
+                "seeds": [1]}
+            for h, n in (("t", "hoc-t"), ("r", "hoc-r"))
+        },
+    }  # fmt: skip
+    payload = write_summary(sweep, index)
+    assert payload["varied"] == ["method_options.hoc.lam", "method_options.hoc.form"]
+    forms = {r["setting"]: r["values"]["method_options.hoc.form"] for r in payload["rows"]}
+    assert forms == {"hoc-t": "textbook", "hoc-r": "reference"}
+    md = (sweep / "summary.md").read_text()
+    assert "| hoc | 0.1 | reference | 1 |" in md and "| hoc | 0.1 | textbook | 1 |" in md
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method |"))
+    assert header.startswith("| method | hoc.lam | hoc.form | seeds |"), header
+    assert "providers" not in header and "name" not in header

@@ -22,6 +22,7 @@ import yaml
 from ..report import chance_levels, comparison_table, load_metrics
 from ..report.style import legend_outside, new_figure, save
 from ..report.table import METRIC_LABELS, fmt_stat
+from .grid import NOT_SHAPING
 
 __all__ = ["STAT_KEYS", "collect", "pareto", "plot_front", "write_summary"]
 
@@ -72,9 +73,57 @@ def varied_keys(index: Mapping[str, Any]) -> list[str]:
     return keys
 
 
-def collect(sweep_dir: Path, index: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
-    """``(rows, pending)``: a row per setting with a metrics.json, the others pending."""
+def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> YAML text of every leaf (lists are leaves) of a config mapping."""
+    if not isinstance(config, Mapping):
+        return {prefix: _show(config)}
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def distinguishing_keys(
+    configs: Mapping[str, Mapping[str, Any]], methods: Mapping[str, str], known: Sequence[str]
+) -> list[str]:
+    """Keys, besides ``known``, on which two settings of one method differ.
+
+    A later invocation may change a value with ``--set`` rather than ``--vary`` (another HOC
+    form, say); without its own column two such settings would print as the same row.
+    Keys that never shape results (``NOT_SHAPING``) are left out, and so are other methods'
+    options.
+    """
+    flat = {h: _flatten(c) for h, c in configs.items()}
+    extra: list[str] = []
+    for method in sorted(set(methods.values())):
+        group = [flat[h] for h in flat if methods[h] == method]
+        # keys every config of the group holds (a config written by an older compatkit may
+        # lack a newer key: that is no difference between settings)
+        common = set.intersection(*(set(f) for f in group)) if group else set()
+        for key in sorted(common):
+            parts = key.split(".")
+            if key in known or key in extra or parts[0] in NOT_SHAPING or parts[0] == "methods":
+                continue
+            if parts[0] == "method_options" and len(parts) > 1 and parts[1] != method:
+                continue
+            if len({f[key] for f in group}) > 1:
+                extra.append(key)
+    return extra
+
+
+def collect(sweep_dir: Path, index: Mapping[str, Any]) -> tuple[list[dict], list[dict], list[str]]:
+    """``(rows, pending, keys)``: a row per setting with a metrics.json, the others pending,
+    and the keys that tell the rows apart (the varied ones, then any other key on which two
+    settings of one method differ)."""
     keys = varied_keys(index)
+    finished: dict[str, dict] = {}
+    for h, entry in index["settings"].items():
+        run_dir = sweep_dir / "runs" / entry["name"]
+        if (run_dir / "metrics.json").is_file():
+            finished[h] = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    keys += distinguishing_keys(
+        finished, {h: index["settings"][h]["method"] for h in finished}, keys
+    )
     rows, pending = [], []
     for h, entry in index["settings"].items():
         run_dir = sweep_dir / "runs" / entry["name"]
@@ -83,7 +132,7 @@ def collect(sweep_dir: Path, index: Mapping[str, Any]) -> tuple[list[dict], list
             pending.append({**label, "seeds": entry["seeds"]})
             continue
         metrics = load_metrics(run_dir)
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        cfg = finished[h]
         (row,) = comparison_table(metrics)
         values = {}
         for k in keys:
@@ -115,7 +164,7 @@ def collect(sweep_dir: Path, index: Mapping[str, Any]) -> tuple[list[dict], list
             r.setdefault("front", {})[comp] = False
         for r, f in zip(ok, flags, strict=True):
             r["front"][comp] = f
-    return rows, pending
+    return rows, pending, keys
 
 
 def _key_header(key: str) -> str:
@@ -230,8 +279,7 @@ def plot_front(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
 
 def write_summary(sweep_dir: Path, index: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``summary.md``, ``summary.json``, ``summary.csv`` and ``front.png``."""
-    rows, pending = collect(sweep_dir, index)
-    keys = varied_keys(index)
+    rows, pending, keys = collect(sweep_dir, index)
     rows.sort(key=lambda r: (r["method"], [str(r["values"][k]) for k in keys]))
     front_png = plot_front(rows, sweep_dir / "front.png")
     commands = [inv["command"] for inv in index["invocations"]]
