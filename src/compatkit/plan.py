@@ -11,6 +11,7 @@ provider trained once can be reused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -141,7 +142,11 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
         return pools[key]
 
     loc = cfg.local
-    local = pool(loc.data, "local.data").draw(loc.data, gen, "local.data")
+    # The images of each local class are drawn in sorted class order: the order of
+    # local.data.classes is the task sequence only, so every order of the same classes gets
+    # the same image partition (and the same providers).
+    local_src = _unordered(loc.data)
+    local = pool(loc.data, "local.data").draw(local_src, gen, "local.data")
     # Random crops pad by train.pad pixels on each side (providers use it as well): a pad as
     # large as the image crops mostly padding, and a huge one asks for a huge padded batch.
     if cfg.train.pad >= min(local.height, local.width):
@@ -198,7 +203,7 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
     gallery = pool(cfg.eval.gallery, "eval.gallery").draw(cfg.eval.gallery, gen, "eval.gallery")
     query = pool(cfg.eval.query, "eval.query").draw(cfg.eval.query, gen, "eval.query")
     local_test = None
-    test_src = DataSource(loc.data.dataset, "test", loc.data.root, list(order))
+    test_src = DataSource(loc.data.dataset, "test", loc.data.root, sorted(order))
     try:  # whatever test images of the local classes no other role took
         local_test = pool(test_src, "local.data").draw(test_src, gen, "local test")
     except (ConfigError, FileNotFoundError, ValueError):
@@ -221,6 +226,13 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
         provider_classes,
         local_test=local_test,
     )
+
+
+def _unordered(src: DataSource) -> DataSource:
+    """``src`` with its classes sorted: the same images, whatever order the tasks take."""
+    if src.classes is None:
+        return src
+    return dataclasses.replace(src, classes=sorted(src.classes))
 
 
 def _source_key(src: DataSource) -> dict:
@@ -261,7 +273,7 @@ def provider_key(
     blob = {
         "provider": provider,
         "earlier_providers": [_source_key(p.data) for p in cfg.providers[:index]],
-        "local_data": _source_key(cfg.local.data),
+        "local_data": _source_key(_unordered(cfg.local.data)),
         "model": _model_key(cfg, head),
         "head": head,
         "data_seed": cfg.data_seed,
