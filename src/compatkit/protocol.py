@@ -29,7 +29,7 @@ from . import __version__
 from .backbones import backbone_out_dim
 from .checkpoint import load_checkpoint, read_contract, save_checkpoint
 from .config import OptimConfig, RunConfig, to_dict
-from .data import ImageSet, RehearsalMemory, steps_per_epoch
+from .data import ImageSet, Normalize, RehearsalMemory, steps_per_epoch
 from .distributed import Dist
 from .distributed import init as init_distributed
 from .errors import CheckpointError, ConfigError
@@ -126,16 +126,8 @@ class Runner:
         return self._plan
 
     def env(self) -> _Env:
-        p = self.plan
-        mean = torch.tensor(p.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(p.std, device=self.device).view(1, -1, 1, 1)
         cl = self.cfg.channels_last and self.device.type == "cuda"
-
-        def normalize(x: torch.Tensor) -> torch.Tensor:
-            y = (x.float() / 255.0 - mean) / std
-            return y.contiguous(memory_format=torch.channels_last) if cl else y
-
-        return _Env(self.device, self.precision, normalize)
+        return _Env(self.device, self.precision, Normalize(self.plan.mean, self.plan.std, cl))
 
     def spec(self, head: str, backbone: str | None = None) -> ModelSpec:
         m = self.cfg.model
@@ -661,19 +653,13 @@ def _imageset_sha256(data: ImageSet) -> str:
     return h.hexdigest()
 
 
-def _eval_normalize(plan: Plan, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    mean = torch.tensor(plan.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(plan.std, device=device).view(1, -1, 1, 1)
-    return lambda x: (x.float() / 255.0 - mean) / std
-
-
 def evaluate_run(runner: Runner, methods: list[str] | None = None) -> dict:
     """Compute every method's matrices and metrics from the run's checkpoints; write JSON."""
     from .evaluate import evaluate_sequence, summarize, task_contract
 
     cfg, plan, log = runner.cfg, runner.plan, runner.log
     device = runner.device
-    norm = _eval_normalize(plan, device)
+    norm = Normalize(plan.mean, plan.std)
     query, gallery = plan.query.to(device), plan.gallery.to(device)
     local_test = plan.local_test.to(device) if plan.local_test is not None else None
     seen = [

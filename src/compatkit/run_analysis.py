@@ -45,6 +45,7 @@ from .analysis import (
     torch_threads,
 )
 from .analysis_report import render_markdown, stationarity_lines, verdict_lines
+from .data import Normalize
 from .errors import CheckpointError, InputError
 
 __all__ = [
@@ -211,11 +212,7 @@ class _FeatureSource:
             self._runner = Runner(self.info.cfg, self.info.run_dir, RunLog(None, quiet=True))
         r = self._runner
         plan = r.plan
-        mean = torch.tensor(plan.mean, device=r.device).view(1, -1, 1, 1)
-        std = torch.tensor(plan.std, device=r.device).view(1, -1, 1, 1)
-
-        def norm(x: torch.Tensor) -> torch.Tensor:  # the same input scaling as evaluation
-            return (x.float() / 255.0 - mean) / std
+        norm = Normalize(plan.mean, plan.std)  # the same input scaling as evaluation
 
         q, g, _ = features_for(
             ckpt,

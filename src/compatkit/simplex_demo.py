@@ -29,6 +29,7 @@ from .analysis import (
     stationarity_stats,
     torch_threads,
 )
+from .data import Normalize
 from .report.style import new_figure, save
 
 __all__ = ["DemoConfig", "plot_simplex_demo", "simplex_demo"]
@@ -131,11 +132,7 @@ def _simplex_demo(out_dir, cfg: DemoConfig, log: Callable[[str], None]) -> dict:
     old_data = new_data.subset(old_idx)
     test = _pick(test_all, cfg.classes, cfg.test_per_class, gen)
     mean, std = DATASET_STATS.get(cfg.dataset, ((0.5,) * test.channels, (0.25,) * test.channels))
-    m_t = torch.tensor(mean).view(1, -1, 1, 1)
-    s_t = torch.tensor(std).view(1, -1, 1, 1)
-
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255.0 - m_t) / s_t
+    normalize = Normalize(mean, std)
 
     cpu = torch.device("cpu")
 

@@ -3,11 +3,11 @@ the half-new/half-memory batch sampler and batched augmentation.
 
 Data flows one way (see the design notes): ``load_dataset`` -> ``ClassIncremental``
 (tasks of tensors) -> per task ``epoch_batches`` over the task data and the
-``RehearsalMemory`` -> ``augment`` -> ``to_float`` -> the model; after the task,
+``RehearsalMemory`` -> ``augment`` -> ``Normalize`` -> the model; after the task,
 ``RehearsalMemory.update``.
 """
 
-from .augment import augment, crop_flip, sample_augment_params, to_float
+from .augment import Normalize, augment, crop_flip, sample_augment_params, to_float
 from .cifar import CifarFormatError, RestrictedUnpickler, UnsafePickleError, restricted_loads
 from .datasets import (
     DATASET_STATS,
@@ -39,6 +39,7 @@ __all__ = [
     "ClassIncremental",
     "IdxFormatError",
     "ImageSet",
+    "Normalize",
     "RehearsalMemory",
     "RestrictedUnpickler",
     "Task",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["augment", "crop_flip", "sample_augment_params", "to_float"]
+__all__ = ["Normalize", "augment", "crop_flip", "sample_augment_params", "to_float"]
 
 
 def sample_augment_params(
@@ -88,18 +88,48 @@ def augment(
     return crop_flip(images, dy, dx, flipped, padding)
 
 
-def to_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``(B, C, H, W)`` -> float32 ``(x / 255 - mean) / std`` per channel.
+class Normalize:
+    """The one input scaling of compatkit: uint8 ``(B, C, H, W)`` -> ``(x / 255 - mean) / std``.
 
-    ``mean`` and ``std`` are per channel in [0, 1] units (see ``DATASET_STATS``). Folded
-    into one multiply-add: ``x * (1 / (255 std)) - mean / std``.
+    ``mean`` and ``std`` are per channel in [0, 1] units (see ``DATASET_STATS``). Training,
+    evaluation, analysis and embedding all call this object, so a model sees the same input
+    scaling wherever it runs. The constants are kept per device (a batch on the GPU is scaled
+    there); ``channels_last`` returns the batch in that memory format (for CUDA convolutions).
     """
-    c = images.shape[-3]
-    if len(mean) != c or len(std) != c:
-        raise ValueError(f"{c} channels but mean has {len(mean)} and std {len(std)} values")
-    if any(float(v) <= 0 for v in std):
-        raise ValueError(f"std must be positive, got {list(std)}")
-    dev = images.device
-    m = torch.tensor(mean, dtype=torch.float32, device=dev).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=dev).view(-1, 1, 1)
-    return torch.addcmul(-m / s, images.to(torch.float32), 1.0 / (255.0 * s))
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], channels_last: bool = False
+    ) -> None:
+        if len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} values and std {len(std)}")
+        if any(float(v) <= 0 for v in std):
+            raise ValueError(f"std must be positive, got {list(std)}")
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.channels_last = channels_last
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on:
+            m = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+            s = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+            self._on[device] = (m, s)
+        return self._on[device]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        c = images.shape[-3]
+        if len(self.mean) != c:
+            raise ValueError(f"{c} channels but mean and std have {len(self.mean)} values")
+        m, s = self._constants(images.device)
+        y = (images.float() / 255.0 - m) / s
+        return y.contiguous(memory_format=torch.channels_last) if self.channels_last else y
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={list(self.mean)}, std={list(self.std)})"
+
+
+def to_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(..., C, H, W)`` -> float32 ``(x / 255 - mean) / std`` (see :class:`Normalize`)."""
+    if images.dim() == 3:
+        return Normalize(mean, std)(images.unsqueeze(0))[0]
+    return Normalize(mean, std)(images)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint
-from ..data import ImageSet
+from ..data import ImageSet, Normalize
 from ..errors import CheckpointError, DataError
 from ..evaluate import extract_features
 from ..model import CompatModel
@@ -75,6 +75,10 @@ class Embedder:
     """``(C, H, W)``; H and W are None when the checkpoint does not record them."""
     path: str = ""
     _device: torch.device = field(default_factory=lambda: torch.device("cpu"), repr=False)
+    _normalize: Normalize = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._normalize = Normalize(self.mean, self.std)
 
     @property
     def fingerprint(self) -> str:
@@ -145,9 +149,7 @@ class Embedder:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the model's float input (on the images' device)."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        return self._normalize(images)
 
 
 def load_embedder(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> Embedder:

@@ -53,7 +53,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import OptimConfig
-from ..data import ImageSet, channel_stats, steps_per_epoch
+from ..data import ImageSet, Normalize, channel_stats, steps_per_epoch
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import local_accuracy
 from ..methods import METHODS, TaskContext, build_method, load_all
@@ -450,11 +450,7 @@ def train_model(
         flip=opts.flip,
         freeze_bn=freeze_bn,
     )
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255.0 - mean_t) / std_t
+    normalize = Normalize(mean, std)
 
     model.to(device)
     present = train_set.present_classes()
