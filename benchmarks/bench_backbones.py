@@ -29,7 +29,7 @@ from _common import Timer, base_parser, finish, median, natural_shape, setup, si
 from _results import md_table
 from compatkit.backbones import BACKBONES
 from compatkit.losses import cross_entropy
-from compatkit.train import make_optimizer
+from compatkit.protocol.trainer import make_optimizer
 
 NAME = "bench_backbones"
 TITLE = "bench_backbones: throughput of each registered backbone (d-Simplex head)"

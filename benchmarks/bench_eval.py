@@ -3,7 +3,7 @@
 The compatibility matrix needs, for every pair j <= i, the query features of
 model i against the gallery features of model j. The reference code
 re-extracts both for every pair: T(T+1)/2 gallery and T(T+1)/2 query
-extractions. compatkit (``compatkit.evaluate.evaluate_sequence``, what
+extractions. compatkit (``compatkit.protocol.evaluate.evaluate_sequence``, what
 ``compatkit run`` and ``compatkit eval`` call) extracts each model's query and
 gallery once, T of each, and computes the T(T+1)/2 entries by matrix algebra
 (``compatkit.retrieval.cross_model_matrix``). The ratio tends to (T+1)/2:
@@ -44,9 +44,9 @@ from _common import Timer, base_parser, finish, random_imageset, setup, simplex_
 from _results import md_table
 from compatkit.checkpoint import load_checkpoint, save_checkpoint
 from compatkit.data import DATASET_STATS, to_float
-from compatkit.evaluate import evaluate_sequence, extract_features
+from compatkit.protocol.evaluate import EvalSet, evaluate_sequence, extract_features
 from compatkit.retrieval import template_accuracy
-from compatkit.train import Precision
+from compatkit.runtime.device import Precision, Runtime
 
 NAME = "bench_eval"
 TITLE = "bench_eval: features once per model vs once per (query model, gallery model) pair"
@@ -83,29 +83,27 @@ def reference_matrix(
     for c in ckpts:
         m, _ = load_checkpoint(c, map_location=device)
         models.append(m.eval())
-    fp32 = Precision(None, False)
+    rt = Runtime(torch.device(device), Precision(None, False), normalize)
     t = len(ckpts)
     out = np.full((t, t), np.nan)
     pairs = 0
     for i in rows if rows is not None else range(t):
         for j in range(i + 1):
-            g = extract_features(models[j], gallery, normalize, batch_size, fp32)
-            q = extract_features(models[i], query, normalize, batch_size, fp32)
+            g = extract_features(models[j], gallery, rt, batch_size)
+            q = extract_features(models[i], query, rt, batch_size)
             out[i, j] = template_accuracy(q, query.labels, g, gallery.labels)
             pairs += 1
     return out, pairs
 
 
 def _compatkit_matrix(ckpts, query, gallery, normalize, batch_size, device) -> np.ndarray:
+    rt = Runtime(torch.device(device), Precision(None, False), normalize)
     res, fresh = evaluate_sequence(
         ckpts,
-        query,
-        gallery,
-        normalize,
-        batch_size,
-        Precision(None, False),
-        device,
-        None,  # no feature cache: every model is extracted, once
+        EvalSet(query, gallery),
+        rt,
+        batch_size=batch_size,
+        cache_dir=None,  # no feature cache: every model is extracted, once
         full_gallery=False,
     )
     assert fresh == len(ckpts)

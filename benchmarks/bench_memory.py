@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.threads:
             run_cmd += ["--set", f"num_workers_threads={args.threads}"]
         figures["import"] = measure(
-            [sys.executable, "-c", "import torch, compatkit.protocol, compatkit.report"], env
+            [sys.executable, "-c", "import torch, compatkit.protocol.experiment, compatkit.report"],
+            env,
         )
         figures["run"] = measure(run_cmd, env)
         meta = json.loads((tmp / "run" / "metrics.json").read_text())["_meta"]

@@ -2,7 +2,7 @@
 
 Two tables:
 
-1. Tasks. The runner (``compatkit.protocol.Runner``) on T = 3, 5, 9 tasks of
+1. Tasks. The runner (``compatkit.protocol.experiment.Experiment``) on T = 3, 5, 9 tasks of
    one class each after a first task of two, d-Simplex-HOC, one provider: the
    provider's training (once per run), the training per task (O(T) in total),
    and the evaluation split into its two parts: feature extraction, once per
@@ -44,14 +44,14 @@ from _common import (
     write_fake_fashion,
 )
 from _results import md_table
-from compatkit import retrieval
 from compatkit.config import load_config
-from compatkit.data import DATASET_STATS, to_float
-from compatkit.evaluate import extract_features
-from compatkit.progress import RunLog
-from compatkit.protocol import Runner, evaluate_run
-from compatkit.shipped import resolve_config
-from compatkit.train import Precision
+from compatkit.config.shipped import resolve_config
+from compatkit.data import DATASET_STATS, Normalize
+from compatkit.protocol.evaluate import extract_features
+from compatkit.protocol.experiment import Experiment
+from compatkit.retrieval import search as retrieval
+from compatkit.runtime.device import Precision, Runtime
+from compatkit.runtime.log import RunLog
 
 NAME = "bench_scaling"
 TITLE = "bench_scaling: time against the number of tasks and the gallery size"
@@ -104,17 +104,17 @@ def task_scaling(
             ]
             cfg = load_config(resolve_config(None), sets)
             run_dir = tmp / f"T{t}"
-            runner = Runner(cfg, run_dir, RunLog(run_dir / "log.txt", quiet=True, live=False))
+            runner = Experiment(cfg, run_dir, RunLog(run_dir / "log.txt", quiet=True, live=False))
             runner.plan  # noqa: B018 - load and check the data outside the timings
-            runner.write_config()
+            runner.write_records()
             with Timer() as tp:
-                runner.ensure_providers()
+                runner.providers.ensure()
             with Timer() as tt:
                 runner.run_sequence("hoc", cfg.seeds[0])
             with Timer() as te:
-                cold = evaluate_run(runner)
+                cold = runner.evaluate()
             with Timer() as tw:
-                warm = evaluate_run(runner)
+                warm = runner.evaluate()
             assert warm["_meta"]["feature_extractions"] == 0
             out[t] = {
                 "provider_s": tp.seconds,
@@ -135,10 +135,7 @@ def gallery_scaling(sizes: list[int], query: int, device: torch.device, repeats:
     """Extraction seconds for N gallery images, and seconds per matrix entry, per size."""
     model = simplex_model("smallcnn", 1, num_classes=20, device=device).eval()
     mean, std = DATASET_STATS["fashion-mnist"]
-    fp32 = Precision(None, False)
-
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        return to_float(x, mean, std)
+    rt = Runtime(device, Precision(None, False), Normalize(mean, std))
 
     g = torch.Generator().manual_seed(0)
     # Two models' features of the same images: class centres plus noise, d = 19.
@@ -151,11 +148,11 @@ def gallery_scaling(sizes: list[int], query: int, device: torch.device, repeats:
     out = {}
     for n in sizes:
         data = random_imageset(n, (1, 28, 28), 10, seed=n, device=device)
-        extract_features(model, data.subset(list(range(min(n, 256)))), norm, 1024, fp32)  # warm
+        extract_features(model, data.subset(list(range(min(n, 256)))), rt, 1024)  # warm
         times = []
         for _ in range(repeats):
             with Timer(device) as t:
-                extract_features(model, data, norm, 1024, fp32)
+                extract_features(model, data, rt, 1024)
             times.append(t.seconds)
         gl = torch.randint(0, 10, (n,), generator=g)
         gf = centres[gl] + torch.randn(n, 19, generator=g)

@@ -9,7 +9,7 @@ differ only in how a batch is made:
 - compatkit: the dataset is one uint8 tensor on the device;
   ``half_and_half_batches`` gathers a batch with one index,
   ``augment`` crops and flips the whole batch with two gathers, and the
-  normalisation is one multiply-add (``compatkit.train.train_task``, the
+  normalisation is one multiply-add (``compatkit.protocol.trainer.train_task``, the
   runner's own loop);
 - per sample, as in the reference code: a ``torch.utils.data.Dataset`` builds
   one PIL image per sample, pads and crops it, maybe flips it, turns it into a
@@ -48,7 +48,8 @@ from _results import md_table
 from compatkit.config import OptimConfig
 from compatkit.data import DATASET_STATS, augment, half_and_half_batches, to_float
 from compatkit.methods import StepInputs, TaskContext, build_method
-from compatkit.train import Precision, autocast, cosine_lr, make_optimizer, train_task
+from compatkit.protocol.trainer import cosine_lr, make_optimizer, train_task
+from compatkit.runtime.device import Precision, Runtime, autocast
 
 NAME = "bench_train"
 TITLE = "bench_train: compatkit's training path vs a per-sample PIL + DataLoader pipeline"
@@ -154,6 +155,10 @@ class TrainSetup:
 
         return f
 
+    def runtime(self, precision: Precision | None = None) -> Runtime:
+        """The setup's device, ``precision`` (default: its own) and input scaling."""
+        return Runtime(self.device, precision or self.precision, self.normalize())
+
     def opt_cfg(self) -> OptimConfig:
         return OptimConfig(
             epochs=1, batch_size=self.batch, lr=0.01, min_lr=1e-4, pad=self.pad, flip=self.flip
@@ -205,7 +210,7 @@ def compatkit_epoch(s: TrainSetup) -> int:
     ctx = TaskContext(model, None, 0, list(range(10)), [], device=s.device, normalize=None)
     gen = torch.Generator(device=s.device).manual_seed(s.seed)
     s.seed += 1
-    train_task(model, method, ctx, s.data, None, s.opt_cfg(), s.normalize(), s.precision, gen)
+    train_task(model, method, ctx, s.data, None, s.opt_cfg(), s.runtime(), gen)
     return len(s.data)  # steps * batch images: no partial batch is dropped
 
 

@@ -8,7 +8,7 @@ Checks, each reported PASS or FAIL (the exit status is 1 if any failed):
 3. training: a few hundred steps of the paper's ResNet-18 (``resnet18``, the
    released ImageNet-style one; d-Simplex head,
    3x32x32 random uint8 images, batch 128, channels-last) through
-   ``compatkit.train.train_task``, losses finite; images/s measured;
+   ``compatkit.protocol.trainer.train_task``, losses finite; images/s measured;
 4. the other precision: fp16 with loss scaling for a few steps, when the
    GPU chose bf16 (both paths of ``train_task`` run);
 5. the per-sample baseline of ``bench_train.py`` (PIL + DataLoader, 0 and
@@ -139,8 +139,9 @@ def run_checks(
     import bench_train as bt
     from compatkit.data import ImageSet
     from compatkit.methods import TaskContext, build_method
+    from compatkit.protocol.trainer import train_task
     from compatkit.retrieval import cross_model_matrix
-    from compatkit.train import Precision, autocast, resolve_precision, train_task
+    from compatkit.runtime.device import Precision, autocast, resolve_precision
 
     cuda = device.type == "cuda"
     checks = _Checks(out)
@@ -199,7 +200,7 @@ def run_checks(
         method = build_method("er")
         ctx = TaskContext(model, None, 0, list(range(10)), [], device=device)
         gen = torch.Generator(device=device).manual_seed(0)
-        res = train_task(model, method, ctx, s.data, None, s.opt_cfg(), s.normalize(), p16, gen)
+        res = train_task(model, method, ctx, s.data, None, s.opt_cfg(), s.runtime(p16), gen)
         assert all(math.isfinite(v) for v in res.losses), res.losses
         return (
             f"10 steps fp16 + GradScaler, loss {res.losses[-1]:.3f}, "
@@ -268,7 +269,7 @@ def run_checks(
             ctx = TaskContext(model, None, 0, list(range(10)), [], device=device)
             gen = torch.Generator(device=device).manual_seed(0)
             res = train_task(
-                model, method, ctx, s.data, None, s.opt_cfg(), s.normalize(), prec, gen,
+                model, method, ctx, s.data, None, s.opt_cfg(), s.runtime(prec), gen,
                 ddp_model=ddp,
             )  # fmt: skip
             assert all(math.isfinite(v) for v in res.losses), res.losses
@@ -285,15 +286,15 @@ def run_checks(
             shutil.rmtree(store_dir, ignore_errors=True)
 
     def c_eval() -> str:
-        from compatkit.evaluate import extract_features
+        from compatkit.protocol.evaluate import extract_features
 
         s = bt.make_setup("smallcnn", 2, 128, device, prec, side=side)
         half = len(s.data) // 2
         query, gallery = s.data.subset(range(half)), s.data.subset(range(half, len(s.data)))
-        norm = s.normalize()
+        rt = s.runtime(prec)
         models = [s.model] + [simplex_model("smallcnn", 1, 10, device, seed=i) for i in (1, 2)]
-        qf = [extract_features(m, query, norm, 64, prec) for m in models]
-        gf = [extract_features(m, gallery, norm, 64, prec) for m in models]
+        qf = [extract_features(m, query, rt, 64) for m in models]
+        gf = [extract_features(m, gallery, rt, 64) for m in models]
         assert all(f.dtype == torch.float32 and f.device.type == device.type for f in qf)
         on_dev = cross_model_matrix(qf, gf, query.labels, gallery.labels)
         on_cpu = cross_model_matrix(

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compatkit import analysis
-from compatkit.analysis import definition1_pairs, mean_ci, stationarity_stats
+from compatkit.analysis import stats as analysis
+from compatkit.analysis.stats import definition1_pairs, mean_ci, stationarity_stats
 from compatkit.simplex import simplex_vertices
 
 

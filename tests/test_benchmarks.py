@@ -175,9 +175,9 @@ def test_reference_matrix_rows_and_values(tmp_path: Path) -> None:
     """The reference loop computes only the rows asked for, with the same metric values as
     the library's matrix."""
     from compatkit.data import to_float
-    from compatkit.evaluate import extract_features
+    from compatkit.protocol.evaluate import extract_features
     from compatkit.retrieval import cross_model_matrix
-    from compatkit.train import Precision
+    from compatkit.runtime.device import Precision, Runtime
 
     be = _bench("bench_eval")
     common = _bench("_common")
@@ -193,9 +193,9 @@ def test_reference_matrix_rows_and_values(tmp_path: Path) -> None:
     from compatkit.checkpoint import load_checkpoint
 
     models = [load_checkpoint(c)[0] for c in ckpts]
-    fp32 = Precision(None, False)
-    qf = [extract_features(m, q, norm, 16, fp32) for m in models]
-    gf = [extract_features(m, g, norm, 16, fp32) for m in models]
+    rt = Runtime(torch.device("cpu"), Precision(None, False), norm)
+    qf = [extract_features(m, q, rt, 16) for m in models]
+    gf = [extract_features(m, g, rt, 16) for m in models]
     np.testing.assert_allclose(cross_model_matrix(qf, gf, q.labels, g.labels)[2], ref[2])
 
 

@@ -224,7 +224,7 @@ def test_refuses_newer_format(saved) -> None:
 
 def test_refuses_weights_that_do_not_fit(saved) -> None:
     # A consistent file (digest recomputed) whose state dict lacks a tensor: strict load refuses.
-    from compatkit import checkpoint as ck
+    from compatkit.checkpoint import format as ck
 
     path, _ = saved
     raw = torch.load(path, weights_only=True)
@@ -310,7 +310,7 @@ def test_file_sha256(tmp_path) -> None:
 def _rewrite_as_before_the_junction_field(path) -> None:
     """Turn a checkpoint into one written before ``junction`` joined the contract: the field
     absent, the digest over what remains (as that version computed it)."""
-    from compatkit.checkpoint import _digest
+    from compatkit.checkpoint.format import _digest
 
     raw = torch.load(path, weights_only=True)
     assert raw["contract"].pop("junction") is True

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from compatkit.checkpoint import (
-    _digest,
     check_compatible,
     load_checkpoint,
     read_contract,
     save_checkpoint,
     state_dict_mismatch,
 )
+from compatkit.checkpoint.format import _digest
 from compatkit.errors import CheckpointError, IncompatibleModels
 from compatkit.model import ModelSpec, build_model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from compatkit.config import ConfigError, load_config
-from compatkit.plan import make_plan
+from compatkit.protocol.plan import make_plan
 
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
 

@@ -14,7 +14,7 @@ import yaml
 from compatkit.config import ConfigError, load_config
 from compatkit.data.cifar import write_cifar_batch
 from compatkit.data.imagenet32 import write_imagenet32_batch
-from compatkit.plan import make_plan
+from compatkit.protocol.plan import make_plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL = sorted(CONFIGS.glob("*.y*ml"))
@@ -264,7 +264,7 @@ def test_planned_steps_per_task_follow_the_released_sampler(name, want, full_cif
 
 def test_the_packaged_configs_are_the_repository_configs():
     """One copy: src/compatkit/configs (package data) names the same files as configs/."""
-    from compatkit.shipped import shipped_configs
+    from compatkit.config.shipped import shipped_configs
 
     shipped = shipped_configs()
     assert sorted(shipped) == sorted(p.stem for p in ALL if p.suffix == ".yaml")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compatkit import figures, simplex_demo
+from compatkit.analysis import demo as simplex_demo
+from compatkit.analysis import figures
 
 from .plot_checks import assert_legends_outside
 

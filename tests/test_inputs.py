@@ -20,7 +20,7 @@ from compatkit.config import (
     load_config,
 )
 from compatkit.errors import CompatkitError
-from compatkit.plan import make_plan
+from compatkit.protocol.plan import make_plan
 
 from .commands.cli import TINY, run_cli
 
@@ -73,12 +73,12 @@ def test_non_finite_in_free_form_values_refused():
     # free-form (Any) value are checked too, so a field added later is covered.
     from typing import Any
 
-    from compatkit.config import _coerce
+    from compatkit.config import coerce
 
     with pytest.raises(ConfigError, match=r"opts.a\[1\]: must be a finite"):
-        _coerce({"a": [1.0, float("nan")]}, Any, "opts")
+        coerce({"a": [1.0, float("nan")]}, Any, "opts")
     with pytest.raises(ConfigError, match=r"opts.b: .* does not fit in a 64-bit"):
-        _coerce({"b": 2**64}, Any, "opts")
+        coerce({"b": 2**64}, Any, "opts")
 
 
 def test_hoc_lam_string_is_a_typed_error_not_a_type_error():

@@ -9,7 +9,7 @@ import torch
 
 from compatkit.config import ConfigError, load_config
 from compatkit.data import load_dataset
-from compatkit.plan import make_plan
+from compatkit.protocol.plan import make_plan
 
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
 
@@ -50,7 +50,7 @@ def test_select_is_validated():
 def test_class_order_changes_the_tasks_not_the_partition(fake_fashion, monkeypatch):
     """Reordering local.data.classes reorders the tasks only: each class gets the same images,
     the providers the same images, and the provider cache key stays the same."""
-    from compatkit.plan import provider_key
+    from compatkit.protocol.plan import provider_key
 
     monkeypatch.setenv("COMPATKIT_FASHION_MNIST", str(fake_fashion))
     a = load_config(TINY, ["local.data.classes=[0,1,2,3]"])

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import compatkit.protocol as protocol
+import compatkit.protocol.trainer as protocol
 from compatkit.checkpoint import load_checkpoint, read_contract, save_checkpoint
 from compatkit.config import load_config
 from compatkit.errors import CheckpointError
-from compatkit.progress import RunLog
-from compatkit.protocol import Runner, evaluate_run
+from compatkit.protocol.experiment import Experiment
+from compatkit.runtime.log import RunLog
 
 from .conftest import write_fake_fashion
 
@@ -28,7 +28,7 @@ def _data(fake_fashion, monkeypatch):
 
 def _runner(tmp_path, name, overrides=()):
     cfg = load_config(TINY, ["methods=[hoc]", *overrides])
-    return Runner(cfg, tmp_path / name, RunLog(tmp_path / name / "log.txt", quiet=True))
+    return Experiment(cfg, tmp_path / name, RunLog(tmp_path / name / "log.txt", quiet=True))
 
 
 def _same_weights(a, b) -> bool:
@@ -38,9 +38,9 @@ def _same_weights(a, b) -> bool:
 
 def test_resume_gives_the_same_numbers(tmp_path, monkeypatch):
     whole = _runner(tmp_path, "whole")
-    whole.ensure_providers()
+    whole.providers.ensure()
     whole.run_sequence("hoc", 7)
-    expected = evaluate_run(whole)["hoc"]
+    expected = whole.evaluate()["hoc"]
 
     broken = _runner(tmp_path, "broken")
     real = protocol.train_task
@@ -60,7 +60,7 @@ def test_resume_gives_the_same_numbers(tmp_path, monkeypatch):
     monkeypatch.setattr(protocol, "train_task", real)
     resumed = _runner(tmp_path, "broken")
     resumed.run_sequence("hoc", 7, resume=True)
-    got = evaluate_run(resumed)["hoc"]
+    got = resumed.evaluate()["hoc"]
     assert got["matrix"] == expected["matrix"]
     a, _ = load_checkpoint(whole.run_dir / "hoc/seed_7/task_2.pt")
     b, _ = load_checkpoint(d / "task_2.pt")
@@ -70,7 +70,7 @@ def test_resume_gives_the_same_numbers(tmp_path, monkeypatch):
 @pytest.mark.parametrize("rule", ["reference", "previous"])
 def test_old_model_rule_at_a_replacement(tmp_path, monkeypatch, rule):
     r = _runner(tmp_path, rule, [f"old_model={rule}"])
-    paths = r.ensure_providers()
+    paths = r.providers.ensure()
     seen = []
     real = protocol.train_task
 
@@ -94,7 +94,7 @@ def test_old_model_rule_at_a_replacement(tmp_path, monkeypatch, rule):
 
 def test_replacement_starts_from_the_next_provider(tmp_path):
     r = _runner(tmp_path, "rep", ["train.lr=1e-12", "train.min_lr=0"])
-    paths = r.ensure_providers()
+    paths = r.providers.ensure()
     r.run_sequence("hoc", 7)
     p1, _ = load_checkpoint(paths[(1, "simplex")])
     t2, meta = load_checkpoint(r.run_dir / "hoc/seed_7/task_2.pt")
@@ -110,10 +110,10 @@ def test_replacement_starts_from_the_next_provider(tmp_path):
 
 def test_providers_are_reused(tmp_path):
     r = _runner(tmp_path, "reuse")
-    paths = r.ensure_providers()
+    paths = r.providers.ensure()
     stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
     r2 = _runner(tmp_path, "reuse2")
-    paths2 = r2.ensure_providers()
+    paths2 = r2.providers.ensure()
     assert paths2 == paths
     assert {k: p.stat().st_mtime_ns for k, p in paths2.items()} == stamps
     assert "reusing" in (tmp_path / "reuse2" / "log.txt").read_text()
@@ -121,11 +121,11 @@ def test_providers_are_reused(tmp_path):
 
 def test_provider_checkpoint_with_wrong_head_is_refused(tmp_path):
     r = _runner(tmp_path, "prov", ["methods=[er]"])
-    paths = r.ensure_providers()
+    paths = r.providers.ensure()
     learnable = str(paths[(0, "learnable")])
     bad = _runner(tmp_path, "bad", [f"providers.0.checkpoint={{simplex: {learnable}}}"])
     with pytest.raises(ValueError, match=r"providers\[0\]\.checkpoint\.simplex"):
-        bad.ensure_providers()
+        bad.providers.ensure()
 
 
 def test_released_er_replacement_builds_a_fresh_head(tmp_path):
@@ -140,7 +140,7 @@ def test_released_er_replacement_builds_a_fresh_head(tmp_path):
         "train.min_lr=0",
     ]
     r = _runner(tmp_path, "fresh", over)
-    paths = r.ensure_providers()
+    paths = r.providers.ensure()
     r.run_sequence("er", 7)
     p1, _ = load_checkpoint(paths[(1, "learnable")])
     assert p1.junction is None and p1.spec.feat_dim == 128 and set(p1.class_map.provider) == {4, 5}
@@ -159,7 +159,7 @@ def test_released_er_replacement_builds_a_fresh_head(tmp_path):
 
 def test_default_er_replacement_keeps_the_provider_rows(tmp_path):
     r = _runner(tmp_path, "keep", ["methods=[er]"])
-    r.ensure_providers()
+    r.providers.ensure()
     r.run_sequence("er", 7)
     t2, meta = load_checkpoint(r.run_dir / "er/seed_7/task_2.pt")
     assert meta["contract"]["junction"] is True and set(t2.class_map.provider) == {4, 5}
@@ -168,7 +168,7 @@ def test_default_er_replacement_keeps_the_provider_rows(tmp_path):
 @pytest.mark.parametrize("sampler", ["shuffle", "balanced"])
 def test_the_runner_takes_the_planned_steps(tmp_path, monkeypatch, sampler):
     r = _runner(tmp_path, sampler, [f"train.sampler={sampler}", "train.epochs=2"])
-    r.ensure_providers()
+    r.providers.ensure()
     counted: list[int] = []
     real = protocol.train_task
 
@@ -199,7 +199,7 @@ def own_cache(tmp_path, monkeypatch):
 
 def _providers(tmp_path, name="prov", overrides=()):
     r = _runner(tmp_path, name, ["methods=[hoc, er]", *overrides])
-    return r, r.ensure_providers()
+    return r, r.providers.ensure()
 
 
 def _swap(src: Path, dst: Path) -> None:
@@ -230,7 +230,7 @@ def test_a_cached_provider_is_checked_before_reuse(tmp_path, own_cache, intruder
         _swap(paths[(1, "simplex")], target)  # provider 1 knows the same classes [4, 5]
     again = _runner(tmp_path, "again", ["methods=[hoc, er]"])
     with pytest.raises(CheckpointError, match=named) as e:
-        again.ensure_providers()
+        again.providers.ensure()
     assert str(target) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match=named):
         again.run_sequence("hoc", 7)  # the sequence loads providers through the same check
@@ -246,26 +246,26 @@ def test_a_configured_provider_may_not_hold_local_classes(tmp_path, own_cache):
     for path, why in ((task, "is a task checkpoint"), (unlabelled, "holds local classes")):
         bad = _runner(tmp_path, "bad", [f"providers.0.checkpoint={{simplex: {path}}}"])
         with pytest.raises(CheckpointError, match=rf"providers\[0\]\.checkpoint\.simplex.*{why}"):
-            bad.check_providers()
+            bad.providers.check()
 
 
 def test_trained_providers_record_their_recipe(tmp_path):
     r, paths = _providers(tmp_path)
     for (i, h), p in paths.items():
         extra = read_contract(p)["extra"]
-        assert extra["recipe"] == r.provider_recipe(i, h) and extra["recipe"] in p.name
+        assert extra["recipe"] == r.providers.recipe(i, h) and extra["recipe"] in p.name
         assert extra["role"] == "provider" and extra["index"] == i
 
 
 def test_the_recipe_covers_the_data_itself(tmp_path, fake_fashion, monkeypatch):
     """The cache is shared by every run: the same config on other files is another provider."""
     r = _runner(tmp_path, "a")
-    first = r.provider_path(0, "simplex")
+    first = r.providers.path(0, "simplex")
     other = write_fake_fashion(tmp_path / "other-data", seed=1)
     monkeypatch.setenv("COMPATKIT_FASHION_MNIST", str(other))
     r2 = _runner(tmp_path, "b")
-    assert first != r2.provider_path(0, "simplex")
-    assert first.parent == r2.provider_path(0, "simplex").parent
+    assert first != r2.providers.path(0, "simplex")
+    assert first.parent == r2.providers.path(0, "simplex").parent
 
 
 # --------------------------------------------------------------------------- what a user sees
@@ -275,9 +275,9 @@ def test_training_and_evaluation_show_progress_with_tasks_numbered_from_1(tmp_pa
     screen = io.StringIO()
     r = _runner(tmp_path, "shown")
     r.log = RunLog(tmp_path / "shown" / "log.txt", quiet=False, live=True, stream=screen)
-    r.ensure_providers()
+    r.providers.ensure()
     r.run_sequence("hoc", 7)
-    evaluate_run(r)
+    r.evaluate()
     r.log.close()
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # colours out
     assert "hoc seed 7 task 3/3 (replacement)" in shown  # the training bar

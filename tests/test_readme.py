@@ -12,7 +12,7 @@ import yaml
 
 from compatkit.cli import build_parser
 from compatkit.config import load_config
-from compatkit.shipped import resolve_config
+from compatkit.config.shipped import resolve_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compatkit import retrieval
 from compatkit.retrieval import (
     class_templates,
     cross_model_matrix,
@@ -17,6 +16,7 @@ from compatkit.retrieval import (
     recall_at_k,
     template_accuracy,
 )
+from compatkit.retrieval import search as retrieval
 
 # ----------------------------------------------------------------------------- slow references
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compatkit import run_analysis as ra
-from compatkit.analysis import definition1_pairs, stationarity_stats
+from compatkit.analysis import run as ra
+from compatkit.analysis.stats import definition1_pairs, stationarity_stats
 from compatkit.checkpoint import load_checkpoint
 from compatkit.cli import main as cli_main
 from compatkit.config import DataSource, ProviderConfig, RunConfig

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from compatkit import theory
-from compatkit.theory import (
+from compatkit.analysis import theory
+from compatkit.analysis.theory import (
     cap_mean_cos,
     critical_shift_deg,
     expected_cosine_distance_caps,

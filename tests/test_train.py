@@ -12,7 +12,8 @@ from compatkit.config import OptimConfig
 from compatkit.data import ImageSet, steps_per_epoch
 from compatkit.methods import TaskContext, build_method
 from compatkit.model import ModelSpec, build_model
-from compatkit.train import Precision, make_optimizer, train_task
+from compatkit.protocol.trainer import make_optimizer, train_task
+from compatkit.runtime.device import Precision, Runtime
 
 
 def _data(counts: list[int], first_label: int = 0, seed: int = 0) -> ImageSet:
@@ -31,8 +32,9 @@ def _run(opt: OptimConfig, new: ImageSet, memory: ImageSet | None) -> list[dict]
     ctx = TaskContext(model, None, 1, [], [], normalize=lambda x: x.float() / 255)
     steps: list[dict] = []
     train_task(
-        model, build_method("cores"), ctx, new, memory, opt, ctx.normalize,
-        Precision(None, False), torch.Generator().manual_seed(0), on_step=steps.append,
+        model, build_method("cores"), ctx, new, memory, opt,
+        Runtime(torch.device("cpu"), Precision(None, False), ctx.normalize),
+        torch.Generator().manual_seed(0), on_step=steps.append,
     )  # fmt: skip
     return steps
 

@@ -14,7 +14,8 @@ from compatkit.data import ImageSet
 from compatkit.losses import cross_entropy
 from compatkit.methods import Method, TaskContext
 from compatkit.model import ModelSpec, build_model
-from compatkit.train import FINITE_CHECK_EVERY, Precision, TrainingDiverged, train_task
+from compatkit.protocol.trainer import FINITE_CHECK_EVERY, TrainingDiverged, train_task
+from compatkit.runtime.device import Precision, Runtime
 
 
 class _PoisonedCE(Method):
@@ -56,8 +57,7 @@ def _train(method: Method, epochs: int, n: int = 64, batch: int = 16):
         data,
         None,
         opt,
-        lambda x: x.float() / 255.0,
-        Precision(None, False),
+        Runtime(torch.device("cpu"), Precision(None, False), lambda x: x.float() / 255.0),
         torch.Generator().manual_seed(1),
     )
 
@@ -97,7 +97,7 @@ def test_finite_training_is_untouched():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_watch_does_not_synchronise_on_cuda():
     """The per-step part of the watch stays on the device: torch raises on any host sync."""
-    from compatkit.train import _watch
+    from compatkit.protocol.trainer import _watch
 
     dev = torch.device("cuda")
     bad = torch.full((), -1, dtype=torch.long, device=dev)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compatkit.shipped import DEFAULT_CONFIG, describe, resolve_config, shipped_configs
+from compatkit.config.shipped import DEFAULT_CONFIG, describe, resolve_config, shipped_configs
 
 from .cli import TINY
 from .cli import run_cli as _cli

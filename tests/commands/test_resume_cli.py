@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import compatkit.protocol as protocol
+import compatkit.protocol.trainer as protocol
 from compatkit import cli
-from compatkit.rundir import load_memory, save_memory
+from compatkit.protocol.records import load_memory, save_memory
 
 from .cli import TINY
 from .cli import run_cli as _cli

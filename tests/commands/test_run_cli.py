@@ -113,9 +113,9 @@ def test_keep_provider_rows_and_the_gain_over_each_tasks_start(tmp_path, fake_fa
 
     from compatkit.checkpoint import load_checkpoint
     from compatkit.config import load_config
-    from compatkit.evaluate import local_accuracy
-    from compatkit.plan import make_plan
-    from compatkit.train import Precision
+    from compatkit.protocol.evaluate import local_accuracy
+    from compatkit.protocol.plan import make_plan
+    from compatkit.runtime.device import Precision, Runtime
 
     out = tmp_path / "keep"
     both = "[0, 1, 2, 3, 4, 5]"
@@ -143,8 +143,8 @@ def test_keep_provider_rows_and_the_gain_over_each_tasks_start(tmp_path, fake_fa
     prev.add_classes(seen, "local", keep_provider_rows=True)
     mean = torch.tensor(plan.mean).view(1, -1, 1, 1)
     std = torch.tensor(plan.std).view(1, -1, 1, 1)
-    want = local_accuracy(
-        prev, plan.local_test, seen, lambda x: (x.float() / 255 - mean) / std, 64,
-        Precision(None, False),
-    )  # fmt: skip
+    rt = Runtime(
+        torch.device("cpu"), Precision(None, False), lambda x: (x.float() / 255 - mean) / std
+    )
+    want = local_accuracy(prev, plan.local_test, seen, rt, 64)
     assert start[1] == pytest.approx(want, abs=1e-3)

@@ -29,7 +29,7 @@ from compatkit.data.download import MIRROR_ENV
 from compatkit.data.folder import ImageFolderError
 from compatkit.data.missing import DatasetNotFoundError
 from compatkit.errors import DataError
-from compatkit.plan import make_plan
+from compatkit.protocol.plan import make_plan
 
 from ..commands.cli import TINY
 

@@ -508,7 +508,7 @@ def _resealed(src: Path, p: Path, change: Callable[[dict], None]) -> None:
     """A checkpoint edited and re-signed: format and digest valid, content wrong."""
     import torch
 
-    from compatkit.checkpoint import _digest
+    from compatkit.checkpoint.format import _digest
 
     obj = torch.load(src, weights_only=True)
     change(obj)

@@ -22,7 +22,7 @@ def trained_models(tmp_path_factory, tiny: dict[str, Path]) -> dict[str, Path]:
     """
     key = "models"
     if key not in _CACHE:
-        from compatkit.progress import RunLog
+        from compatkit.runtime.log import RunLog
         from compatkit.upgrade.train import TrainOptions, train_model
 
         base = tmp_path_factory.mktemp("index-models")

@@ -178,7 +178,7 @@ def test_the_source_must_still_be_the_gallery(index: Path, models, tiny, tmp_pat
 
 
 def test_other_feature_sizes_are_refused(index: Path, models, tiny, tmp_path: Path) -> None:
-    from compatkit.progress import RunLog
+    from compatkit.runtime.log import RunLog
     from compatkit.upgrade.train import TrainOptions, train_model
 
     wide = tmp_path / "k32.pt"

@@ -3,8 +3,8 @@
 Paper: Biondi et al., CVPR 2024, Definition 1 (from BCT), Theorem 1 (a
 stationary representation satisfies Definition 1 in expectation) and
 Corollary 1 (no representation satisfies it for every pair); Figures 3-5.
-See ``compatkit.run_analysis`` for what is measured, ``compatkit.figures`` for the plots
-and ``compatkit.simplex_demo`` for the K = 3 demo (``--simplex-demo OUT_DIR``).
+See ``compatkit.analysis.run`` for what is measured, ``compatkit.analysis.figures`` for the plots
+and ``compatkit.analysis.demo`` for the K = 3 demo (``--simplex-demo OUT_DIR``).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _print_summary(result: dict) -> None:
 
 
 def _demo(args: argparse.Namespace) -> dict:
-    from ..simplex_demo import DemoConfig, simplex_demo
+    from ..analysis.demo import DemoConfig, simplex_demo
 
     cfg = DemoConfig()
     if args.demo_classes:
@@ -201,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
 
-    from ..run_analysis import ANALYSIS_FILE, METRICS, analyze_run
+    from ..analysis.run import ANALYSIS_FILE, METRICS, analyze_run
 
     payload: dict = {}
     if args.run_dir is not None:

@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..config.shipped import DEFAULT_CONFIG, describe, resolve_config, shipped_configs
     from ..errors import InputError
-    from ..shipped import DEFAULT_CONFIG, describe, resolve_config, shipped_configs
 
     if args.action == "list":
         if args.name:

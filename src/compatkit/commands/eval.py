@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import InputError
 
@@ -20,31 +19,30 @@ def main(args: argparse.Namespace) -> int:
     import time
 
     from ..config import load_config
-    from ..progress import RunLog
-    from ..protocol import Runner, evaluate_run, write_metrics
-    from ..report import read_json, write_report
+    from ..protocol.experiment import run_experiment
+    from ..protocol.layout import RunDir
+    from ..runtime.files import read_json
+    from ..runtime.log import RunLog
 
-    run_dir = Path(args.run_dir)
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise InputError(f"{run_dir} is not a compatkit run (no config.yaml)")
-    cfg = load_config(cfg_file)
-    log = RunLog(run_dir / "log.txt", quiet=args.quiet)
+    dirs = RunDir(args.run_dir)
+    if not dirs.config.is_file():
+        raise InputError(f"{dirs.root} is not a compatkit run (no config.yaml)")
+    cfg = load_config(dirs.config)
+    meta = {}
+    if dirs.metrics.is_file():  # keep the run's wall time; a damaged file is about to be replaced
+        try:
+            prev = read_json(dirs.metrics)
+        except InputError:
+            prev = {}
+        old = prev.get("_meta") if isinstance(prev, dict) else None
+        if isinstance(old, dict) and "wall_time_s" in old:
+            meta["wall_time_s"] = old["wall_time_s"]
+    log = RunLog(dirs.log, quiet=args.quiet)
     try:
         t0 = time.perf_counter()
-        runner = Runner(cfg, run_dir, log)
-        results = evaluate_run(runner, args.methods)
-        old = run_dir / "metrics.json"
-        if old.is_file():  # keep the run's wall time; a damaged file is about to be replaced
-            try:
-                prev = read_json(old)
-            except InputError:
-                prev = {}
-            meta = prev.get("_meta") if isinstance(prev, dict) else None
-            if isinstance(meta, dict) and "wall_time_s" in meta:
-                results["_meta"]["wall_time_s"] = meta["wall_time_s"]
-        write_metrics(run_dir, results)
-        write_report(run_dir)
+        results = run_experiment(
+            cfg, dirs.root, log=log, methods=args.methods, train=False, meta=meta
+        )
         log.info(
             f"evaluated in {time.perf_counter() - t0:.1f}s "
             f"({results['_meta']['feature_extractions']} feature extractions)"

@@ -31,19 +31,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..progress import RunLog
-    from ..protocol import Runner
-    from ..shipped import resolve_config
+    from ..config.shipped import resolve_config
+    from ..protocol.experiment import Experiment
+    from ..runtime.log import RunLog
 
     cfg = load_config(resolve_config(args.config), args.overrides)
     if args.out:
         cfg.providers_dir = args.out
     log = RunLog(None, quiet=args.quiet)
     try:
-        runner = Runner(cfg, Path("."), log)  # no run folder: providers only
-        runner.check_providers(args.heads)  # refuse a bad file before writing anything
-        log.attach(runner.providers_dir / "pretrain.log")
-        paths = runner.ensure_providers(args.heads)
+        exp = Experiment(cfg, Path("."), log)  # no run folder: providers only
+        exp.providers.check(args.heads)  # refuse a bad file before writing anything
+        log.attach(exp.providers.folder / "pretrain.log")
+        paths = exp.providers.ensure(args.heads)
         for (i, h), p in sorted(paths.items()):
             print(f"provider {i} {h:9s} {p}")
     finally:

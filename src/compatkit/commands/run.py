@@ -3,7 +3,7 @@
 A run is refused before it creates anything when its config, its data plan or a
 provider file it would reuse is wrong; a run that fails later records the error
 in its ``log.txt``. ``--resume`` continues the run in ``--out`` with that run's
-own ``config.yaml`` (see :mod:`compatkit.rundir` for what a resume may change).
+own ``config.yaml`` (see :mod:`compatkit.protocol.records` for what a resume may change).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from ..protocol.layout import RunDir
 from . import add_set_argument
 
 HELP = "run the IAM-CL2R scenario: providers, task sequence per method and seed, evaluation, report"
@@ -47,13 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="log to RUN_DIR/log.txt only")
 
 
-def default_config_path() -> Path:
-    """The packaged default config (kept for callers of earlier versions)."""
-    from ..shipped import resolve_config
-
-    return resolve_config(None)
-
-
 def new_run_dir(name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{name}-{stamp}"
@@ -64,16 +58,12 @@ def new_run_dir(name: str) -> Path:
     return path
 
 
-def _holds_run(d: Path) -> bool:
-    return (d / "config.yaml").is_file() or any(d.glob("*/seed_*/task_*.pt"))
-
-
 def resolve_run(args: argparse.Namespace):
     """``(config, run directory, resume?)`` from the command line, refusing mixed settings."""
     from ..config import load_config
+    from ..config.shipped import resolve_config
     from ..errors import ConfigError, InputError
-    from ..rundir import format_changes, result_changes
-    from ..shipped import resolve_config
+    from ..protocol.records import format_changes, result_changes
 
     stray = [o for o in args.overrides if "=" not in o]
     if stray:
@@ -89,7 +79,7 @@ def resolve_run(args: argparse.Namespace):
         if not args.out:
             raise InputError("--resume needs --out RUN_DIR (the run to continue)")
         out = Path(args.out)
-        saved_file = out / "config.yaml"
+        saved_file = RunDir(out).config
         if not saved_file.is_file():
             raise InputError(
                 f"--resume: {out} holds no run (no config.yaml); start one with "
@@ -105,7 +95,7 @@ def resolve_run(args: argparse.Namespace):
             fork = Path(args.fork)
             if fork.resolve() == out.resolve():
                 raise InputError(f"--fork {fork}: give a new folder, not the run being forked")
-            if _holds_run(fork):
+            if RunDir(fork).holds_run():
                 raise InputError(f"--fork {fork} already holds a run; choose another folder")
             return asked, fork, False
         if changes:
@@ -121,7 +111,7 @@ def resolve_run(args: argparse.Namespace):
     if world > 1 and not args.out:
         raise InputError("under torchrun pass --out RUN_DIR, so that every process writes one run")
     run_dir = Path(args.out) if args.out else new_run_dir(cfg.name)
-    if _holds_run(run_dir):
+    if RunDir(run_dir).holds_run():
         raise InputError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
         )
@@ -132,16 +122,14 @@ def main(args: argparse.Namespace) -> int:
     import yaml
 
     from ..config import to_dict
-    from ..progress import RunLog
-    from ..protocol import Runner, evaluate_run, write_metrics
-    from ..report import write_report
+    from ..protocol.experiment import Experiment, run_experiment
+    from ..runtime.log import RunLog
 
     cfg, run_dir, resume = resolve_run(args)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    main_rank = rank == 0
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     if args.dry_run:
-        runner = Runner(cfg, run_dir, RunLog(None, quiet=True))
-        lines = plan_lines(runner, resume)  # every check of a real run, before any output
+        exp = Experiment(cfg, run_dir, RunLog(None, quiet=True))
+        lines = plan_lines(exp, resume)  # every check of a real run, before any output
         print(f"# resolved config of {run_dir}{' (resume)' if resume else ''}")
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
         print("\n".join(lines))
@@ -150,38 +138,11 @@ def main(args: argparse.Namespace) -> int:
     log = RunLog(None, quiet=args.quiet or not main_rank)
     t0 = time.perf_counter()
     try:
-        runner = Runner(cfg, run_dir, log)
-        plan = runner.plan  # loads and checks the data
-        runner.check_providers()
-        if resume:
-            for seed in cfg.seeds:
-                for m in cfg.methods:
-                    runner.completed_tasks(m, seed)
-        if main_rank:
-            runner.write_config()  # creates the run, or checks a resumed one's records
-            log.attach(run_dir / "log.txt")
-        runner.dist.barrier()
-    except BaseException:
-        log.close()
-        raise
-    try:
-        log.info(
-            f"{'resume' if resume else 'run'} {run_dir}: {plan.num_tasks} tasks "
-            f"{[t.classes for t in plan.scenario]}, methods {cfg.methods}, seeds {cfg.seeds}, "
-            f"device {runner.device} ({runner.precision.name}), providers in {runner.providers_dir}"
-        )
-        runner.ensure_providers()
-        for seed in cfg.seeds:
-            for m in cfg.methods:
-                runner.run_sequence(m, seed, resume=resume)
-        results = evaluate_run(runner)
-        results["_meta"]["wall_time_s"] = round(time.perf_counter() - t0, 1)
-        results["_meta"]["processes"] = world
+        results = run_experiment(cfg, run_dir, log=log, resume=resume)
         if not main_rank:
             return 0
-        write_metrics(run_dir, results)
-        report = write_report(run_dir)
-        log.info(f"done in {time.perf_counter() - t0:.0f}s: {run_dir / 'metrics.json'}, {report}")
+        dirs = RunDir(run_dir)
+        log.info(f"done in {time.perf_counter() - t0:.0f}s: {dirs.metrics}, {dirs.report}")
         for m in cfg.methods:
             s = results[m]["summary"]
             local = s.get("local_final") or {}
@@ -194,30 +155,23 @@ def main(args: argparse.Namespace) -> int:
                 f"  {m:12s} AC {s['AC']['mean']:.2f} ± {s['AC']['std']:.2f}   "
                 f"AM {s['AM']['mean']:.2f} ± {s['AM']['std']:.2f}{plasticity}"
             )
-    except KeyboardInterrupt:
-        log.info(f"interrupted; continue with: compatkit run --out {run_dir} --resume")
-        raise
-    except BaseException as e:
-        msg = " ".join(str(e).split())
-        log.info(f"run failed: {type(e).__name__}: {msg}")
-        raise
     finally:
         log.close()
     return 0
 
 
-def plan_lines(runner, resume: bool = False) -> list[str]:
+def plan_lines(exp, resume: bool = False) -> list[str]:
     """The plan of a run in words: tasks, data roles, providers and optimiser steps."""
     from ..data import steps_per_epoch
     from ..methods import METHODS
 
-    cfg, plan = runner.cfg, runner.plan
+    cfg, plan = exp.cfg, exp.plan
     n = plan.num_tasks
     segments = plan.segments(cfg)
     lines = [
         "",
-        f"# plan: {n} tasks, methods {cfg.methods}, seeds {cfg.seeds}, device {runner.device} "
-        f"({runner.precision.name})",
+        f"# plan: {n} tasks, methods {cfg.methods}, seeds {cfg.seeds}, device {exp.device} "
+        f"({exp.precision.name})",
         f"local learner: {len(plan.local)} images of {len(plan.class_order)} classes from "
         f"{cfg.local.data.dataset}/{cfg.local.data.split}; memory {cfg.local.memory_per_class} "
         "per class",
@@ -242,24 +196,24 @@ def plan_lines(runner, resume: bool = False) -> list[str]:
             f"starts from {start if start != 'provider' else f'provider {segments[t]}'}, "
             f"{_n(opt.epochs, 'epoch')} = {steps_s}"
         )
-    status = runner.check_providers()
-    lines.append(f"providers (folder {runner.providers_dir}):")
+    status = exp.providers.check()
+    lines.append(f"providers (folder {exp.providers.folder}):")
     words = {"configured": "configured file", "cached": "cached, checked", "train": "to train"}
-    for i in range(runner.provider_count()):
+    for i in range(exp.providers.count):
         pc = cfg.providers[i]
         data = plan.providers[i]
         if data is None:
             what = "a configured checkpoint"
         else:
-            po = runner.provider_optim(i)
+            po = exp.providers.optim(i)
             k = po.epochs * steps_per_epoch(len(data), 0, po.batch_size, po.sampler)
             what = (
                 f"{len(data)} images of classes {plan.provider_classes[i]}, "
                 f"{_n(pc.epochs, 'epoch')} = {_n(k, 'step')}"
             )
         lines.append(f"  provider {i} ({pc.name or 'unnamed'}): {what}")
-        for h in runner.heads_needed():
-            lines.append(f"    {h:9s} {words[status[(i, h)]]}: {runner.provider_path(i, h)}")
+        for h in exp.providers.heads_needed():
+            lines.append(f"    {h:9s} {words[status[(i, h)]]}: {exp.providers.path(i, h)}")
     lines.append(
         f"evaluation: query {len(plan.query)} images of {cfg.eval.query.dataset}/"
         f"{cfg.eval.query.split} classes {sorted(set(plan.query.labels.tolist()))}; gallery "
@@ -270,7 +224,7 @@ def plan_lines(runner, resume: bool = False) -> list[str]:
     if resume:
         for seed in cfg.seeds:
             for m in cfg.methods:
-                done = runner.completed_tasks(m, seed)[0]
+                done = exp.completed_tasks(m, seed)[0]
                 lines.append(f"resume: {m} seed {seed}: {done}/{n} tasks done")
     lines.append("dry run: nothing trained, nothing written")
     return lines

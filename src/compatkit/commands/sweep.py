@@ -63,13 +63,13 @@ def main(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
 
+    from ..config import resolve_config
     from ..sweep.execute import SweepDir, command_line, default_threads, execute
     from ..sweep.grid import expand, parse_vary
     from ..sweep.summary import write_summary
-    from .run import default_config_path
 
     vary = parse_vary(args.vary)
-    config = Path(args.config) if args.config else default_config_path()
+    config = resolve_config(args.config)
     settings = expand(config, args.overrides, vary)
     sweep = SweepDir(args.out)
 
@@ -126,17 +126,18 @@ def main(args: argparse.Namespace) -> int:
 def _providers(sweep, settings, pending, say) -> None:
     """Train every provider the pending jobs need, once, before any job starts."""
     from ..config import load_config
-    from ..progress import RunLog
-    from ..protocol import Runner
+    from ..protocol.experiment import Experiment
+    from ..protocol.layout import RunDir
+    from ..runtime.log import RunLog
 
     todo = {j.setting for j in pending}
     for s in settings:
         if s.hash not in todo:
             continue
-        run_dir = sweep.setting_dir(s)
-        log = RunLog(run_dir / "log.txt", quiet=True, live=False)
+        dirs = RunDir(sweep.setting_dir(s))
+        log = RunLog(dirs.log, quiet=True, live=False)
         try:
-            Runner(load_config(run_dir / "config.yaml"), run_dir, log).ensure_providers()
+            Experiment(load_config(dirs.config), dirs.root, log).providers.ensure()
         finally:
             log.close()
     if todo:
@@ -144,18 +145,18 @@ def _providers(sweep, settings, pending, say) -> None:
 
 
 def _assemble_if_complete(sweep, h: str) -> None:
-    import json
-
+    from ..protocol.layout import RunDir
+    from ..runtime.files import read_json
     from ..sweep.execute import assemble
 
     entry = sweep.index["settings"][h]
     done = sweep.done_seeds(h)
     if len(done) < len(entry["seeds"]):
         return
-    run_dir = sweep.setting_dir(entry)
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file() and (run_dir / "report.md").is_file():
-        meta = json.loads(metrics.read_text()).get("_meta", {})
+    dirs = RunDir(sweep.setting_dir(entry))
+    run_dir = dirs.root
+    if dirs.metrics.is_file() and dirs.report.is_file():
+        meta = read_json(dirs.metrics).get("_meta", {})
         if sorted(meta.get("seeds") or []) == sorted(done):
             return
     assemble(run_dir, done)

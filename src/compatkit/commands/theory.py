@@ -1,7 +1,7 @@
 """``compatkit theory``: the Monte Carlo model of Theorem 1 / Corollary 1, as a table and plots.
 
 Paper: Biondi et al., CVPR 2024, Theorem 1 and Corollary 1 (see
-``compatkit.theory`` for the model and what it shows). Several ``--r-new`` or
+``compatkit.analysis.theory`` for the model and what it shows). Several ``--r-new`` or
 ``--shift`` values run a sweep over every combination.
 """
 
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _print_table(results: list) -> None:
-    from .. import theory
+    from ..analysis import theory
 
     header = ["r_new", "shift°", "same frac", "diff frac", "E same new/old", "E diff new/old"]
     rows = []
@@ -103,7 +103,7 @@ def _print_table(results: list) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import theory
+    from ..analysis import theory
 
     if args.pairs < 2:
         raise InputError(f"--pairs must be >= 2, got {args.pairs}")

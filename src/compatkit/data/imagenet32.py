@@ -22,8 +22,8 @@ Memory: the full training split is 1,281,167 x 3,072 bytes = 3.9 GB of ``uint8``
 twice that while the batches are joined). ``classes=`` keeps only some labels, filtering each
 batch as it is read, so the first 100 classes cost about 0.4 GB. The run configuration
 (``DataSource.classes``) selects classes *after* loading the whole split, because
-``compatkit.plan`` calls loaders without a class list: a configuration that trains providers on
-ImageNet32 needs the 3.9 GB split in host memory once (shared by all providers).
+``compatkit.protocol.plan`` calls loaders without a class list: a configuration that trains
+providers on ImageNet32 needs the 3.9 GB split in host memory once (shared by all providers).
 """
 
 from __future__ import annotations

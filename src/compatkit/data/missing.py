@@ -4,7 +4,7 @@ A loader knows what it searched and why a download failed; only the caller knows
 config key named the data source. The error therefore keeps its parts, and
 :meth:`DatasetNotFoundError.for_key` renders the same facts with the remedies spelled as
 command-line words (``--set local.data.root=DIR``) once the key is known
-(``compatkit.plan`` does this).
+(``compatkit.protocol.plan`` does this).
 """
 
 from __future__ import annotations

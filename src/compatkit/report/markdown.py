@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..protocol.layout import RunDir
+from ..runtime.files import atomic_write_text
 from .metrics_file import (
     Matrix,
     RunFileNotFound,
@@ -204,7 +206,7 @@ def render_markdown(
     end, for modules (theory checks, analyses) that add their own findings.
     """
     run_dir = Path(run_dir)
-    plots = run_dir / "plots"
+    plots = RunDir(run_dir).plots
     meta = metrics.get("_meta") if isinstance(metrics.get("_meta"), Mapping) else {}
     methods = method_names(metrics)
     reps = replacement_tasks(metrics)
@@ -337,7 +339,7 @@ def safe_name(name: str) -> str:
 
 def _analysis_section(run_dir: Path) -> list[tuple[str, str]]:
     """The optional ``analysis.json`` hook: a dict whose ``markdown`` string is appended."""
-    p = run_dir / "analysis.json"
+    p = RunDir(run_dir).analysis
     if not p.is_file():
         return []
     data = read_json(p)
@@ -345,13 +347,6 @@ def _analysis_section(run_dir: Path) -> list[tuple[str, str]]:
         title = data.get("title") if isinstance(data.get("title"), str) else "Analysis"
         return [(title, data["markdown"])]
     return []
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
@@ -370,7 +365,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     extra = _analysis_section(run_dir)
     methods = method_names(metrics)
     reps = replacement_tasks(metrics)
-    plots = run_dir / "plots"
+    plots = RunDir(run_dir).plots
     for m in methods:
         run0 = method_runs(metrics[m])[0]
         seed = f" (seed {run0['seed']})" if run0.get("seed") is not None else ""
@@ -408,6 +403,6 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         if spread:
             title += ", mean ± std over seeds"
         plot_aa(curves, reps, plots / "aa.png", title=title)
-    path = run_dir / "report.md"
-    _write_text_atomic(path, render_markdown(metrics, run_dir, extra))
+    path = RunDir(run_dir).report
+    atomic_write_text(path, render_markdown(metrics, run_dir, extra))
     return path

@@ -24,7 +24,7 @@ METRIC_KEYS = ("AC", "AM", "BC", "FC", "final_self")
 PLASTICITY_KEYS = ("local_final", "local_mean", "local_gain")
 """Scalar plasticity metrics of one run: the local-class accuracy (%) of the last task model,
 its mean over the task models, and the mean gain (percentage points) of each task model over
-the model its task started from (see ``compatkit.evaluate``)."""
+the model its task started from (see ``compatkit.protocol.evaluate``)."""
 
 _VALUE_TOL = 0.01
 """Percent points; a violation's stored ``value`` may be rounded to two decimals."""

@@ -38,12 +38,13 @@ from typing import Any
 import yaml
 
 from ..errors import InputError
+from ..protocol.layout import RunDir
+from ..runtime.files import atomic_write_text, read_json
 from .grid import Setting
 
 __all__ = ["INDEX", "Job", "SweepDir", "run_job"]
 
 INDEX = "sweep.json"
-DONE = "done.json"
 FORMAT = 1
 
 
@@ -56,14 +57,6 @@ class Job:
     dir: str
     method: str
     seed: int
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class SweepDir:
@@ -127,7 +120,7 @@ class SweepDir:
             d = self.setting_dir(entry)
             d.mkdir(parents=True, exist_ok=True)
             cfg = {**s.config, "seeds": seeds}
-            _atomic_write(d / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+            atomic_write_text(RunDir(d).config, yaml.safe_dump(cfg, sort_keys=False))
         self.index["invocations"].append(
             {
                 "command": "compatkit " + shlex.join(argv),
@@ -139,10 +132,10 @@ class SweepDir:
 
     def save_index(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.index_path, json.dumps(self.index, indent=1))
+        atomic_write_text(self.index_path, json.dumps(self.index, indent=1))
 
     def done_path(self, job: Job) -> Path:
-        return Path(job.dir) / job.method / f"seed_{job.seed}" / DONE
+        return RunDir(job.dir).done(job.method, job.seed)
 
     def jobs(self, hashes: list[str]) -> tuple[list[Job], list[Job]]:
         """``(pending, finished)`` jobs of the given settings, in grid order."""
@@ -171,58 +164,51 @@ def run_job(job: Job, threads: int | None = None) -> dict[str, Any]:
     import torch
 
     from ..config import load_config
-    from ..progress import RunLog
-    from ..protocol import Runner, evaluate_run
+    from ..protocol.experiment import run_experiment
+    from ..runtime.log import RunLog
 
-    run_dir = Path(job.dir)
-    cfg = load_config(run_dir / "config.yaml")
+    dirs = RunDir(job.dir)
+    cfg = load_config(dirs.config)
     cfg.seeds = [job.seed]
     if threads:
         cfg.num_workers_threads = threads
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    log = RunLog(run_dir / "log.txt", quiet=True, live=False)
+    log = RunLog(dirs.log, quiet=True, live=False)
     try:
-        runner = Runner(cfg, run_dir, log)
-        runner.ensure_providers()  # cached by the sweep before any job starts
-        runner.run_sequence(job.method, job.seed, resume=True)
-        res = evaluate_run(runner, [job.method])[job.method]
+        # providers are cached by the sweep before any job starts
+        results = run_experiment(
+            cfg, dirs.root, log=log, methods=[job.method], records=False, write=False
+        )
     finally:
         log.close()
+    res = results[job.method]
     done = {
         "seed": job.seed,
         "seconds": round(time.perf_counter() - t0, 1),
         **{k: res.get(k) for k in ("AC", "AM", "local_final", "local_mean", "final_self")},
     }
-    path = Path(job.dir) / job.method / f"seed_{job.seed}" / DONE
-    _atomic_write(path, json.dumps(done))
+    atomic_write_text(dirs.done(job.method, job.seed), json.dumps(done))
     return done
 
 
 def assemble(run_dir: Path, seeds: list[int]) -> dict[str, Any]:
     """``metrics.json`` and the report of a setting from its evaluated seeds (cached features)."""
     from ..config import load_config
-    from ..progress import RunLog
-    from ..protocol import Runner, evaluate_run, write_metrics
-    from ..report import write_report
+    from ..protocol.experiment import run_experiment
+    from ..runtime.log import RunLog
 
-    cfg = load_config(run_dir / "config.yaml")
+    dirs = RunDir(run_dir)
+    cfg = load_config(dirs.config)
     cfg.seeds = list(seeds)
-    log = RunLog(run_dir / "log.txt", quiet=True, live=False)
+    secs = [read_json(dirs.done(cfg.methods[0], s)).get("seconds") for s in seeds]
+    log = RunLog(dirs.log, quiet=True, live=False)
     try:
-        runner = Runner(cfg, run_dir, log)
-        runner.write_config()  # config.yaml with the evaluated seeds, environment.json
-        results = evaluate_run(runner)
-        secs = []
-        for s in seeds:
-            done = json.loads((run_dir / cfg.methods[0] / f"seed_{s}" / DONE).read_text())
-            secs.append(done.get("seconds"))
-        results["_meta"]["seconds_per_seed"] = secs
-        write_metrics(run_dir, results)
-        write_report(run_dir)
+        return run_experiment(
+            cfg, dirs.root, log=log, train=False, records=True, meta={"seconds_per_seed": secs}
+        )
     finally:
         log.close()
-    return results
 
 
 def _watch_parent() -> None:

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint.format import load_checkpoint
 from ..data import ImageSet, Normalize
 from ..errors import CheckpointError, DataError
-from ..evaluate import extract_features
 from ..model import CompatModel
-from ..train import Precision
+from ..protocol.evaluate import extract_features
+from ..runtime.device import Precision, Runtime
 
 __all__ = ["Embedder", "load_embedder", "resolve_device"]
 
@@ -68,7 +68,7 @@ class Embedder:
 
     model: CompatModel
     meta: dict
-    """The checkpoint's verified metadata (:func:`compatkit.checkpoint.read_contract`)."""
+    """The checkpoint's verified metadata (:func:`compatkit.checkpoint.format.read_contract`)."""
     mean: list[float]
     std: list[float]
     input_size: tuple[int, int | None, int | None]
@@ -144,7 +144,8 @@ class Embedder:
         if dev != self._device:
             self.model.to(dev)
             self._device = dev
-        f = extract_features(self.model, data, self.normalize, batch_size, Precision(None, False))
+        rt = Runtime(dev, Precision(None, False), self._normalize)
+        f = extract_features(self.model, data, rt, batch_size)
         return F.normalize(f, dim=1).cpu()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

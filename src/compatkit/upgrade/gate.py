@@ -15,7 +15,7 @@ for recall@1 and mAP over the full gallery and the paper's template accuracy
 old/old) and of new/new > old/old, all of it for every query, for the queries
 of classes OLD was trained on and for those of classes OLD never saw (by class
 name). Next to them: Definition 1 in expectation and per pair
-(``compatkit.analysis.definition1_pairs``: are same-class distances across
+(``compatkit.analysis.stats.definition1_pairs``: are same-class distances across
 models no larger, and different-class ones no smaller, than within OLD?), and
 per class how far its centre moved from OLD to NEW, which tells a partial
 backfill where to start.
@@ -43,12 +43,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..analysis import definition1_pairs
-from ..checkpoint import check_compatible
+from ..analysis.run import class_margins, class_mean_directions
+from ..analysis.stats import definition1_pairs
+from ..checkpoint.format import check_compatible
 from ..data import ImageSet
 from ..errors import IncompatibleModels, InputError
-from ..retrieval import cross_model_matrix, recall_at_k
-from ..run_analysis import _class_margins, class_mean_directions
+from ..retrieval.search import cross_model_matrix, recall_at_k
 from .data import load_user_data, relabel
 from .embed import Embedder, load_embedder
 
@@ -143,7 +143,7 @@ def _definition1(qn, qo, go, ql, gl, max_pairs: int) -> dict:
             "gap_ci95": [x["gap_new_minus_old"]["low"], x["gap_new_minus_old"]["high"]],
             "holds_in_expectation": x["holds_in_expectation"],
         }
-    out["class_margin"] = _class_margins(d1)
+    out["class_margin"] = class_margins(d1)
     return out
 
 

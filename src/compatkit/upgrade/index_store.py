@@ -57,7 +57,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .. import __version__
-from ..checkpoint import _fsync_dir as fsync_dir  # one implementation of a durable rename
+from ..checkpoint.format import _fsync_dir as fsync_dir
 from ..errors import DataError, InputError
 
 __all__ = [

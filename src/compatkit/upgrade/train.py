@@ -51,15 +51,16 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint.format import load_checkpoint, save_checkpoint
 from ..config import OptimConfig
 from ..data import ImageSet, Normalize, channel_stats, steps_per_epoch
 from ..errors import CheckpointError, ConfigError
-from ..evaluate import local_accuracy
 from ..methods import METHODS, TaskContext, build_method, load_all
 from ..model import CompatModel, ModelSpec, build_model
-from ..progress import RunLog
-from ..train import resolve_precision, train_task
+from ..protocol.evaluate import local_accuracy
+from ..protocol.trainer import train_task
+from ..runtime.device import Runtime, resolve_precision
+from ..runtime.log import RunLog
 from .data import load_user_data, relabel
 
 __all__ = [
@@ -185,12 +186,12 @@ class TrainOptions:
     @classmethod
     def from_dict(cls, d: dict, source: str = "options") -> TrainOptions:
         """Build from a mapping (a YAML file's content), refusing unknown keys and bad types."""
-        from ..config import _build
+        from ..config import build
 
         if not isinstance(d, dict):
             raise ConfigError(f"{source} must hold a mapping of option: value")
         try:
-            opts = _build(cls, d)
+            opts = build(cls, d)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         return opts
@@ -345,7 +346,7 @@ def train_model(
     model's fingerprint and path, the data spec and counts, the resolved
     options, per-epoch losses, validation accuracy and timing.
     """
-    from ..protocol import resolve_device
+    from ..runtime.device import resolve_device
 
     opts = opts or TrainOptions()
     opts.validate()
@@ -451,6 +452,7 @@ def train_model(
         freeze_bn=freeze_bn,
     )
     normalize = Normalize(mean, std)
+    rt = Runtime(device, precision, normalize)
 
     model.to(device)
     present = train_set.present_classes()
@@ -485,7 +487,7 @@ def train_model(
         if s["step"] % steps == 0:
             msg = f"epoch {s['epoch'] + 1}/{optim.epochs}: loss {state['loss'] / state['n']:.4f}"
             if val_dev is not None:
-                acc = local_accuracy(model, val_dev, val_seen, normalize, 512, precision)
+                acc = local_accuracy(model, val_dev, val_seen, rt, 512)
                 restore()
                 val_hist.append(acc)
                 msg += f", validation accuracy {acc:.2f} %"
@@ -510,8 +512,7 @@ def train_model(
             train_set.to(device),
             None,
             optim,
-            normalize,
-            precision,
+            rt,
             torch.Generator(device=device).manual_seed(opts.seed),
             on_step=on_step,
         )

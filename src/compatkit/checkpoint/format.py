@@ -40,10 +40,10 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .errors import CheckpointError, IncompatibleModels
-from .model import CompatModel, ModelSpec, build_model
-from .simplex import ClassMap
+from .. import __version__
+from ..errors import CheckpointError, IncompatibleModels
+from ..model import CompatModel, ModelSpec, build_model
+from ..simplex import ClassMap
 
 __all__ = [
     "FORMAT",
@@ -328,7 +328,7 @@ def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
             what = f"a {type(obj).__name__}"
         raise CheckpointError(
             f"checkpoint {p}: not a compatkit checkpoint (found {what} without the model's "
-            "contract); write checkpoints with compatkit.checkpoint.save_checkpoint"
+            "contract); write checkpoints with compatkit.checkpoint.format.save_checkpoint"
         )
     version = obj.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:

@@ -1,4 +1,4 @@
-"""compatkit.rundir: the cache location, the run id, what a resume may change, memory files."""
+"""protocol.records: the cache location, the run id, what a resume may change, memory files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from compatkit.config import load_config
 from compatkit.data import ImageSet, RehearsalMemory
 from compatkit.errors import CheckpointError
-from compatkit.rundir import (
+from compatkit.protocol.records import (
     NEUTRAL_KEYS,
     cache_dir,
     ensure_run_record,
@@ -86,8 +86,8 @@ def test_memory_file_round_trip_and_tamper_check(tmp_path):
         load_memory(path)
 
 
-def test_a_memory_file_of_the_first_format_still_loads(tmp_path):
+def test_a_plain_state_dict_is_not_a_memory_file(tmp_path):
     m = _memory()
-    torch.save(m.state_dict(), tmp_path / "memory_0.pt")  # what compatkit 0.1.0 wrote
-    state, extra = load_memory(tmp_path / "memory_0.pt")
-    assert extra == {} and torch.equal(state["labels"], m.state_dict()["labels"])
+    torch.save(m.state_dict(), tmp_path / "memory_0.pt")  # no format, no identity, no digest
+    with pytest.raises(CheckpointError, match=r"memory_0\.pt: format None, not a memory file"):
+        load_memory(tmp_path / "memory_0.pt")

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ConfigError, DataSource, RunConfig, to_dict
-from .data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset, steps_per_epoch
-from .data.missing import DatasetNotFoundError
-from .errors import DataError
+from ..config import ConfigError, DataSource, RunConfig, to_dict
+from ..data import DATASET_STATS, ClassIncremental, ImageSet, load_dataset, steps_per_epoch
+from ..data.missing import DatasetNotFoundError
+from ..errors import DataError
 
 __all__ = ["Plan", "make_plan", "provider_key"]
 

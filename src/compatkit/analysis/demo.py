@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .analysis import (
+from ..data import Normalize
+from ..report.style import new_figure, save
+from .stats import (
     centre_drift_deg,
     class_mean_directions,
     definition1_pairs,
     stationarity_stats,
     torch_threads,
 )
-from .data import Normalize
-from .report.style import new_figure, save
 
 __all__ = ["DemoConfig", "plot_simplex_demo", "simplex_demo"]
 
@@ -64,7 +64,7 @@ class DemoConfig:
 
 def _pick(data, classes: Sequence[int], per_class: int | None, gen: torch.Generator):
     """Up to ``per_class`` images of each class (random, reproducible), labels -> 0..K-1."""
-    from .data import ImageSet
+    from ..data import ImageSet
 
     idx, lab = [], []
     for new, c in enumerate(classes):
@@ -109,11 +109,12 @@ def simplex_demo(
 
 
 def _simplex_demo(out_dir, cfg: DemoConfig, log: Callable[[str], None]) -> dict:
-    from .config import OptimConfig
-    from .data import DATASET_STATS, load_dataset
-    from .methods import TaskContext, build_method, load_all
-    from .model import ModelSpec, build_model
-    from .train import Precision, train_task
+    from ..config import OptimConfig
+    from ..data import DATASET_STATS, load_dataset
+    from ..methods import TaskContext, build_method, load_all
+    from ..model import ModelSpec, build_model
+    from ..protocol.trainer import train_task
+    from ..runtime.device import Precision, Runtime
 
     if len(cfg.classes) != 3 or len(set(cfg.classes)) != 3:
         raise ValueError(f"the K=3 demo needs three distinct classes, got {list(cfg.classes)}")
@@ -151,7 +152,8 @@ def _simplex_demo(out_dir, cfg: DemoConfig, log: Callable[[str], None]) -> dict:
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr, min_lr=lr * 1e-2, pad=2
         )
         g = torch.Generator().manual_seed(seed)
-        res = train_task(model, method, ctx, data, None, opt, normalize, Precision(None, False), g)
+        rt = Runtime(cpu, Precision(None, False), normalize)
+        res = train_task(model, method, ctx, data, None, opt, rt, g)
         return res.losses
 
     def fresh(head: str, seed: int):

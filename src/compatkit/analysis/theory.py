@@ -84,9 +84,9 @@ from pathlib import Path
 
 import torch
 
-from .analysis import definition1_pairs, mean_ci, pair_distances
-from .errors import InputError
-from .simplex import simplex_vertices
+from ..errors import InputError
+from ..simplex import simplex_vertices
+from .stats import definition1_pairs, mean_ci, pair_distances
 
 __all__ = [
     "COUPLINGS",

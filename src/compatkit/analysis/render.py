@@ -1,6 +1,6 @@
 """The analysis section of a run's report: verdicts, Definition 1 tables, stationarity.
 
-Turns the dict :func:`compatkit.run_analysis.analyze_run` computes (and writes to
+Turns the dict :func:`compatkit.analysis.run.analyze_run` computes (and writes to
 ``analysis.json``) into text: one verdict line per method, seed and metric; the per-pair
 tables; the stationarity table; links to the figures the analysis drew. Paper: Biondi et al.,
 CVPR 2024, Definition 1 (from BCT), Theorem 1 and Corollary 1. Models are numbered from 1;
@@ -205,7 +205,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     ]
 
     seed0 = str(s["seeds"][0])
-    from .report import safe_name
+    from ..report import safe_name
 
     for m, entry in result["methods"].items():
         r = entry["seeds"].get(seed0)

@@ -12,7 +12,7 @@ Compatibility and Implications for Improved Model Replacements", CVPR 2024.
 - :func:`plot_loss_across_updates`: the paper's Figure 3, the training loss of
   a d-Simplex model per epoch through every model update.
 
-The K = 3 picture of a stationary update is :mod:`compatkit.simplex_demo`. Plots use
+The K = 3 picture of a stationary update is :mod:`compatkit.analysis.demo`. Plots use
 matplotlib's object API on the Agg canvas (no pyplot, no global backend switch), in the
 style of :mod:`compatkit.report.style`; legends sit outside the axes.
 """
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 # One figure style for the report and the paper's figures.
-from .report.style import REPLACEMENT_COLOR as _REPLACEMENT_COLOR
-from .report.style import REPLACEMENT_STAR, legend_outside, model_labels
-from .report.style import new_figure as _new_figure
-from .report.style import save as _save
+from ..report.style import REPLACEMENT_COLOR as _REPLACEMENT_COLOR
+from ..report.style import REPLACEMENT_STAR, legend_outside, model_labels
+from ..report.style import new_figure as _new_figure
+from ..report.style import save as _save
 
 __all__ = ["plot_definition1", "plot_loss_across_updates", "plot_stationarity"]
 

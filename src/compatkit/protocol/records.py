@@ -1,10 +1,7 @@
-"""What a run directory holds, what identifies a run, and what a resume may change.
+"""A run's records: what identifies a run, what a resume may change, memory files, the cache.
 
-A run directory (``compatkit run --out DIR``) holds the resolved ``config.yaml``,
-``environment.json``, ``run.json`` (the run's identity), ``log.txt``, and per
-method and seed the task checkpoints ``task_T.pt``, the rehearsal memory after
-each task ``memory_T.pt`` and the feature cache ``features/``. Providers are not
-in it: they are shared by every run through one cache folder (:func:`cache_dir`).
+The paths of a run directory are :class:`~compatkit.protocol.layout.RunDir`'s. Providers are
+not in it: they are shared by every run through one cache folder (:func:`cache_dir`).
 
 Three rules keep results honest when runs are resumed, copied or mixed up:
 
@@ -33,10 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from . import __version__
-from .checkpoint import atomic_torch_save, content_digest, safe_torch_load
-from .errors import CheckpointError, ConfigError
+from .. import __version__
+from ..checkpoint.format import atomic_torch_save, content_digest, safe_torch_load
+from ..errors import CheckpointError, ConfigError
+from ..runtime.device import Precision
+from ..runtime.environment import describe_environment
+from ..runtime.files import atomic_write_json, atomic_write_text
+from .layout import RunDir
 
 __all__ = [
     "CACHE_ENV",
@@ -52,6 +54,7 @@ __all__ = [
     "read_run_id",
     "result_changes",
     "save_memory",
+    "write_run_records",
 ]
 
 CACHE_ENV = "COMPATKIT_CACHE"
@@ -87,7 +90,7 @@ def providers_cache() -> Path:
 
 
 def read_run_id(run_dir: str | os.PathLike) -> str | None:
-    """The id in ``run_dir/run.json``; None for a run made before run ids existed."""
+    """The id in ``run_dir/run.json``; None while the folder has no run record yet."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         return None
@@ -124,6 +127,49 @@ def ensure_run_record(run_dir: str | os.PathLike) -> str:
     finally:
         os.unlink(tmp)
     return read_run_id(run_dir) or run_id
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def write_run_records(dirs: RunDir, cfg: Any, device: torch.device, precision: Precision) -> str:
+    """Create a run's records (config.yaml, run.json, environment.json), or check them.
+
+    A run's config.yaml is never overwritten: when it exists (a resume), the settings must
+    agree on every key that shapes the results, and the precision this machine resolves must
+    be the one the run was trained with. Returns the run id.
+    """
+    from ..config import load_config, to_dict
+
+    if dirs.config.is_file():
+        changes = result_changes(load_config(dirs.config), cfg)
+        if changes:
+            raise ConfigError(
+                f"{dirs.config} holds other settings: {format_changes(changes)}; a run's config "
+                "is never rewritten (resume with its own settings, or start a new run)"
+            )
+        _check_precision(dirs.environment, precision)
+    else:
+        atomic_write_text(dirs.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    run_id = ensure_run_record(dirs.root)
+    if not dirs.environment.is_file():
+        atomic_write_json(dirs.environment, describe_environment(device, precision), indent=2)
+    return run_id
+
+
+def _check_precision(env_file: Path, precision: Precision) -> None:
+    if not env_file.is_file():
+        return
+    try:
+        saved = json.loads(env_file.read_text()).get("precision")
+    except (ValueError, AttributeError):
+        saved = None
+    if saved and saved != precision.name:
+        raise ConfigError(
+            f"precision: this run was trained in {saved} ({env_file}), this machine "
+            f"resolves {precision.name}; resume where the run started, or set "
+            f"device/precision so that it resolves to {saved}"
+        )
 
 
 # --------------------------------------------------------------------------- resume
@@ -164,7 +210,7 @@ def result_changes(saved: Any, asked: Any) -> list[tuple[str, Any, Any]]:
     Both arguments are ``RunConfig`` objects (or their dicts); keys are dotted
     (``train.epochs``, ``providers.1.epochs``); :data:`NEUTRAL_KEYS` are left out.
     """
-    from .config import to_dict
+    from ..config import to_dict
 
     a, b = _flatten(to_dict(saved)), _flatten(to_dict(asked))
     missing = object()
@@ -221,7 +267,7 @@ def check_identity(
 ) -> None:
     """Refuse a task checkpoint or memory file found in a slot that is not its own.
 
-    ``run_id`` None (a run made before run ids) skips the run check only.
+    ``run_id`` None (a folder without a run record) skips the run check only.
     """
     want = {"role": role, "method": method, "seed": seed, "task": task}
     if run_id is not None:
@@ -257,17 +303,11 @@ def save_memory(
 
 
 def load_memory(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(state, extra)`` of a memory file; any damage is one :class:`CheckpointError` line.
-
-    A file written before memory files had a format (a plain state dict) loads with an
-    empty ``extra``: it was read with ``weights_only=True`` too, so it is safe, only unsigned.
-    """
+    """``(state, extra)`` of a memory file; any damage is one :class:`CheckpointError` line."""
     p = Path(path)
     obj = safe_torch_load(p, "memory file")
     if not isinstance(obj, dict):
         raise CheckpointError(f"memory file {p}: holds a {type(obj).__name__}, not a memory state")
-    if "format" not in obj:  # written by compatkit 0.1.0 before the format marker
-        return obj, {}
     if obj.get("format") != MEMORY_FORMAT:
         raise CheckpointError(f"memory file {p}: format {obj.get('format')!r}, not a memory file")
     version = obj.get("format_version")

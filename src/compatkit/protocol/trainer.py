@@ -11,30 +11,34 @@ sampler (``train.sampler``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from .config import OptimConfig
-from .data import ImageSet, augment, epoch_batches, steps_per_epoch
-from .distributed import Dist, gather_rows, shard_slice
-from .errors import ConfigError
-from .methods import Method, StepInputs, TaskContext
-from .model import CompatModel, ModelOutput
+from ..checkpoint import save_checkpoint
+from ..config import OptimConfig
+from ..data import ImageSet, augment, epoch_batches, steps_per_epoch
+from ..errors import ConfigError
+from ..methods import Method, StepInputs, TaskContext
+from ..model import CompatModel, ModelOutput
+from ..runtime.device import Runtime, autocast
+from ..runtime.distributed import Dist, gather_rows, shard_slice
+from ..runtime.log import RunLog
 
 __all__ = [
     "FINITE_CHECK_EVERY",
-    "Precision",
     "TaskResult",
     "TrainingDiverged",
-    "autocast",
+    "fit",
     "make_optimizer",
-    "resolve_precision",
+    "save_on_main",
+    "task_seed",
     "train_task",
 ]
 
@@ -47,39 +51,6 @@ a diverged run stops at most this many steps late, with nothing saved."""
 class TrainingDiverged(ConfigError):
     """The training loss became NaN or infinite: the settings (learning rate, loss weights,
     precision) made the run diverge. Nothing of the failed task is saved."""
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast dtype (None = fp32) and whether a GradScaler is needed (fp16 only)."""
-
-    dtype: torch.dtype | None
-    scaler: bool
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """``auto``: bf16 on CUDA GPUs that support it, else fp16 with loss scaling; fp32 on CPU."""
-    if device.type != "cuda":
-        if name in ("fp16",):
-            raise ValueError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-        return Precision(torch.bfloat16, False) if name == "bf16" else Precision(None, False)
-    if name == "auto":
-        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {
-        "fp32": Precision(None, False),
-        "bf16": Precision(torch.bfloat16, False),
-        "fp16": Precision(torch.float16, True),
-    }[name]
-
-
-def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    if precision.dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=precision.dtype)
 
 
 def make_optimizer(
@@ -119,26 +90,27 @@ def train_task(
     data: ImageSet,
     memory: ImageSet | None,
     opt_cfg: OptimConfig,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    precision: Precision,
+    rt: Runtime,
     generator: torch.Generator,
+    *,
     space: str = "local",
     epochs: int | None = None,
     lr: float | None = None,
     on_step: Callable[[dict], None] | None = None,
     ddp_model: nn.Module | None = None,
-    dist: Dist | None = None,
 ) -> TaskResult:
     """Train ``model`` on one task's ``data`` (+ ``memory``) with ``method``'s loss.
 
-    ``data`` and ``memory`` must already be on the training device (uint8).
-    ``ddp_model`` is the DistributedDataParallel wrapper of ``model`` when
-    training on several processes (``dist``): every rank draws and augments the
-    same global batch, keeps its own shard for the forward pass, and the
-    outputs are gathered so that the loss is the global batch's (see
-    ``distributed.py``).
+    ``data`` and ``memory`` must already be on the training device (uint8); ``rt`` gives
+    the input scaling, the autocast precision and the process group. ``ddp_model`` is the
+    DistributedDataParallel wrapper of ``model`` when training on several processes: every
+    rank draws and augments the same global batch, keeps its own shard for the forward pass,
+    and the outputs are gathered so that the loss is the global batch's
+    (:mod:`compatkit.runtime.distributed`). ``on_step`` receives, after every step, the
+    epoch, step, total steps, loss and its parts (tensors), images seen and learning rate.
     """
-    d = dist or Dist()
+    d = rt.dist
+    normalize, precision = rt.normalize, rt.precision
     device = ctx.device
     epochs = epochs or opt_cfg.epochs
     base_lr = lr or opt_cfg.lr
@@ -214,6 +186,7 @@ def train_task(
                         "step": step,
                         "total": total,
                         "loss": loss,
+                        "parts": parts,
                         "seen": seen,
                         "lr": lr_now,
                     }
@@ -257,3 +230,62 @@ def _stop_if_diverged(bad_step: torch.Tensor, last: torch.Tensor, total: int) ->
         "training diverge: lower the learning rate (train.lr, or the provider's lr) or change "
         "the loss weights (method_options)"
     )
+
+
+def task_seed(seed: int, task: int, salt: int = 0) -> int:
+    """A seed per (run seed, task): resuming at task t replays exactly what t would have done."""
+    return (seed * 1_000_003 + task * 7919 + salt) % (2**63 - 1)
+
+
+def save_on_main(dist: Dist, path: Path, model: CompatModel, extra: dict) -> None:
+    """Rank 0 writes the checkpoint; every rank waits until the file is there."""
+    if dist.main:
+        save_checkpoint(path, model, extra=extra)
+    dist.barrier()
+
+
+def fit(
+    model: CompatModel,
+    method: Method,
+    ctx: TaskContext,
+    data: ImageSet,
+    memory: ImageSet | None,
+    opt: OptimConfig,
+    rt: Runtime,
+    log: RunLog,
+    label: str,
+    seed: int,
+    space: str = "local",
+) -> TaskResult:
+    """:func:`train_task` as a run does it: seeded, wrapped in DDP under ``torchrun``, with a
+    progress bar in ``log``; a divergence is reported with ``label`` in front."""
+    gen = torch.Generator(device=rt.device).manual_seed(seed)
+    n_mem = len(memory) if memory is not None else 0
+    total = opt.epochs * steps_per_epoch(len(data), n_mem, opt.batch_size, opt.sampler)
+    log.start(label, total)
+    t0 = time.perf_counter()
+
+    def on_step(s: dict) -> None:
+        if s["step"] % 10 == 0 or s["step"] == s["total"]:
+            rate = s["seen"] / max(1e-9, time.perf_counter() - t0)
+            log.advance(
+                f"ep {s['epoch'] + 1} loss {float(s['loss'].detach()):.3f} {rate:.0f} img/s"
+            )
+        else:
+            log.advance()
+
+    try:
+        ddp = None
+        if rt.dist.enabled:
+            if rt.device.type == "cuda":
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            ddp = DistributedDataParallel(model, device_ids=ids)
+        return train_task(
+            model, method, ctx, data, memory, opt, rt, gen,
+            space=space, on_step=on_step, ddp_model=ddp,
+        )  # fmt: skip
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{label}: {e}") from None
+    finally:
+        log.finish()

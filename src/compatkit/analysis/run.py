@@ -36,7 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .analysis import (
+from ..data import Normalize
+from ..errors import CheckpointError, InputError
+from ..protocol.layout import RunDir
+from ..runtime.files import atomic_write_json
+from .render import render_markdown, stationarity_lines, verdict_lines
+from .stats import (
     centre_drift_deg,
     centre_separation_deg,
     class_mean_directions,
@@ -44,9 +49,6 @@ from .analysis import (
     stationarity_stats,
     torch_threads,
 )
-from .analysis_report import render_markdown, stationarity_lines, verdict_lines
-from .data import Normalize
-from .errors import CheckpointError, InputError
 
 __all__ = [
     "ANALYSIS_FILE",
@@ -59,6 +61,7 @@ __all__ = [
     "analyze_sequence",
     "centre_drift_deg",
     "centre_separation_deg",
+    "class_margins",
     "eval_vertices",
     "load_models",
     "load_run",
@@ -70,7 +73,7 @@ __all__ = [
     "write_analysis",
 ]
 
-ANALYSIS_FILE = "analysis.json"
+ANALYSIS_FILE = RunDir(".").analysis.name
 METRICS = ("cosine", "euclidean")
 TITLE = "Analysis: Definition 1 and stationarity"
 
@@ -102,16 +105,16 @@ class RunInfo:
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     """Read ``config.yaml`` and ``metrics.json`` of a run; refuse anything else, saying why."""
-    from .config import load_config
-    from .report import load_metrics, method_names
+    from ..config import load_config
+    from ..report import load_metrics, method_names
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run directory not found: {run_dir}")
-    cfg_file = run_dir / "config.yaml"
+    cfg_file = RunDir(run_dir).config
     if not cfg_file.is_file():
         raise InputError(f"{run_dir} is not a compatkit run (no config.yaml)")
-    if not (run_dir / "metrics.json").is_file():
+    if not RunDir(run_dir).metrics.is_file():
         raise InputError(
             f"{run_dir} has no metrics.json: the run did not finish its evaluation; "
             f"run `compatkit eval {run_dir}` first"
@@ -200,36 +203,31 @@ class _FeatureSource:
     def __init__(self, info: RunInfo, log: Log) -> None:
         self.info = info
         self.log = log
-        self._runner = None
+        self._rt = None
+        self._plan = None
 
     def _computed(self, ckpt: Path) -> tuple[torch.Tensor, ...]:
-        from .evaluate import features_for
-        from .progress import RunLog
-        from .protocol import Runner
+        from ..protocol.evaluate import EvalSet, features_for
+        from ..protocol.plan import make_plan
+        from ..runtime.device import Runtime, resolve_device, resolve_precision
 
-        if self._runner is None:
+        cfg = self.info.cfg
+        if self._rt is None:
             self.log(f"feature cache missing or stale for {ckpt}: computing it from the checkpoint")
-            self._runner = Runner(self.info.cfg, self.info.run_dir, RunLog(None, quiet=True))
-        r = self._runner
-        plan = r.plan
-        norm = Normalize(plan.mean, plan.std)  # the same input scaling as evaluation
-
-        q, g, _ = features_for(
-            ckpt,
-            plan.query,
-            plan.gallery,
-            norm,
-            self.info.cfg.eval.batch_size,
-            r.precision,
-            r.device,
-            ckpt.parent / "features",
-        )
+            self._plan = plan = make_plan(cfg)
+            dev = resolve_device(cfg.device)
+            norm = Normalize(plan.mean, plan.std)  # the same input scaling as evaluation
+            self._rt = Runtime(dev, resolve_precision(cfg.precision, dev), norm)
+        plan = self._plan
+        ev = EvalSet(plan.query, plan.gallery)
+        q, g, _ = features_for(ckpt, ev, self._rt, cfg.eval.batch_size, RunDir.features_of(ckpt))
         return q, g, plan.query.labels.cpu(), plan.gallery.labels.cpu()
 
     def get(self, ckpt: Path) -> tuple[torch.Tensor, ...]:
-        from .checkpoint import file_sha256
+        from ..checkpoint import file_sha256
+        from ..protocol.evaluate import feature_cache_file
 
-        cache = ckpt.parent / "features" / f"{ckpt.stem}.features.pt"
+        cache = feature_cache_file(RunDir.features_of(ckpt), ckpt)
         if cache.is_file():
             try:
                 c = torch.load(cache, weights_only=True, map_location="cpu")
@@ -249,14 +247,14 @@ def load_models(
     info: RunInfo, method: str, seed: int, source: _FeatureSource | None = None, log: Log = _quiet
 ) -> list[ModelRecord]:
     """Features, vertices and logged losses of every task model of ``method`` / ``seed``."""
-    from .checkpoint import load_checkpoint
-    from .evaluate import task_contract
-    from .protocol import seed_dir
-    from .rundir import check_identity, read_run_id
+    from ..checkpoint.format import load_checkpoint
+    from ..protocol.evaluate import task_contract
+    from ..protocol.records import check_identity, read_run_id
 
     source = source or _FeatureSource(info, log)
-    d = seed_dir(info.run_dir, method, seed)
-    paths = [d / f"task_{t}.pt" for t in range(info.num_tasks)]
+    dirs = RunDir(info.run_dir)
+    d = dirs.seed(method, seed)
+    paths = dirs.tasks(method, seed, info.num_tasks)
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise CheckpointError(f"{method} seed {seed}: missing checkpoints {missing} in {d}")
@@ -324,7 +322,7 @@ def analyze_sequence(
                     metric=m,
                     max_pairs=max_pairs,
                 )
-            rec["class_margin"] = {m: _class_margins(rec[m]) for m in metrics}
+            rec["class_margin"] = {m: class_margins(rec[m]) for m in metrics}
             if matrix is not None:
                 c_tk, c_kk = float(matrix[t][k]), float(matrix[k][k])
                 rec["empirical"] = {"C_tk": c_tk, "C_kk": c_kk, "compatible": c_tk > c_kk}
@@ -378,7 +376,7 @@ def analyze_sequence(
     }
 
 
-def _class_margins(d1: Mapping[str, Any]) -> dict:
+def class_margins(d1: Mapping[str, Any]) -> dict:
     """E[d | different class] - E[d | same class], across models and within the old model.
 
     The different-class inequality of Definition 1 also holds when the new
@@ -455,7 +453,7 @@ def _mean(values) -> float | None:
 
 def aa_curves(metrics: Mapping[str, Any], methods: Sequence[str] | None = None) -> dict:
     """``{method: (mean AA_t, sample std or None)}`` over the seeds of a metrics dict."""
-    from .report import aa_curve, method_names
+    from ..report import aa_curve, method_names
 
     out = {}
     for m in methods or method_names(metrics):
@@ -596,10 +594,10 @@ def _analyze_run(run_dir, methods, seeds, metrics, max_pairs, no_replacement_run
 
 def _write_plots(info: RunInfo, out: dict, other: RunInfo | None) -> list[str]:
     """All figures of the analysis; returns their paths relative to the run directory."""
+    from ..report import plot_aa, safe_name
     from . import figures
-    from .report import plot_aa, safe_name
 
-    plots = info.run_dir / "plots"
+    plots = RunDir(info.run_dir).plots
     reps = info.replacement_tasks
     written = []
     seed0 = str(out["settings"]["seeds"][0])
@@ -648,7 +646,7 @@ def _earlier_plots(run_dir: Path, out: Mapping[str, Any]) -> list[str]:
     analysis (same methods, first seed and metric) and are still on disk, so the report keeps
     its links; figures of another analysis are not linked (they would show other models)."""
     try:
-        prev = json.loads((run_dir / ANALYSIS_FILE).read_text(encoding="utf-8"))
+        prev = json.loads(RunDir(run_dir).analysis.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     if not isinstance(prev, dict) or not isinstance(prev.get("settings"), dict):
@@ -668,12 +666,8 @@ def _earlier_plots(run_dir: Path, out: Mapping[str, Any]) -> list[str]:
 
 def write_analysis(run_dir: str | os.PathLike[str], result: Mapping[str, Any]) -> Path:
     """Write ``analysis.json`` atomically, then regenerate ``report.md`` (which appends it)."""
-    from .report import write_report
+    from ..report import write_report
 
-    run_dir = Path(run_dir)
-    path = run_dir / ANALYSIS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
+    path = atomic_write_json(RunDir(run_dir).analysis, dict(result))
     write_report(run_dir)
     return path

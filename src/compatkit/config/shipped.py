@@ -13,7 +13,7 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["DEFAULT_CONFIG", "config_dir", "describe", "resolve_config", "shipped_configs"]
 

@@ -35,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "Z95",
