@@ -16,7 +16,7 @@ from compatkit.retrieval import (
     recall_at_k,
     template_accuracy,
 )
-from compatkit.retrieval import search as retrieval
+from compatkit.retrieval import neighbours as retrieval
 
 # ----------------------------------------------------------------------------- slow references
 
@@ -318,14 +318,14 @@ def test_backend_argument_is_checked(monkeypatch) -> None:
 def test_auto_backend_choice(monkeypatch) -> None:
     monkeypatch.setattr(retrieval, "faiss_available", lambda: True)
     cpu = torch.device("cpu")
-    assert retrieval._backend("auto", cpu, torch.float32, True) == "faiss"
-    assert retrieval._backend("AUTO", cpu, torch.float64, True) == "torch"  # keep float64 exact
-    assert retrieval._backend("auto", cpu, torch.float32, False) == "torch"  # templates, mAP
-    assert retrieval._backend("auto", torch.device("cuda"), torch.float32, True) == "torch"
-    assert retrieval._backend("faiss", cpu, torch.float64, False) == "faiss"  # asked for
-    assert retrieval._backend("torch", cpu, torch.float32, True) == "torch"
+    assert retrieval.resolve_backend("auto", cpu, torch.float32, True) == "faiss"
+    assert retrieval.resolve_backend("AUTO", cpu, torch.float64, True) == "torch"  # keep float64 exact
+    assert retrieval.resolve_backend("auto", cpu, torch.float32, False) == "torch"  # templates, mAP
+    assert retrieval.resolve_backend("auto", torch.device("cuda"), torch.float32, True) == "torch"
+    assert retrieval.resolve_backend("faiss", cpu, torch.float64, False) == "faiss"  # asked for
+    assert retrieval.resolve_backend("torch", cpu, torch.float32, True) == "torch"
     monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
-    assert retrieval._backend("auto", cpu, torch.float32, True) == "torch"
+    assert retrieval.resolve_backend("auto", cpu, torch.float32, True) == "torch"
 
 
 @needs_faiss
@@ -372,7 +372,7 @@ def test_faiss_settles_long_tie_groups_by_index() -> None:
     g[:, 0] = 1.0  # 60 identical rows: every score ties
     g[7, 1] = 1e-3  # ... but one, which is nearer to a query along axis 1
     q = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    near = retrieval._faiss_neighbours(retrieval._flat_index(F.normalize(g)), F.normalize(q), 5)
+    near = retrieval.faiss_neighbours(retrieval.flat_index(F.normalize(g)), F.normalize(q), 5)
     assert near[0].tolist() == [0, 1, 2, 3, 4]
     assert near[1].tolist() == [7, 0, 1, 2, 3]
 
@@ -400,3 +400,24 @@ def test_cross_model_matrix_faiss_equals_torch(metric: str) -> None:
         np.testing.assert_array_equal(got, want)
     if metric.startswith("recall"):  # auto picks faiss here: still the same matrix
         np.testing.assert_array_equal(cross_model_matrix(qs, gs, ql, gl, metric=metric), want)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=needs_faiss)])
+def test_top_k_against_a_loop_with_ties(backend) -> None:
+    """Each query's k best by (score descending, index ascending), as a slow loop ranks them;
+    the features are built with many exact ties (repeated gallery rows)."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 8, generator=g)
+    gallery = base[torch.randint(0, 6, (40,), generator=g)]  # every row repeats
+    queries = torch.randn(9, 8, generator=g)
+    scores, idx = retrieval.top_k(queries, gallery, 7, backend=backend, chunk=4)
+    qn, gn = F.normalize(queries), F.normalize(gallery)
+    for i in range(len(queries)):
+        sims = [float(qn[i] @ gn[j]) for j in range(len(gallery))]
+        want = sorted(range(len(gallery)), key=lambda j: (-round(sims[j], 5), j))[:7]
+        assert idx[i].tolist() == want
+        assert scores[i].tolist() == pytest.approx([sims[j] for j in want], abs=1e-5)
+    _, all_idx = retrieval.top_k(queries, gallery, 100)  # k beyond the gallery: every row
+    assert all_idx.shape == (9, 40)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        retrieval.top_k(queries, gallery, 0)

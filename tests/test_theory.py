@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from compatkit.analysis import theory
+from compatkit.analysis import figures, montecarlo, theory
+from compatkit.analysis.montecarlo import simulate
 from compatkit.analysis.theory import (
     cap_mean_cos,
     critical_shift_deg,
@@ -17,7 +18,6 @@ from compatkit.analysis.theory import (
     expected_sq_norm_in_ball,
     sample_ball,
     sample_cap,
-    simulate,
 )
 
 
@@ -178,7 +178,7 @@ def test_simulation_matches_ball_closed_form_raw() -> None:
     # E|h_i^t - h_j^k|^2 is; check the model through the squared distance of its samples.
     K, d, ro, rn = 4, 3, 0.5, 0.2
     gen = _gen(0)
-    m = theory._Model(K, d, ro, rn, 0.0, "ball", "independent", gen)
+    m = theory.RegionModel(K, d, ro, rn, 0.0, "ball", "independent", gen)
     cls = torch.randint(0, K, (100_000,), generator=gen)
     new, old = m.query(cls)
     gal = m.old(cls)
@@ -197,7 +197,7 @@ def test_stationary_tighter_new_model_holds_in_expectation(region: str, metric: 
     # Not a coin flip: both margins clear their 95 % intervals.
     assert -r.same_gap > r.same_gap_ci
     assert r.diff_gap > r.diff_gap_ci
-    assert "holds in expectation" in theory.verdict(r)
+    assert "holds in expectation" in montecarlo.verdict(r)
 
 
 def test_corollary1_per_pair_fraction_visibly_below_one() -> None:
@@ -208,14 +208,14 @@ def test_corollary1_per_pair_fraction_visibly_below_one() -> None:
     # Even when every sample moves towards its own centre, some same-class pairs separate.
     s = simulate(K=10, r_old=0.5, r_new=0.3, coupling="shrink", n_pairs=20_000)
     assert r.same_frac < s.same_frac < 0.995
-    assert "Corollary 1" in theory.verdict(r)
+    assert "Corollary 1" in montecarlo.verdict(r)
 
 
 def test_large_shift_breaks_same_class_inequality() -> None:
     r = simulate(K=10, r_old=0.5, r_new=0.3, shift=45.0, n_pairs=20_000)
     assert not r.same_holds_in_expectation
     assert r.same_gap > r.same_gap_ci  # clearly, not by noise
-    assert "fails in expectation (same-class" in theory.verdict(r)
+    assert "fails in expectation (same-class" in montecarlo.verdict(r)
 
 
 def test_critical_shift_separates_holding_from_failing() -> None:
@@ -265,7 +265,7 @@ def test_deterministic_for_a_seed_and_embedding_in_larger_d() -> None:
 
 
 def test_sweep_covers_every_combination() -> None:
-    rs = theory.sweep(r_news=(0.2, 0.4), shifts=(0.0, 20.0), r_old=0.5, K=4, n_pairs=2000)
+    rs = montecarlo.sweep(r_news=(0.2, 0.4), shifts=(0.0, 20.0), r_old=0.5, K=4, n_pairs=2000)
     assert [(r.shift, r.r_new) for r in rs] == [(0.0, 0.2), (0.0, 0.4), (20.0, 0.2), (20.0, 0.4)]
     # Common random numbers: the old side does not depend on r_new or the shift.
     assert len({r.same_expect_old for r in rs}) == 1
@@ -297,8 +297,8 @@ def test_looser_new_model_is_allowed_but_flagged() -> None:
 
 
 def test_plots_are_written(tmp_path) -> None:
-    rs = theory.sweep(r_news=(0.2, 0.4), shifts=(0.0, 20.0), K=4, n_pairs=500)
-    p1 = theory.plot_theory(rs, tmp_path / "a" / "t.png")
-    p2 = theory.plot_theory_2d(tmp_path / "t2.png", n=20, region="cap")
+    rs = montecarlo.sweep(r_news=(0.2, 0.4), shifts=(0.0, 20.0), K=4, n_pairs=500)
+    p1 = figures.plot_theory(rs, tmp_path / "a" / "t.png")
+    p2 = figures.plot_theory_2d(tmp_path / "t2.png", n=20, region="cap")
     for p in (p1, p2):
         assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,20 +19,31 @@ style of :mod:`compatkit.report.style`; legends sit outside the axes.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-# One figure style for the report and the paper's figures.
 from ..report.style import REPLACEMENT_COLOR as _REPLACEMENT_COLOR
 from ..report.style import REPLACEMENT_STAR, legend_outside, model_labels
 from ..report.style import new_figure as _new_figure
 from ..report.style import save as _save
 
-__all__ = ["plot_definition1", "plot_loss_across_updates", "plot_stationarity"]
+# One figure style for the report and the paper's figures.
+from .montecarlo import TheoryResult
+from .theory import RegionModel, check_setting
+
+__all__ = [
+    "plot_definition1",
+    "plot_loss_across_updates",
+    "plot_stationarity",
+    "plot_theory",
+    "plot_theory_2d",
+]
 
 
 # --------------------------------------------------------------------------- Definition 1
@@ -330,3 +341,111 @@ def plot_loss_across_updates(
     fig.suptitle("Training loss across model updates (paper Figure 3)", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_theory(results: Sequence[TheoryResult], path: str | Path) -> Path:
+    """Per-pair fractions and expectation margins against r_new/r_old, one line per shift.
+
+    Left: per-pair satisfaction (same class solid, different class dashed);
+    Corollary 1 says these stay below 1. Right: the margin of each inequality
+    in expectation, signed so that > 0 means it holds (same: E_old - E_new,
+    different: E_new - E_old), with 95 % intervals.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    shifts = sorted({r.shift for r in results})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, sh in enumerate(shifts):
+        rs = sorted(
+            (r for r in results if r.shift == sh), key=lambda r: r.r_new / max(r.r_old, 1e-12)
+        )
+        x = [r.r_new / r.r_old if r.r_old > 0 else float("nan") for r in rs]
+        c = colors[n % len(colors)]
+        lab = "stationary" if sh == 0 else f"shift {sh:g}°"
+        ax1.plot(x, [r.same_frac for r in rs], "o-", color=c, label=f"{lab}: same")
+        ax1.plot(x, [r.diff_frac for r in rs], "s--", color=c, label=f"{lab}: different")
+        ax2.errorbar(
+            x, [-r.same_gap for r in rs], yerr=[r.same_gap_ci for r in rs],
+            fmt="o-", color=c, capsize=3, label=f"{lab}: same (E_old - E_new)",
+        )  # fmt: skip
+        ax2.errorbar(
+            x, [r.diff_gap for r in rs], yerr=[r.diff_gap_ci for r in rs],
+            fmt="s--", color=c, capsize=3, label=f"{lab}: different (E_new - E_old)",
+        )  # fmt: skip
+    ax1.axhline(1.0, color="k", lw=0.8)
+    ax1.set_xlabel("r_new / r_old")
+    ax1.set_ylabel("fraction of pairs satisfying Definition 1")
+    ax1.set_title("per pair (Corollary 1: < 1)")
+    ax1.set_ylim(0, 1.05)
+    ax1.legend(fontsize=7)
+    ax2.axhline(0.0, color="k", lw=0.8)
+    ax2.set_xlabel("r_new / r_old")
+    ax2.set_ylabel("margin in expectation (> 0: holds)")
+    ax2.set_title("in expectation (Theorem 1)")
+    ax2.legend(fontsize=7)
+    if results:
+        r0 = results[0]
+        fig.suptitle(
+            f"K={r0.K}, d={r0.d}, {r0.region}, {r0.metric}"
+            f"{'' if r0.normalize else ' (raw)'}, {r0.coupling}, r_old={r0.r_old:g}",
+            fontsize=10,
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_theory_2d(
+    path: str | Path,
+    r_old: float = 0.5,
+    r_new: float = 0.3,
+    shift: float = 30.0,
+    region: str = "ball",
+    n: int = 150,
+    seed: int = 0,
+) -> Path:
+    """K=3, d=2: old and new samples around the simplex vertices, stationary vs shifted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    check_setting(3, 2, r_old, r_new, region, "euclidean", "independent")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, sh in zip(axes, (0.0, shift), strict=True):
+        gen = torch.Generator().manual_seed(int(seed))
+        model = RegionModel(3, 2, r_old, r_new, sh, region, "independent", gen)
+        t = torch.linspace(0, 2 * math.pi, 200)
+        ax.plot(torch.cos(t), torch.sin(t), color="0.8", lw=0.8)
+        for c in range(3):
+            cls = torch.full((n,), c, dtype=torch.long)
+            new, old = model.query(cls)
+            col = colors[c]
+            ax.scatter(old[:, 0], old[:, 1], s=8, facecolors="none", edgecolors=col, alpha=0.5)
+            ax.scatter(new[:, 0], new[:, 1], s=8, color=col, alpha=0.8)
+            v = model.centers[c]
+            ax.plot([0, v[0]], [0, v[1]], color=col, lw=1)
+            ax.scatter([v[0]], [v[1]], marker="*", s=150, color="k", zorder=5)
+        ax.set_aspect("equal")
+        ax.set_xlim(-1.8, 1.8)
+        ax.set_ylim(-1.8, 1.8)
+        ax.set_title("stationary centres" if sh == 0 else f"new centres rotated by {sh:g}°")
+    axes[0].scatter([], [], facecolors="none", edgecolors="k", label=f"old model (r={r_old:g})")
+    axes[0].scatter([], [], color="k", label=f"new model (r={r_new:g})")
+    axes[0].scatter([], [], marker="*", color="k", label="d-Simplex vertex")
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"Theorem 1 model, K=3, d=2, {region}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

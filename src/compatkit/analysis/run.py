@@ -247,7 +247,7 @@ def load_models(
     info: RunInfo, method: str, seed: int, source: _FeatureSource | None = None, log: Log = _quiet
 ) -> list[ModelRecord]:
     """Features, vertices and logged losses of every task model of ``method`` / ``seed``."""
-    from ..checkpoint.format import load_checkpoint
+    from ..checkpoint import load_checkpoint
     from ..protocol.evaluate import task_contract
     from ..protocol.records import check_identity, read_run_id
 

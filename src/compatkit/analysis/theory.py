@@ -78,33 +78,25 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..errors import InputError
 from ..simplex import simplex_vertices
-from .stats import definition1_pairs, mean_ci, pair_distances
 
 __all__ = [
     "COUPLINGS",
     "REGIONS",
-    "TheoryResult",
+    "RegionModel",
     "cap_mean_cos",
+    "check_setting",
     "critical_shift_deg",
     "expected_cosine_distance_caps",
     "expected_norm_in_ball",
     "expected_sq_distance_balls",
     "expected_sq_norm_in_ball",
-    "plot_theory",
-    "plot_theory_2d",
     "sample_ball",
     "sample_cap",
-    "simulate",
-    "sweep",
-    "verdict",
 ]
 
 REGIONS = ("ball", "cap")
@@ -112,7 +104,7 @@ COUPLINGS = ("independent", "shrink")
 METRICS = ("euclidean", "cosine")
 
 # Rows of d-dim float64 drawn per chunk: bounds memory for large K (d = K-1).
-_CHUNK_ELEMS = 1 << 22
+CHUNK_ELEMS = 1 << 22
 
 
 # --------------------------------------------------------------------------- closed forms
@@ -293,86 +285,12 @@ def _rotate(x: torch.Tensor, mu: torch.Tensor, v: torch.Tensor, alpha: float) ->
 # --------------------------------------------------------------------------- simulation
 
 
-@dataclass
-class TheoryResult:
-    """One setting of the model: Definition 1 per pair and in expectation."""
-
-    same_frac: float
-    """Fraction of same-class pairs with d(h_i^t, h_j^k) <= d(h_i^k, h_j^k)."""
-    diff_frac: float
-    """Fraction of different-class pairs with d(h_i^t, h_j^k) >= d(h_i^k, h_j^k)."""
-    same_expect_new: float
-    same_expect_old: float
-    diff_expect_new: float
-    diff_expect_old: float
-    same_holds_in_expectation: bool
-    diff_holds_in_expectation: bool
-    same_ci_new: float
-    """95 % half-widths of the four expectations (normal approximation)."""
-    same_ci_old: float
-    diff_ci_new: float
-    diff_ci_old: float
-    same_gap: float
-    """E_new - E_old (paired): <= 0 is the same-class inequality in expectation."""
-    same_gap_ci: float
-    diff_gap: float
-    """E_new - E_old (paired): >= 0 is the different-class inequality in expectation."""
-    diff_gap_ci: float
-    n_pairs: int
-    """Pairs per group (same-class and different-class each)."""
-    K: int
-    d: int
-    r_old: float
-    r_new: float
-    shift: float
-    """Rotation of each new centre away from its vertex, degrees (0 = stationary)."""
-    region: str
-    metric: str
-    normalize: bool
-    coupling: str
-    seed: int
-    n_per_class: int | None = None
-    notes: list[str] = field(default_factory=list)
-    """Flags about the setting (r_new > r_old, a ball containing the origin, ...)."""
-
-    @property
-    def stationary(self) -> bool:
-        return self.shift == 0.0
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["verdict"] = verdict(self)
-        return out
+# --------------------------------------------------------------------------- the model
 
 
-def verdict(res: TheoryResult) -> str:
-    """One line: whether Definition 1 holds in expectation, and the per-pair fractions."""
-    failed = []
-    if not res.same_holds_in_expectation:
-        failed.append("same-class")
-    if not res.diff_holds_in_expectation:
-        failed.append("different-class")
-    head = (
-        "holds in expectation" if not failed else "fails in expectation (" + ", ".join(failed) + ")"
-    )
-    # A gap whose interval contains 0 is a tie within the Monte Carlo noise.
-    tied = [
-        name
-        for name, gap, hw in (
-            ("same", res.same_gap, res.same_gap_ci),
-            ("diff", res.diff_gap, res.diff_gap_ci),
-        )
-        if abs(gap) <= hw
-    ]
-    if tied:
-        head += " [" + "/".join(tied) + " gap within 95% CI]"
-    pp = f"per-pair {res.same_frac:.2f} / {res.diff_frac:.2f}"
-    if res.same_frac < 1.0 or res.diff_frac < 1.0:
-        pp += " < 1 (Corollary 1)"
-    return f"{head}; {pp}"
-
-
-def _validate(K: int, d: int, r_old: float, r_new: float, region: str, metric: str, coupling: str):
+def check_setting(
+    K: int, d: int, r_old: float, r_new: float, region: str, metric: str, coupling: str
+):
     if not isinstance(K, int) or K < 2:
         raise InputError(f"K must be an integer >= 2, got {K!r}")
     if d < K - 1:
@@ -393,22 +311,7 @@ def _validate(K: int, d: int, r_old: float, r_new: float, region: str, metric: s
         raise InputError(f"coupling must be one of {list(COUPLINGS)}, got {coupling!r}")
 
 
-def _notes(r_old: float, r_new: float, region: str, metric: str, normalize: bool) -> list[str]:
-    notes = []
-    if r_new > r_old:
-        notes.append(
-            "r_new > r_old: the new model is looser than the old; Theorem 1 does not apply"
-        )
-    if region == "ball" and max(r_old, r_new) >= 1.0 and (normalize or metric == "cosine"):
-        notes.append(
-            "ball radius >= 1 reaches the origin: normalised features of a class can point anywhere"
-        )
-    if region == "ball" and metric == "euclidean" and not normalize:
-        notes.append("raw Euclidean distances (not the normalised features retrieval compares)")
-    return notes
-
-
-class _Model:
+class RegionModel:
     """Centres, rotation directions and samplers of one (K, d, radii, shift) setting."""
 
     def __init__(self, K, d, r_old, r_new, shift, region, coupling, generator):
@@ -439,252 +342,3 @@ class _Model:
         if self.alpha != 0.0:
             new = _rotate(new, self.centers[cls], self.perp[cls], self.alpha)
         return new, old
-
-
-def simulate(
-    K: int = 10,
-    d: int | None = None,
-    r_old: float = 0.5,
-    r_new: float = 0.3,
-    shift: float = 0.0,
-    region: str = "ball",
-    n_per_class: int | None = None,
-    n_pairs: int = 100_000,
-    metric: str = "euclidean",
-    seed: int = 0,
-    coupling: str = "independent",
-    normalize: bool = True,
-) -> TheoryResult:
-    """Monte Carlo estimate of Definition 1 under the model of the module docstring.
-
-    Args:
-        K: number of classes (simplex vertices).
-        d: feature dimension, >= K-1 and >= 2; None means max(K-1, 2).
-        r_old, r_new: class radii of the old and new models (ball: Euclidean;
-            cap: angular, radians).
-        shift: rotation of the new centres in degrees (0: stationary update).
-        region: ``"ball"`` or ``"cap"``.
-        n_per_class: None (default) draws every pair from fresh, independent
-            samples, so the pairs are i.i.d. and the intervals exact; an integer
-            builds a finite query and gallery set of that many samples per
-            class and evaluates it with :func:`analysis.definition1_pairs`, the
-            code path used on real features.
-        n_pairs: pairs per group (same-class and different-class each).
-        metric: ``"euclidean"`` or ``"cosine"``.
-        seed: everything is drawn from one generator seeded with it.
-        coupling: ``"independent"`` or ``"shrink"`` (see the module docstring).
-        normalize: L2-normalise before the Euclidean distance (default, as
-            retrieval does); False measures raw Euclidean distances.
-    """
-    d = max(K - 1, 2) if d is None else int(d)
-    _validate(K, d, r_old, r_new, region, metric, coupling)
-    if n_pairs < 2:
-        raise InputError(f"n_pairs must be >= 2, got {n_pairs}")
-    gen = torch.Generator().manual_seed(int(seed))
-    model = _Model(K, d, r_old, r_new, shift, region, coupling, gen)
-
-    if n_per_class is not None:
-        if n_per_class < 2:
-            raise InputError(f"n_per_class must be >= 2, got {n_per_class}")
-        labels = torch.arange(K).repeat_interleave(n_per_class)
-        new_q, old_q = model.query(labels)
-        old_g = model.old(labels)  # a separate gallery set, drawn from the old model
-        rep = definition1_pairs(
-            new_q, old_q, old_g, labels, labels, metric, n_pairs, gen, False, normalize
-        )
-        groups = {}
-        for name in ("same", "diff"):
-            g = rep[name]
-            groups[name] = (
-                g["frac"],
-                g["expect_new"],
-                g["expect_old"],
-                g["gap_new_minus_old"],
-                g["n_pairs"],
-            )
-    else:
-        groups = {}
-        step = max(1, _CHUNK_ELEMS // d)
-        for name, same in (("same", True), ("diff", False)):
-            d_new_all, d_old_all = [], []
-            for s in range(0, n_pairs, step):
-                m = min(step, n_pairs - s)
-                a = torch.randint(0, K, (m,), generator=gen)
-                # A different class, uniform over the other K-1.
-                b = a if same else (a + torch.randint(1, K, (m,), generator=gen)) % K
-                new_q, old_q = model.query(a)
-                old_g = model.old(b)
-                d_new_all.append(pair_distances(new_q, old_g, metric, normalize))
-                d_old_all.append(pair_distances(old_q, old_g, metric, normalize))
-            dn, do = torch.cat(d_new_all), torch.cat(d_old_all)
-            ok = dn <= do if same else dn >= do
-            groups[name] = (
-                float(ok.double().mean()),
-                mean_ci(dn),
-                mean_ci(do),
-                mean_ci(dn - do),
-                n_pairs,
-            )
-
-    s_frac, s_new, s_old, s_gap, n_s = groups["same"]
-    d_frac, d_new, d_old, d_gap, n_d = groups["diff"]
-    return TheoryResult(
-        same_frac=s_frac,
-        diff_frac=d_frac,
-        same_expect_new=s_new["mean"],
-        same_expect_old=s_old["mean"],
-        diff_expect_new=d_new["mean"],
-        diff_expect_old=d_old["mean"],
-        same_holds_in_expectation=bool(s_new["mean"] <= s_old["mean"]),
-        diff_holds_in_expectation=bool(d_new["mean"] >= d_old["mean"]),
-        same_ci_new=s_new["half_width"],
-        same_ci_old=s_old["half_width"],
-        diff_ci_new=d_new["half_width"],
-        diff_ci_old=d_old["half_width"],
-        same_gap=s_gap["mean"],
-        same_gap_ci=s_gap["half_width"],
-        diff_gap=d_gap["mean"],
-        diff_gap_ci=d_gap["half_width"],
-        n_pairs=min(n_s, n_d),
-        K=K,
-        d=d,
-        r_old=float(r_old),
-        r_new=float(r_new),
-        shift=float(shift),
-        region=region,
-        metric=metric,
-        normalize=bool(normalize),
-        coupling=coupling,
-        seed=int(seed),
-        n_per_class=n_per_class,
-        notes=_notes(r_old, r_new, region, metric, normalize),
-    )
-
-
-def sweep(
-    r_news: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
-    shifts: Sequence[float] = (0.0, 30.0),
-    r_old: float = 0.5,
-    **kwargs,
-) -> list[TheoryResult]:
-    """:func:`simulate` over every (shift, r_new) combination, shifts outermost.
-
-    Every setting uses the same seed (common random numbers), so differences
-    between settings are not blurred by independent Monte Carlo noise.
-    """
-    return [
-        simulate(r_old=r_old, r_new=float(rn), shift=float(sh), **kwargs)
-        for sh in shifts
-        for rn in r_news
-    ]
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def plot_theory(results: Sequence[TheoryResult], path: str | Path) -> Path:
-    """Per-pair fractions and expectation margins against r_new/r_old, one line per shift.
-
-    Left: per-pair satisfaction (same class solid, different class dashed);
-    Corollary 1 says these stay below 1. Right: the margin of each inequality
-    in expectation, signed so that > 0 means it holds (same: E_old - E_new,
-    different: E_new - E_old), with 95 % intervals.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    shifts = sorted({r.shift for r in results})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for n, sh in enumerate(shifts):
-        rs = sorted(
-            (r for r in results if r.shift == sh), key=lambda r: r.r_new / max(r.r_old, 1e-12)
-        )
-        x = [r.r_new / r.r_old if r.r_old > 0 else float("nan") for r in rs]
-        c = colors[n % len(colors)]
-        lab = "stationary" if sh == 0 else f"shift {sh:g}°"
-        ax1.plot(x, [r.same_frac for r in rs], "o-", color=c, label=f"{lab}: same")
-        ax1.plot(x, [r.diff_frac for r in rs], "s--", color=c, label=f"{lab}: different")
-        ax2.errorbar(
-            x, [-r.same_gap for r in rs], yerr=[r.same_gap_ci for r in rs],
-            fmt="o-", color=c, capsize=3, label=f"{lab}: same (E_old - E_new)",
-        )  # fmt: skip
-        ax2.errorbar(
-            x, [r.diff_gap for r in rs], yerr=[r.diff_gap_ci for r in rs],
-            fmt="s--", color=c, capsize=3, label=f"{lab}: different (E_new - E_old)",
-        )  # fmt: skip
-    ax1.axhline(1.0, color="k", lw=0.8)
-    ax1.set_xlabel("r_new / r_old")
-    ax1.set_ylabel("fraction of pairs satisfying Definition 1")
-    ax1.set_title("per pair (Corollary 1: < 1)")
-    ax1.set_ylim(0, 1.05)
-    ax1.legend(fontsize=7)
-    ax2.axhline(0.0, color="k", lw=0.8)
-    ax2.set_xlabel("r_new / r_old")
-    ax2.set_ylabel("margin in expectation (> 0: holds)")
-    ax2.set_title("in expectation (Theorem 1)")
-    ax2.legend(fontsize=7)
-    if results:
-        r0 = results[0]
-        fig.suptitle(
-            f"K={r0.K}, d={r0.d}, {r0.region}, {r0.metric}"
-            f"{'' if r0.normalize else ' (raw)'}, {r0.coupling}, r_old={r0.r_old:g}",
-            fontsize=10,
-        )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_theory_2d(
-    path: str | Path,
-    r_old: float = 0.5,
-    r_new: float = 0.3,
-    shift: float = 30.0,
-    region: str = "ball",
-    n: int = 150,
-    seed: int = 0,
-) -> Path:
-    """K=3, d=2: old and new samples around the simplex vertices, stationary vs shifted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _validate(3, 2, r_old, r_new, region, "euclidean", "independent")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, sh in zip(axes, (0.0, shift), strict=True):
-        gen = torch.Generator().manual_seed(int(seed))
-        model = _Model(3, 2, r_old, r_new, sh, region, "independent", gen)
-        t = torch.linspace(0, 2 * math.pi, 200)
-        ax.plot(torch.cos(t), torch.sin(t), color="0.8", lw=0.8)
-        for c in range(3):
-            cls = torch.full((n,), c, dtype=torch.long)
-            new, old = model.query(cls)
-            col = colors[c]
-            ax.scatter(old[:, 0], old[:, 1], s=8, facecolors="none", edgecolors=col, alpha=0.5)
-            ax.scatter(new[:, 0], new[:, 1], s=8, color=col, alpha=0.8)
-            v = model.centers[c]
-            ax.plot([0, v[0]], [0, v[1]], color=col, lw=1)
-            ax.scatter([v[0]], [v[1]], marker="*", s=150, color="k", zorder=5)
-        ax.set_aspect("equal")
-        ax.set_xlim(-1.8, 1.8)
-        ax.set_ylim(-1.8, 1.8)
-        ax.set_title("stationary centres" if sh == 0 else f"new centres rotated by {sh:g}°")
-    axes[0].scatter([], [], facecolors="none", edgecolors="k", label=f"old model (r={r_old:g})")
-    axes[0].scatter([], [], color="k", label=f"new model (r={r_new:g})")
-    axes[0].scatter([], [], marker="*", color="k", label="d-Simplex vertex")
-    axes[0].legend(loc="lower left", fontsize=8)
-    fig.suptitle(f"Theorem 1 model, K=3, d=2, {region}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

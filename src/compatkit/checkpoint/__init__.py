@@ -5,22 +5,20 @@
 refused by name); ``check_compatible`` to refuse comparing two models that cannot be compared.
 """
 
+from ..errors import CheckpointError, IncompatibleModels
+from .compat import ModelLike, check_compatible
 from .format import (
     FORMAT,
     FORMAT_VERSION,
-    CheckpointError,
-    IncompatibleModels,
-    ModelLike,
     atomic_torch_save,
-    check_compatible,
     content_digest,
     file_sha256,
     load_checkpoint,
     read_contract,
-    safe_torch_load,
     save_checkpoint,
     state_dict_mismatch,
 )
+from .safeload import foreign_imports, safe_torch_load
 
 __all__ = [
     "FORMAT",
@@ -32,6 +30,7 @@ __all__ = [
     "check_compatible",
     "content_digest",
     "file_sha256",
+    "foreign_imports",
     "load_checkpoint",
     "read_contract",
     "safe_torch_load",

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..checkpoint.format import save_checkpoint
+    from ..checkpoint import save_checkpoint
     from ..interop import convert_iamcl2r
 
     src, out = Path(args.file), Path(args.out)

@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _print_table(results: list) -> None:
-    from ..analysis import theory
+    from ..analysis import montecarlo
 
     header = ["r_new", "shift°", "same frac", "diff frac", "E same new/old", "E diff new/old"]
     rows = []
@@ -96,18 +96,18 @@ def _print_table(results: list) -> None:
         for row in rows:
             print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     for r in results:
-        line = f"r_new={r.r_new:g} shift={r.shift:g}°: {theory.verdict(r)}"
+        line = f"r_new={r.r_new:g} shift={r.shift:g}°: {montecarlo.verdict(r)}"
         for note in r.notes:
             line += f"\n    note: {note}"
         print(line)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..analysis import theory
+    from ..analysis import figures, montecarlo, theory
 
     if args.pairs < 2:
         raise InputError(f"--pairs must be >= 2, got {args.pairs}")
-    results = theory.sweep(
+    results = montecarlo.sweep(
         r_news=args.r_new,
         shifts=args.shift,
         r_old=args.r_old,
@@ -151,8 +151,8 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         files = [
-            theory.plot_theory(results, out / "theory.png"),
-            theory.plot_theory_2d(
+            figures.plot_theory(results, out / "theory.png"),
+            figures.plot_theory_2d(
                 out / "theory_2d.png",
                 r_old=args.r_old,
                 r_new=args.r_new[0],

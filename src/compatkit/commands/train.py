@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
         log.close()
     x = res.extra
     names = x["class_names"]
-    from ..checkpoint.format import read_contract
+    from ..checkpoint import read_contract
 
     sha = read_contract(out)["sha256"]
     line = f"wrote {out}: {len(names)} classes, {x['data']['images']} images, {x['method']}"

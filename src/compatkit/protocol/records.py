@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from .. import __version__
-from ..checkpoint.format import atomic_torch_save, content_digest, safe_torch_load
+from ..checkpoint import atomic_torch_save, content_digest, safe_torch_load
 from ..errors import CheckpointError, ConfigError
 from ..runtime.device import Precision
 from ..runtime.environment import describe_environment

@@ -1,16 +1,10 @@
-"""Retrieval: nearest neighbours with one tie rule, template accuracy, recall@k, mAP, and the
+"""Retrieval: nearest neighbours with one tie rule, template accuracy, recall@K, mAP, and the
 cross-model compatibility matrix (query features of one model against gallery features of
 another)."""
 
-from .search import (
-    BACKENDS,
-    class_templates,
-    cross_model_matrix,
-    faiss_available,
-    mean_average_precision,
-    recall_at_k,
-    template_accuracy,
-)
+from .matrix import cross_model_matrix
+from .measures import class_templates, mean_average_precision, recall_at_k, template_accuracy
+from .neighbours import BACKENDS, faiss_available, top_k
 
 __all__ = [
     "BACKENDS",
@@ -20,4 +14,5 @@ __all__ = [
     "mean_average_precision",
     "recall_at_k",
     "template_accuracy",
+    "top_k",
 ]

@@ -97,7 +97,7 @@ def margins(vectors: Vectors, labels: np.ndarray, rows: int = BLOCK_ROWS) -> np.
     """Per item, cos(own class template) - max cos(other class templates) (float64).
 
     Templates: the normalised mean of each class's unit vectors, as
-    :func:`compatkit.retrieval.search.class_templates`. Two passes over the gallery,
+    :func:`compatkit.retrieval.class_templates`. Two passes over the gallery,
     ``rows`` items at a time. A gallery of one class has no runner-up: margin +inf.
     """
     n = labels.size

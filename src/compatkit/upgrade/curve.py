@@ -7,7 +7,7 @@ by NEW in that policy's order, the rest holding OLD vectors. At 0 % this is the
 new/old cross test of the compatibility matrix, at 100 % new/new (Biondi et
 al., CVPR 2024, Def. 1 asks new/old > old/old; old/old is drawn as the
 reference line). Metrics: recall@1 over the full mixed gallery and the paper's
-template (1:N) accuracy, both from :mod:`compatkit.retrieval.search`.
+template (1:N) accuracy, both from :mod:`compatkit.retrieval`.
 
 Nothing on disk changes: OLD's vectors are the stored ones where the index
 holds OLD vectors (and are embedded where it does not), NEW's vectors are
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import IncompatibleModels, InputError
-from ..retrieval.search import recall_at_k, template_accuracy
+from ..retrieval import recall_at_k, template_accuracy
 from .backfill import POLICIES, priority, source_images
 from .index import class_lookup, embed_all, embed_in_chunks, load_for_model, short
 from .index_store import Gallery, write_json

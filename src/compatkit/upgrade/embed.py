@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint.format import load_checkpoint
+from ..checkpoint import load_checkpoint
 from ..data import ImageSet, Normalize
 from ..errors import CheckpointError, DataError
 from ..model import CompatModel
@@ -68,7 +68,7 @@ class Embedder:
 
     model: CompatModel
     meta: dict
-    """The checkpoint's verified metadata (:func:`compatkit.checkpoint.format.read_contract`)."""
+    """The checkpoint's verified metadata (:func:`compatkit.checkpoint.read_contract`)."""
     mean: list[float]
     std: list[float]
     input_size: tuple[int, int | None, int | None]

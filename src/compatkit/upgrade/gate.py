@@ -45,10 +45,10 @@ import torch.nn.functional as F
 
 from ..analysis.run import class_margins, class_mean_directions
 from ..analysis.stats import definition1_pairs
-from ..checkpoint.format import check_compatible
+from ..checkpoint import check_compatible
 from ..data import ImageSet
 from ..errors import IncompatibleModels, InputError
-from ..retrieval.search import cross_model_matrix, recall_at_k
+from ..retrieval import cross_model_matrix, recall_at_k
 from .data import load_user_data, relabel
 from .embed import Embedder, load_embedder
 

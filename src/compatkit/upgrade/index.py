@@ -16,7 +16,7 @@ the service side of that promise:
 The gate (:func:`gate_problems`). A model M may search the index when, for
 every version V that holds vectors in it now:
 
-1. M's contract is compatible with V's (:func:`compatkit.checkpoint.format.check_compatible`:
+1. M's contract is compatible with V's (:func:`compatkit.checkpoint.check_compatible`:
    same feature dimension and input channels; for fixed heads the same kind, K,
    and every class on the same vertex), and
 2. M *is* V, or the most recent recorded check between V and M (either
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint.format import check_compatible
+from ..checkpoint import check_compatible
 from ..errors import DataError, IncompatibleModels, InputError
 from .index_search import ranking_scores, search
 from .index_store import (
@@ -309,7 +309,7 @@ def class_lookup(gallery: Gallery, names: Sequence[str]) -> np.ndarray:
 
 def average_precision(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
     """AP of each row: ``scores`` in gallery order ranked by a stable descending sort (equal
-    scores keep gallery order, as in :mod:`compatkit.retrieval.search`); rows without a relevant
+    scores keep gallery order, as in :mod:`compatkit.retrieval`); rows without a relevant
     item get NaN."""
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     rel = torch.gather(relevant, 1, order).to(torch.float64)
@@ -448,7 +448,7 @@ def read_plan(path: Path) -> dict:
 def describe(index: str | os.PathLike, verify: bool = False) -> dict:
     """What ``compatkit index info`` shows: versions and their live counts, shards, disk,
     a pending backfill, recorded checks; ``verify`` re-hashes every shard file."""
-    from ..checkpoint.format import file_sha256
+    from ..checkpoint import file_sha256
     from .index_store import PLAN
 
     g = Gallery.open(index)

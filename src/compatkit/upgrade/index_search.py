@@ -12,7 +12,7 @@ Both backends (``torch``: one matrix product and ``topk``; ``faiss``:
 only *propose* candidates. Every candidate is then rescored in float64 from the
 stored values (float16 x float32 products are exact in float64), and the final
 order is (score descending, item position ascending): the stable gallery order
-of :mod:`compatkit.retrieval.search`. So both backends return identical ids and
+of :mod:`compatkit.retrieval`. So both backends return identical ids and
 identical scores, whatever rounding their float32 kernels make, as long as the
 true top k lies within the ``k + margin`` best float32 scores of each block;
 with margin 16 that needs more than 16 items within float32 rounding (~1e-7) of
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..retrieval.search import faiss_available
+from ..retrieval import faiss_available
 from .index_store import BLOCK_ROWS, Gallery
 
 __all__ = ["SearchResult", "ranking_scores", "resolve_backend", "search"]

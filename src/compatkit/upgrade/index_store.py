@@ -57,8 +57,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .. import __version__
-from ..checkpoint.format import _fsync_dir as fsync_dir
 from ..errors import DataError, InputError
+from ..runtime.files import fsync_dir
 
 __all__ = [
     "DTYPES",

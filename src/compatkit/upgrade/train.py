@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..checkpoint.format import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import OptimConfig
 from ..data import ImageSet, Normalize, channel_stats, steps_per_epoch
 from ..errors import CheckpointError, ConfigError
