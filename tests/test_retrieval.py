@@ -319,7 +319,8 @@ def test_auto_backend_choice(monkeypatch) -> None:
     monkeypatch.setattr(retrieval, "faiss_available", lambda: True)
     cpu = torch.device("cpu")
     assert retrieval.resolve_backend("auto", cpu, torch.float32, True) == "faiss"
-    assert retrieval.resolve_backend("AUTO", cpu, torch.float64, True) == "torch"  # keep float64 exact
+    # float64 stays on torch (exact)
+    assert retrieval.resolve_backend("AUTO", cpu, torch.float64, True) == "torch"
     assert retrieval.resolve_backend("auto", cpu, torch.float32, False) == "torch"  # templates, mAP
     assert retrieval.resolve_backend("auto", torch.device("cuda"), torch.float32, True) == "torch"
     assert retrieval.resolve_backend("faiss", cpu, torch.float64, False) == "faiss"  # asked for
