@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from compatkit.config import ConfigError, load_config
-from compatkit.data.cifar import write_cifar_batch
-from compatkit.data.imagenet32 import write_imagenet32_batch
 from compatkit.protocol.plan import make_plan
+from tests.data.formats import write_cifar_batch, write_imagenet32_batch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL = sorted(CONFIGS.glob("*.y*ml"))

@@ -24,12 +24,13 @@ from PIL import Image
 
 from compatkit.config import load_config
 from compatkit.data import CifarFormatError, UnsafePickleError, load_dataset
-from compatkit.data.cifar import CIFAR_LAYOUTS, load_cifar, restricted_loads, write_cifar_batch
+from compatkit.data.cifar import CIFAR_LAYOUTS, load_cifar, restricted_loads
 from compatkit.data.download import MIRROR_ENV
 from compatkit.data.folder import ImageFolderError
 from compatkit.data.missing import DatasetNotFoundError
 from compatkit.errors import DataError
 from compatkit.protocol.plan import make_plan
+from tests.data.formats import write_cifar_batch
 
 from ..commands.cli import TINY
 

@@ -16,8 +16,8 @@ from compatkit.data.imagenet32 import (
     load_imagenet32,
     read_class_map,
     read_imagenet32_batch,
-    write_imagenet32_batch,
 )
+from tests.data.formats import write_imagenet32_batch
 
 PER_BATCH = 3  # images per batch file: the format is what is tested
 

@@ -711,8 +711,8 @@ def _data_config(tmp: Path, dataset: str, root: Path, **local) -> Path:
 
 
 def data_cases(files: Path, env: dict[str, str]) -> list[Case]:
-    from compatkit.data.cifar import write_cifar_batch
     from compatkit.data.idx import write_idx
+    from tests.data.formats import write_cifar_batch
 
     cases: list[Case] = []
 

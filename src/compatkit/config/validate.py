@@ -65,9 +65,9 @@ def check_name(key: str, name: str) -> None:
 
 
 def _check_data_source(key: str, src: DataSource) -> None:
-    from ..data.datasets import DATASETS, _canonical
+    from ..data.datasets import DATASETS, canonical_name
 
-    if _canonical(src.dataset) not in DATASETS:
+    if canonical_name(src.dataset) not in DATASETS:
         raise ConfigError(
             f"{key}.dataset: unknown dataset {src.dataset!r}; choose one of {sorted(DATASETS)}"
         )

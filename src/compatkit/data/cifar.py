@@ -16,7 +16,6 @@ downloaded file cannot execute anything while being read.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import tarfile
 import zlib
@@ -40,7 +39,6 @@ __all__ = [
     "load_cifar",
     "restricted_loads",
     "safe_numpy_globals",
-    "write_cifar_batch",
 ]
 
 
@@ -302,26 +300,3 @@ def load_cifar(layout: CifarLayout, root: Path, split: str) -> ImageSet:
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
         labels.append(torch.from_numpy(lab))
     return ImageSet(torch.cat(images), torch.cat(labels), classes)
-
-
-def write_cifar_batch(
-    path: str | os.PathLike[str],
-    images: np.ndarray,
-    labels: list[int],
-    labels_key: bytes = b"labels",
-    protocol: int = 2,
-) -> None:
-    """Write ``(N, 3, 32, 32)`` uint8 ``images`` as an official-format batch file (for tests
-    and for exporting subsets). Protocol 2 is what the distributed Python 2 files use.
-
-    Labels are stored as a list of Python ints, as in the official files: ``list()`` of a
-    numpy array would pickle numpy scalar objects, which the restricted unpickler refuses.
-    """
-    data = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
-    if data.shape[1] != 3 * 32 * 32:
-        raise CifarFormatError(f"images must be (N, 3, 32, 32), got {np.shape(images)}")
-    stored = [int(y) for y in np.asarray(labels).reshape(-1)]
-    if len(stored) != len(data):
-        raise CifarFormatError(f"{len(data)} images but {len(stored)} labels")
-    with open(path, "wb") as f:
-        pickle.dump({b"batch_label": b"batch", b"data": data, labels_key: stored}, f, protocol)

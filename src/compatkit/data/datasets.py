@@ -44,6 +44,7 @@ __all__ = [
     "DATASET_STATS",
     "SYSTEM_LOCATIONS",
     "DatasetNotFoundError",
+    "canonical_name",
     "channel_stats",
     "dataset_root",
     "env_var",
@@ -53,6 +54,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_folder",
     "load_mnist",
+    "searched_locations",
     "stats_for",
 ]
 
@@ -88,7 +90,7 @@ _ALIASES = {
 }
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     key = name.strip().lower()
     return _ALIASES.get(key, key)
 
@@ -100,7 +102,7 @@ def _cache_home() -> Path:
 
 def env_var(name: str) -> str:
     """The per-dataset environment variable, e.g. ``COMPATKIT_FASHION_MNIST``."""
-    return "COMPATKIT_" + _canonical(name).upper().replace("-", "_")
+    return "COMPATKIT_" + canonical_name(name).upper().replace("-", "_")
 
 
 def _candidates(name: str) -> list[tuple[str, Path]]:
@@ -117,7 +119,7 @@ def _candidates(name: str) -> list[tuple[str, Path]]:
 
 def dataset_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     """The folder to load dataset ``name`` from (resolution order in the module docstring)."""
-    name = _canonical(name)
+    name = canonical_name(name)
     if root is not None:
         return Path(root).expanduser()
     env = os.environ.get(env_var(name))
@@ -131,7 +133,7 @@ def dataset_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     return Path(data).expanduser() / name if data else _cache_home() / name
 
 
-def _searched(name: str, root: str | os.PathLike[str] | None) -> str:
+def searched_locations(name: str, root: str | os.PathLike[str] | None) -> str:
     """Human-readable account of the resolution, for 'not found' messages."""
     if root is not None:
         return f"the root argument ({Path(root).expanduser()})"
@@ -241,7 +243,8 @@ def _load_idx_dataset(
         missing = [s for s, p in zip(stems, paths, strict=True) if p is None]
         raise DatasetNotFoundError(
             f"{spec.title} ({split})",
-            f"{_searched(name, root)}; no {' / '.join(m + '[.gz]' for m in missing)} in {base}",
+            f"{searched_locations(name, root)}; "
+            f"no {' / '.join(m + '[.gz]' for m in missing)} in {base}",
             env=env_var(name),
             holding="the four idx files (train-images-idx3-ubyte.gz, ...)",
             failure=failure,
@@ -299,7 +302,7 @@ def _load_cifar_dataset(name: str, split: str, root: str | None, download: bool)
     if find_cifar(layout, base) is None:
         raise DatasetNotFoundError(
             layout.name,
-            f"{_searched(name, root)}; {base} is neither the extracted {layout.folder}/ "
+            f"{searched_locations(name, root)}; {base} is neither the extracted {layout.folder}/ "
             f"folder, nor holds it, nor is or holds {layout.archive}",
             env=env_var(name),
             holding=f"{layout.archive} or its extracted {layout.folder}/ folder",
@@ -337,7 +340,7 @@ def load_folder(
     if not base.is_dir():
         raise DatasetNotFoundError(
             "image folder",
-            f"{_searched('folder', root)}; {base} is not a folder",
+            f"{searched_locations('folder', root)}; {base} is not a folder",
             env=env_var("folder"),
             holding="one sub-folder of images per class (<class_name>/<image files>)",
         )
@@ -366,7 +369,7 @@ def load_dataset(
 ) -> ImageSet:
     """Load ``split`` (``"train"`` or ``"test"``) of a registered dataset as an ImageSet on
     the CPU. ``options`` go to the loader (e.g. ``image_size=`` for ``"folder"``)."""
-    key = _canonical(name)
+    key = canonical_name(name)
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     if split not in SPLITS:
@@ -399,7 +402,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
 
 def stats_for(name: str, data: ImageSet | None = None) -> tuple[Sequence[float], Sequence[float]]:
     """Registered stats of ``name``, or those computed from ``data`` when there are none."""
-    key = _canonical(name)
+    key = canonical_name(name)
     if key in DATASET_STATS:
         return DATASET_STATS[key]
     if data is None:

@@ -29,7 +29,6 @@ providers on ImageNet32 needs the 3.9 GB split in host memory once (shared by al
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,6 @@ __all__ = [
     "load_imagenet32",
     "read_class_map",
     "read_imagenet32_batch",
-    "write_imagenet32_batch",
 ]
 
 IMAGENET32_CLASSES = 1000
@@ -248,7 +246,11 @@ def load_imagenet32(
     present, else ``class_<i>``). There is no automatic download: the files need an
     image-net.org account.
     """
-    from .datasets import _searched, dataset_root, env_var  # the registry imports this module
+    from .datasets import (  # the registry imports this module
+        dataset_root,
+        env_var,
+        searched_locations,
+    )
 
     base = dataset_root("imagenet32", root)
     paths = find_imagenet32(base, split)
@@ -256,7 +258,7 @@ def load_imagenet32(
         archive = IMAGENET32_FOLDERS[split][0]
         raise DatasetNotFoundError(
             f"ImageNet32 ({split})",
-            f"{_searched('imagenet32', root)}; {_missing_report(base, split)}",
+            f"{searched_locations('imagenet32', root)}; {_missing_report(base, split)}",
             env=env_var("imagenet32"),
             holding="the extracted Imagenet32_train/ and Imagenet32_val/ folders",
             how=f"get {archive}.zip (or the _npz variant) from "
@@ -274,37 +276,3 @@ def load_imagenet32(
         labels.append(torch.from_numpy(y))
     names = _class_names(base, paths[0].parent)
     return ImageSet(torch.cat(images), torch.cat(labels), names)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def write_imagenet32_batch(
-    path: str | os.PathLike[str],
-    images: np.ndarray,
-    labels: Sequence[int],
-    npz: bool = False,
-    protocol: int = pickle.DEFAULT_PROTOCOL,
-) -> Path:
-    """Write ``(N, 3, 32, 32)`` uint8 ``images`` with **0-based** ``labels`` as an official
-    batch (labels stored 1-based, plus the ``mean`` row of the train batches), for tests and
-    for exporting a class subset that loads in a fraction of the memory.
-
-    ``npz=True`` writes ``<path>.npz`` (the suffix is added when missing); the path written
-    is returned.
-    """
-    data = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
-    if data.shape[1] != _ROW:
-        raise ValueError(f"images must be (N, 3, 32, 32), got {np.shape(images)}")
-    stored = [int(y) + 1 for y in labels]
-    if len(stored) != len(data):
-        raise ValueError(f"{len(data)} images but {len(stored)} labels")
-    mean = data.mean(axis=0) if len(data) else np.zeros(_ROW)
-    out = Path(path)
-    if npz:
-        out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
-        np.savez(out, data=data, labels=np.asarray(stored, dtype=np.int64), mean=mean)
-    else:
-        with open(out, "wb") as f:
-            pickle.dump({"data": data, "labels": stored, "mean": mean}, f, protocol)
-    return out

@@ -47,9 +47,9 @@ _CHUNK = 4096  # images per resize step: bounds the float copy to a few hundred 
 
 def _registered(name: str) -> str | None:
     """The registry key of ``name`` (aliases allowed), or None; ``folder`` needs a path."""
-    from ..data.datasets import _canonical
+    from ..data.datasets import canonical_name
 
-    key = _canonical(name)
+    key = canonical_name(name)
     return key if key in DATASETS and key != "folder" else None
 
 

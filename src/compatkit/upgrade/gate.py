@@ -43,8 +43,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..analysis.run import class_margins, class_mean_directions
-from ..analysis.stats import definition1_pairs
+from ..analysis.run import class_margins
+from ..analysis.stats import class_mean_directions, definition1_pairs
 from ..checkpoint import check_compatible
 from ..data import ImageSet
 from ..errors import IncompatibleModels, InputError
