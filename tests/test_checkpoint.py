@@ -307,29 +307,20 @@ def test_file_sha256(tmp_path) -> None:
     assert file_sha256(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
-def _rewrite_as_before_the_junction_field(path) -> None:
-    """Turn a checkpoint into one written before ``junction`` joined the contract: the field
-    absent, the digest over what remains (as that version computed it)."""
+def test_a_contract_lacking_a_field_is_refused(saved) -> None:
+    """A consistent file (digest recomputed) whose contract lacks ``junction`` cannot say
+    whether its feature is the junction's or the backbone's: refused, naming the field."""
     from compatkit.checkpoint.format import _digest
 
+    path, _ = saved
     raw = torch.load(path, weights_only=True)
     assert raw["contract"].pop("junction") is True
     raw["sha256"] = _digest(raw, raw["state_dict"])
     torch.save(raw, path)
-
-
-def test_checkpoint_without_junction_field_loads_as_before(saved) -> None:
-    path, m = saved
-    _rewrite_as_before_the_junction_field(path)
-    assert "junction" not in torch.load(path, weights_only=True)["contract"]
-    loaded, meta = load_checkpoint(path, expect={"junction": True, "head": "simplex"})
-    assert loaded.junction is not None and meta["contract"]["junction"] is True
-    assert loaded.contract() == m.contract()
-    m.eval(), loaded.eval()
-    torch.testing.assert_close(loaded(_batch()).features, m(_batch()).features, rtol=0, atol=0)
-    check_compatible(read_contract(path), m.contract())
-    with pytest.raises(CheckpointError, match="junction=True but False was expected"):
-        load_checkpoint(path, expect={"junction": False})
+    with pytest.raises(CheckpointError, match="its contract lacks 'junction'"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="its contract lacks 'junction'"):
+        read_contract(path)
 
 
 def test_junction_in_the_contract_and_compatibility(tmp_path) -> None:

@@ -57,7 +57,7 @@ PAPER = {
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_cifar_configs_hold_the_released_settings(name):
-    """The authors' released code, value by value (FIDELITY.md; where src/ and the notebooks
+    """The authors' released code, value by value (docs/method.md §7; where src/ and the notebooks
     differ, the notebooks, which printed the released numbers)."""
     cfg = load_config(CONFIGS / name)
     want = PAPER[name]

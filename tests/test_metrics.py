@@ -1,4 +1,4 @@
-"""Tests for compatkit.metrics against the METHOD.md reference matrix and hand-computed cases."""
+"""Tests for compatkit.metrics against the paper's released matrix and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from compatkit.metrics import (
     violations,
 )
 
-# d-Simplex-HOC, 7 tasks, CIFAR100R/10 (METHOD.md Sec. 6): row = query model, column = gallery.
+# d-Simplex-HOC, 7 tasks, CIFAR100R/10 (docs/reproduce.md): row = query model, column = gallery.
 REFERENCE_TEXT = """\
 58.89
 59.70 61.56
@@ -61,7 +61,7 @@ def test_reference_matrix_reproduces_paper_numbers() -> None:
     assert rep.AC == pytest.approx(20 / 21)
     assert f"{rep.AC:.2f}" == "0.95"
     assert f"{rep.AM:.2f}" == "68.90"
-    # METHOD.md's "C[5][4] = 72.11 < C[4][4] = 72.37" counts models from 1; zero-based (4, 3).
+    # the paper's "C[5][4] = 72.11 < C[4][4] = 72.37" counts models from 1; zero-based (4, 3).
     assert rep.violations == [{"row": 4, "col": 3, "value": 72.11, "self": 72.37}]
     assert rep.AA[-1] == pytest.approx(rep.AM)
     assert rep.AA[0] == pytest.approx(58.89)

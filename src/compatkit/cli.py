@@ -29,7 +29,7 @@ import traceback
 from . import __version__
 from .errors import CompatkitError
 
-# name -> module; a module not present yet is simply not offered.
+# name -> the module that defines the command
 COMMANDS = {
     "run": "compatkit.commands.run",
     "pretrain": "compatkit.commands.pretrain",
@@ -62,12 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:
-                continue
-            raise
+        mod = importlib.import_module(modname)
         sp = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(sp)
         if "--debug" not in sp._option_string_actions:

@@ -8,8 +8,8 @@ bug in compatkit and keeps its traceback (shown with ``--debug``). The rule is
 structural: a new check raises one of these classes and the CLI needs no new
 ``except`` clause.
 
-Each class also derives from ``ValueError`` so that library callers who caught
-``ValueError`` before this module existed keep working.
+Each class also derives from ``ValueError``: what the user gave has a bad value, and a
+library caller may catch it as such.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Compatibility and Implications for Improved Model Replacements", CVPR 2024.
   classes in the batch (negatives), with similarities scaled by mu.
 - ``hoc_total_loss``: Eq. 3, ``lambda * L_CE + (1 - lambda) * L_HOC``.
 
-Two forms of Eq. 4 (METHOD.md Sec. 3):
+Two forms of Eq. 4 (docs/method.md §3):
 
 ``textbook`` (default)
     L_i = -log( e^{s_ii} / (e^{s_ii} + sum_{j: y_j != y_i} e^{s_ij}) ),

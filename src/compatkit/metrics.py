@@ -1,6 +1,6 @@
 """Compatibility metrics over a cross-model matrix: AC, AM, AA_t, BC, FC.
 
-Definitions follow METHOD.md Sec. 5, i.e. the evaluation of Biondi et al.,
+Definitions follow docs/method.md §5, i.e. the evaluation of Biondi et al.,
 "Stationary Representations: Optimally Approximating Compatibility and
 Implications for Improved Model Replacements", CVPR 2024 (AC and AM, after the
 empirical criterion of BCT, Shen et al., CVPR 2020), plus BC and FC from CL2R
@@ -11,7 +11,7 @@ Index conventions (used everywhere in this module and in every JSON it feeds):
 - ``C`` is a ``(T, T)`` float64 array, **zero-based**: ``C[i][j]`` is the metric
   (in percent) of *query* features by model ``i`` against *gallery* features by
   model ``j``, defined for ``j <= i``; entries above the diagonal are NaN.
-  METHOD.md numbers models from 1, so its "C[5][4]" is ``C[4][3]`` here.
+  The docs number models from 1 for people: their "C[5][4]" is ``C[4][3]`` here.
 - A pair ``(i, j)`` with ``j < i`` is *compatible* when ``C[i][j] > C[j][j]``
   (strictly): querying the old gallery with the newer model beats the old
   model's own self-test (BCT's empirical criterion).
@@ -52,7 +52,7 @@ replacement (`` 1*  89.75``)."""
 
 
 class MatrixFileNotFound(InputError, FileNotFoundError):
-    """The matrix file named does not exist (also a FileNotFoundError, as before)."""
+    """The matrix file named does not exist (also a FileNotFoundError)."""
 
 
 # ----------------------------------------------------------------------------- loading
@@ -201,7 +201,7 @@ def load_matrix(path_or_text: str | os.PathLike | Sequence | np.ndarray) -> np.n
     Raises:
         InputError: empty input, a non-numeric token, a row shorter than its
             index requires or longer than the matrix, or a value out of range
-            (a ``ValueError``, as before).
+            (also a ``ValueError``).
         MatrixFileNotFound: a string that is neither an existing file nor
             matrix-looking text (an ``InputError`` and a ``FileNotFoundError``).
     """
@@ -387,7 +387,7 @@ def aa_curve(C) -> list[float]:
 def backward_compatibility(C) -> float | None:
     """BC (CL2R): mean over earlier models ``i`` of ``C[T-1][i] - C[i][i]`` (zero-based).
 
-    METHOD.md writes it 1-based as mean over i < T of (C[T][i] - C[i][i]): how
+    1-based, as the docs write it: mean over i < T of (C[T][i] - C[i][i]): how
     much the *last* model gains (positive) or loses (negative), in percentage
     points, when it queries each earlier model's gallery instead of that model
     querying its own. None when T = 1.
@@ -403,7 +403,7 @@ def backward_compatibility(C) -> float | None:
 def forward_compatibility(C) -> float | None:
     """FC (CL2R): mean over ``i = 1 .. T-1`` of ``C[i][i-1] - C[i][i]`` (zero-based).
 
-    METHOD.md writes it 1-based as mean over i >= 2 of (C[i][i-1] - C[i][i]):
+    1-based, as the docs write it: mean over i >= 2 of (C[i][i-1] - C[i][i]):
     how much each model loses (usually negative), in percentage points, when
     it searches the previous model's gallery instead of its own re-extracted
     one; 0 means an update costs nothing. None when T = 1.

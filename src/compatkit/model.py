@@ -1,7 +1,7 @@
 """A compatible model: backbone -> bias-free junction layer -> head.
 
-Follows the reference architecture of Biondi et al., CVPR 2024 (METHOD.md
-Sec. 2): the junction layer's output is the feature used for retrieval, and
+Follows the reference architecture of Biondi et al., CVPR 2024 (docs/method.md
+§2): the junction layer's output is the feature used for retrieval, and
 the classifier head (d-Simplex, ETF or learnable) sits on top of it. The
 model also carries its class-to-row map, so that its contract (backbone,
 feature dimension, head kind, K, class map) travels with it into checkpoints.
@@ -9,7 +9,7 @@ feature dimension, head kind, K, class map) travels with it into checkpoints.
 The junction is optional (``ModelSpec.junction``): the authors' released
 learnable-head baselines have none, and their retrieval feature is the pooled
 backbone output itself (``fc1`` exists only when the classifier's dimension
-differs from the backbone's; FIDELITY.md "feature (ER)").
+differs from the backbone's; docs/method.md §7 "feature (ER)").
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ class ModelSpec:
     junction: bool = True
     """A bias-free linear layer from the backbone's output to ``feat_dim`` (compatkit's
     default for every head). False: the feature is the pooled backbone output, and
-    ``feat_dim`` must equal the backbone's size (the released learnable-head models).
-    Checkpoints written before this field existed have a junction."""
+    ``feat_dim`` must equal the backbone's size (the released learnable-head models)."""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -25,7 +25,7 @@ __all__ = ["ClassMap", "simplex_vertices"]
 def simplex_vertices(num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Return the ``(K, K-1)`` matrix of the K unit vertices of a regular simplex.
 
-    Construction (METHOD.md Sec. 2): the K-1 standard basis vectors of R^(K-1)
+    Construction (docs/method.md §2): the K-1 standard basis vectors of R^(K-1)
     plus the point whose coordinates all equal (1 - sqrt(K)) / (K - 1); these K
     points are equidistant, so subtracting their centroid and normalising each
     row gives unit vectors with pairwise cosine exactly -1/(K-1) summing to
@@ -65,8 +65,8 @@ class ClassMap:
     ``names`` optionally gives local classes their names (``compatkit train``
     sets them from the image folders): a class is then identified by its name
     across model versions, and its label is a stable id that a successor keeps.
-    A map without names (every checkpoint of the paper's protocol) serialises
-    exactly as before the field existed.
+    A map without names (every checkpoint of the paper's protocol) stores no ``names``
+    field, so its serialised form (and a checkpoint's digest) does not depend on the option.
     """
 
     num_rows: int | None

@@ -25,7 +25,7 @@ def test_configs_lists_every_shipped_config_with_what_it_runs(tmp_path, fake_fas
     assert "Fashion-MNIST" in fashion and "(default)" in fashion
     cifar = next(line for line in lines if line.startswith("cifar100_7tasks "))
     assert cifar.split(None, 1)[1] == describe(REPO_CONFIGS / "cifar100_7tasks.yaml")
-    assert "7 tasks" in cifar and "METHOD.md" not in cifar  # references in brackets left out
+    assert "7 tasks" in cifar and "docs/" not in cifar  # references in brackets left out
 
 
 def test_configs_show_prints_the_shipped_file(tmp_path, fake_fashion):

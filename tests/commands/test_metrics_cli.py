@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-# d-Simplex-HOC, 7 tasks, CIFAR100R/10 (METHOD.md Sec. 6).
+# d-Simplex-HOC, 7 tasks, CIFAR100R/10 (docs/reproduce.md).
 REFERENCE_TEXT = """\
 58.89
 59.70 61.56
@@ -51,7 +51,7 @@ def _check_reference(out: dict) -> None:
     # FC = (-1.86 - 4.03 - 1.74 - 1.72 - 1.49 - 0.51) / 6 = -1.8917.
     assert out["BC"] == pytest.approx(14.82 / 6)
     assert out["FC"] == pytest.approx(-11.35 / 6)
-    # METHOD.md's 1-based C[5][4] < C[4][4] is row 4, column 3 zero-based.
+    # the paper's 1-based C[5][4] < C[4][4] is row 4, column 3 zero-based.
     assert out["violations"] == [{"row": 4, "col": 3, "value": 72.11, "self": 72.37}]
 
 

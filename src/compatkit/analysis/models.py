@@ -19,7 +19,7 @@ import torch
 
 from ..data import Normalize
 from ..errors import CheckpointError, InputError
-from ..protocol.layout import RunDir
+from ..runtime.layout import RunDir
 
 __all__ = [
     "FeatureSource",

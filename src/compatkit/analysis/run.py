@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..protocol.layout import RunDir
 from ..runtime.files import atomic_write_json
+from ..runtime.layout import RunDir
 from .models import (
     FeatureSource,
     Log,

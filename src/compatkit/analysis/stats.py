@@ -435,8 +435,7 @@ def torch_threads(n: int | None):
 
     The analysis works on tensors of a few hundred thousand elements, where
     intra-op threads cost more in start-up and, on a shared machine, in
-    busy-waiting than they save (one thread measured 4x faster than two on
-    two busy cores). ``None`` leaves the setting alone.
+    busy-waiting than they save. ``None`` leaves the setting alone.
     """
     if n is None:
         yield

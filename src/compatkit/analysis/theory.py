@@ -5,7 +5,7 @@ Compatibility and Implications for Improved Model Replacements", CVPR 2024,
 Sec. 3: Theorem 1 (stationary representations satisfy Definition 1 in
 expectation) and Corollary 1 (satisfying it for every pair is infeasible).
 The paper's text is not available to this project; the model below follows
-its statement as summarised in METHOD.md Sec. 1, and where it has to choose
+its statement as summarised in docs/method.md §1, and where it has to choose
 it says so.
 
 The model

@@ -61,9 +61,8 @@ FORMAT_VERSION = 1
 _META_KEYS = ("format", "format_version", "compatkit_version", "contract", "classes_seen", "extra")
 _REQUIRED = (*_META_KEYS, "state_dict", "sha256")
 FIXED_HEADS = ("simplex", "etf")
-_CONTRACT_DEFAULTS = {"junction": True}
-"""Contract fields added after format version 1 was fixed, with the value a checkpoint that
-lacks them had: such files load, and compare, as the models they always were."""
+_CONTRACT_KEYS = (*ModelSpec.__dataclass_fields__, "head_rows", "class_map")
+"""Every field a contract holds: a file lacking one cannot say what its model is."""
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -209,7 +208,12 @@ def _load_verified(path: str | os.PathLike) -> tuple[dict, Path]:
             f"checkpoint {p}: sha256 mismatch, the file was tampered with or corrupted "
             f"(stored {str(obj['sha256'])[:12]}..., computed {digest[:12]}...)"
         )
-    obj["contract"] = {**_CONTRACT_DEFAULTS, **obj["contract"]}  # after the digest: as stored
+    lacking = [k for k in _CONTRACT_KEYS if k not in obj["contract"]]
+    if lacking:
+        raise CheckpointError(
+            f"checkpoint {p}: its contract lacks {', '.join(map(repr, lacking))}, so it cannot "
+            "say what model it holds"
+        )
     return obj, p
 
 
@@ -296,7 +300,7 @@ def state_dict_mismatch(
 
     Missing keys, unexpected keys and shape mismatches are each counted in full and the
     first ``limit`` of each are named (``load_state_dict`` reports them on many lines, and a
-    one-line error cut to its first line used to hide all but the first kind).
+    one-line error cut to its first line would hide all but the first kind).
     """
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))

@@ -20,8 +20,8 @@ def main(args: argparse.Namespace) -> int:
 
     from ..config import load_config
     from ..protocol.experiment import run_experiment
-    from ..protocol.layout import RunDir
     from ..runtime.files import read_json
+    from ..runtime.layout import RunDir
     from ..runtime.log import RunLog
 
     dirs = RunDir(args.run_dir)

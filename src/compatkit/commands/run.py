@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from ..protocol.layout import RunDir
+from ..runtime.layout import RunDir
 from . import add_set_argument
 
 HELP = "run the IAM-CL2R scenario: providers, task sequence per method and seed, evaluation, report"

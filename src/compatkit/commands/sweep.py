@@ -127,7 +127,7 @@ def _providers(sweep, settings, pending, say) -> None:
     """Train every provider the pending jobs need, once, before any job starts."""
     from ..config import load_config
     from ..protocol.experiment import Experiment
-    from ..protocol.layout import RunDir
+    from ..runtime.layout import RunDir
     from ..runtime.log import RunLog
 
     todo = {j.setting for j in pending}
@@ -145,8 +145,8 @@ def _providers(sweep, settings, pending, say) -> None:
 
 
 def _assemble_if_complete(sweep, h: str) -> None:
-    from ..protocol.layout import RunDir
     from ..runtime.files import read_json
+    from ..runtime.layout import RunDir
     from ..sweep.execute import assemble
 
     entry = sweep.index["settings"][h]

@@ -187,7 +187,7 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
 
 
 class ConfigFileNotFound(ConfigError, FileNotFoundError):
-    """The config file named does not exist (also a FileNotFoundError, as before)."""
+    """The config file named does not exist (also a FileNotFoundError)."""
 
 
 class _DuplicateKey(Exception):

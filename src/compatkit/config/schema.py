@@ -79,7 +79,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with momentum and a cosine schedule (METHOD.md Sec. 4)."""
+    """SGD with momentum and a cosine schedule (docs/method.md §4)."""
 
     epochs: int = 10
     """Passes over the task's new data (paper: 70)."""
@@ -159,7 +159,7 @@ class ProviderConfig:
 
 @dataclass
 class EvalConfig:
-    """Open-set retrieval evaluation on images no model trained on (METHOD.md Sec. 4)."""
+    """Open-set retrieval evaluation on images no model trained on (docs/method.md §4)."""
 
     query: DataSource = field(default_factory=lambda: DataSource(split="test"))
     gallery: DataSource = field(default_factory=lambda: DataSource(split="test"))
@@ -180,6 +180,10 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["hoc", "er"])
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-method hyperparameters, e.g. {hoc: {lam: 0.1, mu: 10, form: textbook}}."""
+    plugins: list[str] = field(default_factory=list)
+    """Python modules to import before the config is checked, each registering methods of its
+    own (importable names, e.g. ``my_lab.methods``); installed packages can instead declare
+    theirs in the ``compatkit.methods`` entry-point group (docs/adding-a-method.md)."""
     device: str = "auto"
     """auto (cuda when available), cpu, cuda, cuda:N."""
     precision: str = "auto"
@@ -202,7 +206,8 @@ class RunConfig:
     train: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     providers_dir: str | None = None
-    """Where trained providers are cached; None = <out>/../providers (shared by runs)."""
+    """Where trained providers are cached; None = compatkit's cache, shared by every run
+    (``$COMPATKIT_CACHE/providers``, else ``~/.cache/compatkit/providers``)."""
     num_workers_threads: int = 0
     """CPU threads for torch (0 = torch's default; at most MAX_THREADS)."""
 

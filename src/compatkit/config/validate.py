@@ -120,9 +120,9 @@ def _sources(cfg: RunConfig) -> list[tuple[str, DataSource]]:
 def validate(cfg: RunConfig) -> None:
     """Static checks that need no data; data-dependent checks run in ``protocol.plan``."""
     from ..backbones import check_backbone_name
-    from ..methods import METHODS, load_all
+    from ..methods import METHODS, load_plugins
 
-    load_all()
+    load_plugins(cfg.plugins)
     check_name("name", cfg.name)
     if not cfg.methods:
         raise ConfigError("methods: give at least one method")

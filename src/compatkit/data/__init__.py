@@ -1,7 +1,7 @@
 """Data: datasets as uint8 tensors, the class-incremental scenario, rehearsal memory,
 the half-new/half-memory batch sampler and batched augmentation.
 
-Data flows one way (see the design notes): ``load_dataset`` -> ``ClassIncremental``
+Data flows one way (docs/architecture.md): ``load_dataset`` -> ``ClassIncremental``
 (tasks of tensors) -> per task ``epoch_batches`` over the task data and the
 ``RehearsalMemory`` -> ``augment`` -> ``Normalize`` -> the model; after the task,
 ``RehearsalMemory.update``.

@@ -1,6 +1,6 @@
 """Batched augmentation and normalisation of uint8 image batches.
 
-IAM-CL2R reference (Biondi et al., CVPR 2024; METHOD.md "Protocol"): random
+IAM-CL2R reference (Biondi et al., CVPR 2024; docs/method.md §4): random
 crop of the original size from the image zero-padded by 4 pixels, and a random
 horizontal flip. Done here for a whole batch at once, on the batch's device,
 as in airbench: pad once, then one gather whose row/column indices encode

@@ -2,7 +2,7 @@
 Alternative to the CIFAR datasets", 2017) in its official distribution format.
 
 The paper's replacement models are ResNet-18s trained on the first 100, 300 and 600
-ImageNet32 classes (METHOD.md Sec. 4); this loader lets a user with the data train them.
+ImageNet32 classes (docs/method.md §4); this loader lets a user with the data train them.
 
 Format (the authors' ``image2numpy_imagenet_{train,val}.py``): ``Imagenet32_train/`` holds
 ``train_data_batch_1`` .. ``train_data_batch_10`` and ``Imagenet32_val/`` holds ``val_data``,

@@ -1,6 +1,6 @@
 """Rehearsal memory: a few stored images of every class seen so far.
 
-IAM-CL2R reference (Biondi et al., CVPR 2024; METHOD.md "Protocol"): 20 images
+IAM-CL2R reference (Biondi et al., CVPR 2024; docs/method.md §4): 20 images
 per class, chosen at random, kept for every seen class; every batch after the
 first task is half new data, half memory (see :mod:`compatkit.data.sampler`).
 

@@ -17,7 +17,7 @@ __all__ = ["DatasetNotFoundError"]
 class DatasetNotFoundError(DataError, FileNotFoundError):
     """A dataset's files were not found (and, when asked for, could not be downloaded).
 
-    Also a ``FileNotFoundError``, which the loaders raised before this class existed.
+    Also a ``FileNotFoundError``: what a caller catching missing files expects.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """One epoch of batches, optionally half new data and half rehearsal memory.
 
-IAM-CL2R (Biondi et al., CVPR 2024; METHOD.md Sec. 4): after the first task
+IAM-CL2R (Biondi et al., CVPR 2024; docs/method.md §4): after the first task
 every batch is half new-task data, half memory. Two samplers, chosen with
 ``train.sampler``:
 

@@ -1,6 +1,6 @@
 """Class-incremental scenario: a dataset cut into a sequence of tasks of disjoint classes.
 
-IAM-CL2R protocol (Biondi et al., CVPR 2024, Sec. 5; METHOD.md "Protocol"):
+IAM-CL2R protocol (Biondi et al., CVPR 2024, Sec. 5; docs/method.md §4):
 the local data is the CIFAR-100 training set sub-sampled to 300 images per
 class; the first task has 10 classes and every later task 15 (or 3). Here that
 is ``ClassIncremental(data, class_order, initial_increment=10, increment=15,

@@ -23,7 +23,7 @@ The file is read with :func:`~compatkit.interop.torchfile.read_torch_file`
 (nothing in it is executed); names and shapes are checked against compatkit's
 ``resnet18``; the result is an ordinary compatkit model whose contract says
 what the file implies: backbone ``resnet18``, the provider's classes 0..N-1
-on rows 0..N-1 ("from the top" of the simplex, METHOD.md Sec. 2; for a
+on rows 0..N-1 ("from the top" of the simplex, docs/method.md §2; for a
 learnable head the classifier rows in order). For the d-Simplex head the
 released code discards the stored classifier and rebuilds the simplex
 (``models/__init__.py`` 161-181), and so does the conversion: the vertices are

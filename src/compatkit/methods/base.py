@@ -1,10 +1,10 @@
 """What a training method is: data, not branches in the trainer.
 
 A method declares the head it needs, whether it needs the frozen old model,
-its hyperparameters (a dataclass), and its loss. The trainer (``train.py``)
-calls ``begin_task`` once per task and ``loss`` once per batch and never asks
-which method it is running. Adding a baseline is one new module that
-subclasses :class:`Method` and decorates it with :func:`register_method`.
+its hyperparameters (a dataclass), and its loss. The trainer
+(:mod:`compatkit.protocol.trainer`) calls ``begin_task`` once per task and ``loss`` once
+per batch and never asks which method it is running. Adding a method is one new module
+that subclasses :class:`Method` and decorates it with :func:`register_method`.
 """
 
 from __future__ import annotations
@@ -85,10 +85,21 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    """Add ``cls`` to :data:`METHODS` under ``cls.name`` (a class decorator).
+
+    Registering the same class again does nothing (a plugin imported twice); another class
+    under a name already taken is refused, naming both.
+    """
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in METHODS:
-        raise ValueError(f"method {cls.name!r} registered twice")
+    known = METHODS.get(cls.name)
+    if known is cls:
+        return cls
+    if known is not None:
+        raise ValueError(
+            f"method {cls.name!r} is defined twice: by {known.__module__}.{known.__qualname__} "
+            f"and by {cls.__module__}.{cls.__qualname__}"
+        )
     if cls.head not in ("simplex", "etf", "learnable"):
         raise ValueError(f"method {cls.name!r} declares unknown head {cls.head!r}")
     METHODS[cls.name] = cls

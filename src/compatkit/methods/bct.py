@@ -30,7 +30,7 @@ How it maps onto this code:
   epoch it is the paper's mean over the task's (augmented) images. The
   running mean is per process (not synchronised across data-parallel ranks).
 - ``new_classes = "skip"``: the influence term uses only samples of classes the
-  old model knows (the reading of METHOD.md Sec. 7), averaged over those; it
+  old model knows (the reading of docs/method.md §3, the baselines), averaged over those; it
   is 0 in a batch without any. Without rehearsal (``bct``) a batch then holds
   only new classes and the term is 0 after task 0: hence the default.
 - An old model pre-trained elsewhere knows no local class: with ``skip`` the

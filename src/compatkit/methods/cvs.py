@@ -3,7 +3,7 @@
 Paper: Wan, Chen, Wu & Chen, "Continual Learning for Visual Search with
 Backward Consistent Feature Embedding", CVPR 2022. Its loss has three terms,
 all on L2-normalised embeddings, here in the simplified form listed in
-METHOD.md Sec. 7 (the one used as a baseline by Biondi et al., CVPR 2024):
+docs/method.md §3, the baselines (the one used as a baseline by Biondi et al., CVPR 2024):
 
 ``L = L_NS + w_triplet * L_tri + w_centre * L_centre``
 

@@ -2,7 +2,7 @@
 
 The lower bound of the compatibility literature (Chaudhry et al., "On Tiny
 Episodic Memories in Continual Learning", 2019; the "ER baseline" of
-METHOD.md Sec. 6): L = L_CE on half-new, half-memory batches, no term that
+docs/reproduce.md): L = L_CE on half-new, half-memory batches, no term that
 ties the new model to the old one.
 """
 

@@ -24,15 +24,15 @@ import torch
 from ..backbones import backbone_out_dim
 from ..config import RunConfig
 from ..data import Normalize
-from ..methods import load_all
+from ..methods import load_plugins
 from ..model import CompatModel, ModelSpec
 from ..runtime.device import Runtime, resolve_device, resolve_precision
 from ..runtime.distributed import Dist
 from ..runtime.distributed import init as init_distributed
 from ..runtime.files import atomic_write_json
+from ..runtime.layout import RunDir
 from ..runtime.log import RunLog
 from .evaluate import evaluate_experiment
-from .layout import RunDir
 from .plan import Plan, make_plan
 from .providers import Providers
 from .records import ensure_run_record, read_run_id, write_run_records
@@ -51,7 +51,7 @@ class Experiment:
         if log is None:
             log = RunLog(self.dirs.log if self.dist.main else None, quiet=not self.dist.main)
         self.log = log
-        load_all()
+        load_plugins(cfg.plugins)
         self.device = resolve_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)

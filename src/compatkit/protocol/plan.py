@@ -236,12 +236,8 @@ def _unordered(src: DataSource) -> DataSource:
 
 
 def _source_key(src: DataSource) -> dict:
-    """A data source for a cache key; ``select`` only when not the default it replaced, so
-    providers cached before the option existed are still found."""
-    d = to_dict(src)
-    if d.get("select") == "random":
-        d.pop("select")
-    return d
+    """A data source as part of a cache key."""
+    return to_dict(src)
 
 
 def _model_key(cfg: RunConfig, head: str) -> dict:

@@ -1,6 +1,6 @@
 """A run's records: what identifies a run, what a resume may change, memory files, the cache.
 
-The paths of a run directory are :class:`~compatkit.protocol.layout.RunDir`'s. Providers are
+The paths of a run directory are :class:`~compatkit.runtime.layout.RunDir`'s. Providers are
 not in it: they are shared by every run through one cache folder (:func:`cache_dir`).
 
 Three rules keep results honest when runs are resumed, copied or mixed up:
@@ -38,7 +38,7 @@ from ..errors import CheckpointError, ConfigError
 from ..runtime.device import Precision
 from ..runtime.environment import describe_environment
 from ..runtime.files import atomic_write_json, atomic_write_text
-from .layout import RunDir
+from ..runtime.layout import RunDir
 
 __all__ = [
     "CACHE_ENV",

@@ -2,7 +2,7 @@
 
 The loop knows nothing about methods: it asks the method for its loss
 (``Method.loss``) and, when the method needs it, runs the frozen old model on
-the same augmented batch. Optimisation follows METHOD.md Sec. 4: SGD with
+the same augmented batch. Optimisation follows docs/method.md §4: SGD with
 momentum, weight decay on conv/linear weights (``train.weight_decay_on``),
 cosine decay to a floor updated every step or, as released, once per epoch
 (``train.lr_update``), optional linear warm-up; batches from the configured

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol.layout import RunDir
 from ..runtime.files import atomic_write_text
+from ..runtime.layout import RunDir
 from .metrics_file import (
     Matrix,
     RunFileNotFound,

@@ -38,8 +38,8 @@ from typing import Any
 import yaml
 
 from ..errors import InputError
-from ..protocol.layout import RunDir
 from ..runtime.files import atomic_write_text, read_json
+from ..runtime.layout import RunDir
 from .grid import Setting
 
 __all__ = ["INDEX", "Job", "SweepDir", "run_job"]

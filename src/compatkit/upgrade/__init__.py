@@ -1,7 +1,7 @@
 """Upgrading a deployed embedding model without re-indexing its gallery.
 
-The workflow of a retrieval service, on top of the library (DESIGN.md: one
-sub-package for it, as ``data/`` and ``methods/`` are):
+The workflow of a retrieval service, on top of the library (one sub-package for it, as
+``data/`` and ``methods/`` are):
 
 - ``data``: a user's images (an image folder, one sub-folder per class, or a
   registered dataset) as an :class:`~compatkit.data.ImageSet` whose classes

@@ -20,7 +20,7 @@ Policies (each gives a priority order over the items not yet embedded by NEW):
 - ``uncertainty``: items whose stored vector is least confidently assigned to
   its own class: the signed margin cos(own class template) - max cos(other
   class templates), templates being the class means of the stored vectors
-  (the paper's 1:N templates, METHOD.md Sec. 4). Smallest margin first, so
+  (the paper's 1:N templates, docs/method.md §4). Smallest margin first, so
   items already closer to another class's template (negative margin) go first,
   then the correctly placed items with the smallest lead over the runner-up.
 

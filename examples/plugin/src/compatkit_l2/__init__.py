@@ -1,0 +1,1 @@
+"""An example of a compatkit method that lives outside compatkit (see method.py)."""
