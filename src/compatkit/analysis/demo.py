@@ -22,8 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Normalize
+from ..config import OptimConfig
+from ..data import DATASET_STATS, ImageSet, Normalize, load_dataset
+from ..methods import TaskContext, build_method, load_all
+from ..model import ModelSpec, build_model
+from ..protocol.trainer import train_task
 from ..report.style import new_figure, save
+from ..runtime.device import Precision, Runtime
 from .stats import (
     centre_drift_deg,
     class_mean_directions,
@@ -64,7 +69,6 @@ class DemoConfig:
 
 def _pick(data, classes: Sequence[int], per_class: int | None, gen: torch.Generator):
     """Up to ``per_class`` images of each class (random, reproducible), labels -> 0..K-1."""
-    from ..data import ImageSet
 
     idx, lab = [], []
     for new, c in enumerate(classes):
@@ -109,12 +113,6 @@ def simplex_demo(
 
 
 def _simplex_demo(out_dir, cfg: DemoConfig, log: Callable[[str], None]) -> dict:
-    from ..config import OptimConfig
-    from ..data import DATASET_STATS, load_dataset
-    from ..methods import TaskContext, build_method, load_all
-    from ..model import ModelSpec, build_model
-    from ..protocol.trainer import train_task
-    from ..runtime.device import Precision, Runtime
 
     if len(cfg.classes) != 3 or len(set(cfg.classes)) != 3:
         raise ValueError(f"the K=3 demo needs three distinct classes, got {list(cfg.classes)}")

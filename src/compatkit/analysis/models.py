@@ -17,8 +17,15 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import file_sha256, load_checkpoint
+from ..config import load_config
 from ..data import Normalize
 from ..errors import CheckpointError, InputError
+from ..protocol.evaluate import EvalSet, feature_cache_file, features_for, task_contract
+from ..protocol.plan import make_plan
+from ..protocol.records import check_identity, read_run_id
+from ..report import load_metrics, method_names
+from ..runtime.device import Runtime, resolve_device, resolve_precision
 from ..runtime.layout import RunDir
 
 __all__ = [
@@ -61,8 +68,6 @@ class RunInfo:
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     """Read ``config.yaml`` and ``metrics.json`` of a run; refuse anything else, saying why."""
-    from ..config import load_config
-    from ..report import load_metrics, method_names
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -163,9 +168,6 @@ class FeatureSource:
         self._plan = None
 
     def _computed(self, ckpt: Path) -> tuple[torch.Tensor, ...]:
-        from ..protocol.evaluate import EvalSet, features_for
-        from ..protocol.plan import make_plan
-        from ..runtime.device import Runtime, resolve_device, resolve_precision
 
         cfg = self.info.cfg
         if self._rt is None:
@@ -180,8 +182,6 @@ class FeatureSource:
         return q, g, plan.query.labels.cpu(), plan.gallery.labels.cpu()
 
     def get(self, ckpt: Path) -> tuple[torch.Tensor, ...]:
-        from ..checkpoint import file_sha256
-        from ..protocol.evaluate import feature_cache_file
 
         cache = feature_cache_file(RunDir.features_of(ckpt), ckpt)
         if cache.is_file():
@@ -203,9 +203,6 @@ def load_models(
     info: RunInfo, method: str, seed: int, source: FeatureSource | None = None, log: Log = quiet
 ) -> list[ModelRecord]:
     """Features, vertices and logged losses of every task model of ``method`` / ``seed``."""
-    from ..checkpoint import load_checkpoint
-    from ..protocol.evaluate import task_contract
-    from ..protocol.records import check_identity, read_run_id
 
     source = source or FeatureSource(info, log)
     dirs = RunDir(info.run_dir)

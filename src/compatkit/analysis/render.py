@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..report import safe_name
+
 __all__ = ["MAX_PAIR_TABLE_T", "max_frac", "render_markdown", "stationarity_lines", "verdict_lines"]
 
 MAX_PAIR_TABLE_T = 8
@@ -205,7 +207,6 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     ]
 
     seed0 = str(s["seeds"][0])
-    from ..report import safe_name
 
     for m, entry in result["methods"].items():
         r = entry["seeds"].get(seed0)

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..report import aa_curve, method_names, plot_aa, safe_name, write_report
 from ..runtime.files import atomic_write_json
 from ..runtime.layout import RunDir
+from . import figures
 from .models import (
     FeatureSource,
     Log,
@@ -244,7 +246,6 @@ def _mean(values) -> float | None:
 
 def aa_curves(metrics: Mapping[str, Any], methods: Sequence[str] | None = None) -> dict:
     """``{method: (mean AA_t, sample std or None)}`` over the seeds of a metrics dict."""
-    from ..report import aa_curve, method_names
 
     out = {}
     for m in methods or method_names(metrics):
@@ -385,8 +386,6 @@ def _analyze_run(run_dir, methods, seeds, metrics, max_pairs, no_replacement_run
 
 def _write_plots(info: RunInfo, out: dict, other: RunInfo | None) -> list[str]:
     """All figures of the analysis; returns their paths relative to the run directory."""
-    from ..report import plot_aa, safe_name
-    from . import figures
 
     plots = RunDir(info.run_dir).plots
     reps = info.replacement_tasks
@@ -457,7 +456,6 @@ def _earlier_plots(run_dir: Path, out: Mapping[str, Any]) -> list[str]:
 
 def write_analysis(run_dir: str | os.PathLike[str], result: Mapping[str, Any]) -> Path:
     """Write ``analysis.json`` atomically, then regenerate ``report.md`` (which appends it)."""
-    from ..report import write_report
 
     path = atomic_write_json(RunDir(run_dir).analysis, dict(result))
     write_report(run_dir)

@@ -275,7 +275,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for k, v in parse_overrides(overrides or []):
         _set_path(merged, k, v)
     cfg = build(RunConfig, merged)
-    from .validate import validate  # validation reads the method and dataset registries
+    from .validate import validate  # validate imports this module (coerce): import it late
 
     validate(cfg)
     return cfg

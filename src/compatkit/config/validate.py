@@ -14,8 +14,13 @@ import re
 import typing
 from typing import Any
 
+import torch
+
+from ..backbones import check_backbone_name
+from ..data.datasets import DATASETS, canonical_name
 from ..data.sampler import SAMPLERS
 from ..errors import ConfigError
+from ..methods import METHODS, build_method, load_plugins
 from .parse import coerce
 from .schema import MAX_CLASSES, MAX_FEAT_DIM, MAX_THREADS, DataSource, RunConfig
 
@@ -46,8 +51,6 @@ def _check_device(device: str) -> None:
     if not _DEVICE.fullmatch(device):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if ":" in device:
-        import torch
-
         n = int(device.split(":", 1)[1])
         if torch.cuda.is_available() and n >= torch.cuda.device_count():
             raise ConfigError(
@@ -65,7 +68,6 @@ def check_name(key: str, name: str) -> None:
 
 
 def _check_data_source(key: str, src: DataSource) -> None:
-    from ..data.datasets import DATASETS, canonical_name
 
     if canonical_name(src.dataset) not in DATASETS:
         raise ConfigError(
@@ -86,7 +88,6 @@ def _check_data_source(key: str, src: DataSource) -> None:
 
 def _check_method_options(cfg: RunConfig) -> None:
     """Each method's options typed by its Config dataclass (so floats are finite there too)."""
-    from ..methods import METHODS, build_method
 
     for m, opts in cfg.method_options.items():
         if m not in METHODS:
@@ -119,8 +120,6 @@ def _sources(cfg: RunConfig) -> list[tuple[str, DataSource]]:
 
 def validate(cfg: RunConfig) -> None:
     """Static checks that need no data; data-dependent checks run in ``protocol.plan``."""
-    from ..backbones import check_backbone_name
-    from ..methods import METHODS, load_plugins
 
     load_plugins(cfg.plugins)
     check_name("name", cfg.name)

@@ -108,7 +108,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def build_method(name: str, options: dict | None = None) -> Method:
     """Instantiate a registered method with its Config filled from ``options`` (validated)."""
-    from . import load_all
+    from . import load_all  # the package imports this module: import it late
 
     load_all()
     if name not in METHODS:

@@ -26,6 +26,7 @@ from ..config import RunConfig
 from ..data import Normalize
 from ..methods import load_plugins
 from ..model import CompatModel, ModelSpec
+from ..report import write_report  # the report renders the results: it comes last
 from ..runtime.device import Runtime, resolve_device, resolve_precision
 from ..runtime.distributed import Dist
 from ..runtime.distributed import init as init_distributed
@@ -179,7 +180,6 @@ def run_experiment(
     given by the caller is attached to the run's ``log.txt`` when it has no file yet, and
     left open (the caller may log more); a log made here is closed.
     """
-    from ..report import write_report  # the report renders the results: it comes last
 
     t0 = time.perf_counter()
     owns_log = log is None

@@ -34,6 +34,7 @@ import yaml
 
 from .. import __version__
 from ..checkpoint import atomic_torch_save, content_digest, safe_torch_load
+from ..config import load_config, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..runtime.device import Precision
 from ..runtime.environment import describe_environment
@@ -139,7 +140,6 @@ def write_run_records(dirs: RunDir, cfg: Any, device: torch.device, precision: P
     agree on every key that shapes the results, and the precision this machine resolves must
     be the one the run was trained with. Returns the run id.
     """
-    from ..config import load_config, to_dict
 
     if dirs.config.is_file():
         changes = result_changes(load_config(dirs.config), cfg)
@@ -210,7 +210,6 @@ def result_changes(saved: Any, asked: Any) -> list[tuple[str, Any, Any]]:
     Both arguments are ``RunConfig`` objects (or their dicts); keys are dotted
     (``train.epochs``, ``providers.1.epochs``); :data:`NEUTRAL_KEYS` are left out.
     """
-    from ..config import to_dict
 
     a, b = _flatten(to_dict(saved)), _flatten(to_dict(asked))
     missing = object()
