@@ -47,7 +47,7 @@ __all__ = [
 
 _SPLIT = re.compile(r"[\s,;]+")
 _ROW_LABEL = re.compile(r"([0-9]+)\*?")
-"""A row label as the README and ``compatkit metrics`` print it: the model number, ``*`` for a
+"""A row label as ``compatkit metrics`` and the reports print it: the model number, ``*`` for a
 replacement (`` 1*  89.75``)."""
 
 
@@ -185,7 +185,7 @@ def load_matrix(path_or_text: str | os.PathLike | Sequence | np.ndarray) -> np.n
       diagonal, since JSON has no NaN;
     - plain text: one row per line, entries separated by whitespace, commas or
       semicolons, ``#`` starts a comment; a UTF-8 byte-order mark is fine;
-    - the matrix as the README and ``compatkit metrics`` print it: each row led by
+    - the matrix as ``compatkit metrics`` and the reports print it: each row led by
       its model number, ``*`` marking a replacement (`` 1*  89.75`` then
       `` 2   88.00  90.15``), with optional header lines at the top (lines whose
       first word does not start like a number, e.g. ``query\\gallery 1 2``);

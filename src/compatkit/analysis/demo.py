@@ -11,7 +11,6 @@ while a learnable classifier's centres land wherever its training happens to put
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ from ..model import ModelSpec, build_model
 from ..protocol.trainer import train_task
 from ..report.style import new_figure, save
 from ..runtime.device import Precision, Runtime
+from ..runtime.files import atomic_write_json
 from .stats import (
     centre_drift_deg,
     class_mean_directions,
@@ -242,7 +242,7 @@ def _simplex_demo(out_dir, cfg: DemoConfig, log: Callable[[str], None]) -> dict:
         test.classes,
         out / "simplex_demo.png",
     )
-    (out / "simplex_demo.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(out / "simplex_demo.json", result)
     return result
 
 

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MATRIX_FILE",
         help=(
             "the matrix: JSON (a list of rows, or an object with a 'matrix' list) or plain "
-            "text (one row per line, whitespace/comma separated, or as the README prints it: "
+            "text (one row per line, whitespace/comma separated, or as compatkit prints it: "
             "'1*  89.75'); the lower triangle is enough; percent or fractions; '-' reads "
             "standard input"
         ),

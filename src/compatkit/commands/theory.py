@@ -104,6 +104,7 @@ def _print_table(results: list) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..analysis import figures, montecarlo, theory
+    from ..runtime.files import atomic_write_json
 
     if args.pairs < 2:
         raise InputError(f"--pairs must be >= 2, got {args.pairs}")
@@ -162,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
             ),
         ]
         payload["files"] = [str(f) for f in [out / "theory.json", *files]]
-        (out / "theory.json").write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_json(out / "theory.json", payload, indent=2)
     if args.json:
         json.dump(payload, sys.stdout)
         sys.stdout.write("\n")

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 __all__ = ["DEFAULT_CONFIG", "config_dir", "describe", "resolve_config", "shipped_configs"]
 
 DEFAULT_CONFIG = "fashion"
-"""What ``compatkit run`` runs without a CONFIG: the Fashion-MNIST protocol of the README."""
+"""What ``compatkit run`` runs without a CONFIG: the small Fashion-MNIST protocol."""
 
 
 def config_dir() -> Path:
@@ -38,9 +38,8 @@ def resolve_config(name_or_path: str | None) -> Path:
     """A CONFIG argument as a file: an existing path, else a shipped config.
 
     ``None`` is the default config. When no such file exists, ``fashion_all``,
-    ``fashion_all.yaml`` and ``configs/fashion_all.yaml`` (the README's form) name the
-    shipped file, so the shipped configs run the same way from a checkout and after
-    ``pip install``.
+    ``fashion_all.yaml`` and ``configs/fashion_all.yaml`` (a checkout's path) name the shipped
+    file, so the shipped configs run the same way from a checkout and after ``pip install``.
     """
     shipped = shipped_configs()
     names = ", ".join(shipped) or "none: the package's configs/ folder is missing"
