@@ -216,7 +216,8 @@ def test_sweep_killed_and_continued_equals_an_uninterrupted_sweep(tmp_path, fake
              for e in json.loads(index.read_text())["settings"].values()}  # fmt: skip
     first, second = out / "runs" / names["1"], out / "runs" / names["40"]
     first_done = first / "hoc" / "seed_7" / "done.json"
-    second_task0 = second / "hoc" / "seed_7" / "task_0.pt"
+    # a task is finished when its checkpoint and then its memory file are written
+    second_task0 = second / "hoc" / "seed_7" / "memory_0.pt"
     _wait_for(lambda: first_done.is_file() and second_task0.is_file(), proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -308,7 +309,7 @@ def test_a_later_invocation_finds_a_setting_by_hash_not_by_name(tmp_path):
         assert sweep.index["settings"][s.hash]["seeds"] == [7, 8]
         on_disk = yaml.safe_load((sweep.setting_dir(s) / "config.yaml").read_text())
         assert on_disk["seeds"] == [7, 8]
-    pending, finished = sweep.jobs([s.hash for s in second])
+    pending, finished = sweep.jobs(second)
     assert len(pending) == 8 and not finished
 
 
