@@ -105,3 +105,29 @@ def test_cli_refusals(tmp_path, fake_fashion):
         r = _cli(["sweep", str(TINY), "--out", str(out), *extra], fake_fashion, check=False)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_options_become_these_sbatch_lines(tmp_path, monkeypatch):
+    """submitit itself writes the sbatch file from our parameters (no SLURM here: only its
+    detection of ``srun`` is answered)."""
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    f = tmp_path / "cluster.yaml"
+    f.write_text(
+        "submitit:\n  partition: gpu\n  gpus_per_job: 1\n  cpus_per_job: 8\n  mem_gb: 32\n"
+        "  account: lab\n  setup: ['module load cuda/12.4']\n  slurm: {exclude: 'node[01-02]'}\n"
+    )
+    o = cluster_options(str(f), {**NONE, "time_min": 90, "qos": "high", "constraint": "a100"})
+    ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="slurm")
+    ex.update_parameters(**o.executor_parameters())
+    text = ex._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --account=lab",
+                 "#SBATCH --qos=high", "#SBATCH --constraint=a100",
+                 "#SBATCH --exclude='node[01-02]'", "#SBATCH --job-name=compatkit-sweep",
+                 "module load cuda/12.4"):  # fmt: skip
+        assert line in text.splitlines(), (line, text)
+    # a job array of 40 with at most 16 at once
+    o = cluster_options(None, {**NONE, "array_parallelism": 16})
+    ex.update_parameters(**o.executor_parameters())
+    assert ex._executor.parameters["array_parallelism"] == 16

@@ -163,3 +163,42 @@ def _run(args, fake_fashion, env):
             **env}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "compatkit", *args], env=full,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_damaged_results_of_a_finished_sweep_are_refused_then_rebuilt(tmp_path, fake_fashion):
+    """A truncated metrics.json (or done.json) of a finished setting: one line saying how to
+    repair it; deleting it and running the same command again rebuilds the same numbers."""
+    out = tmp_path / "s"
+    args = ["sweep", str(TINY), "--set", "methods=[hoc]", "seeds=[7]", "--vary",
+            "train.epochs=1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    _cli(args, fake_fashion)
+    (name,) = (e["name"] for e in json.loads((out / "sweep.json").read_text())["settings"].values())
+    metrics = out / "runs" / name / "metrics.json"
+    done = out / "runs" / name / "hoc" / "seed_7" / "done.json"
+    want = json.loads(metrics.read_text())["hoc"]
+
+    def rerun_refused(msg: str) -> None:
+        r = _cli(args, fake_fashion, check=False)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        (line,) = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+        assert msg in line, line
+
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) // 3])
+    rerun_refused("metrics.json: not valid JSON")
+    rerun_refused("delete it and run a sweep command with that setting again")
+    metrics.unlink()
+    assert "1 of 1 runs already finished" in _cli(args, fake_fashion).stderr
+    assert json.loads(metrics.read_text())["hoc"]["matrix"] == want["matrix"]
+
+    metrics.unlink()
+    done.write_text(done.read_text()[:10])
+    rerun_refused(f"job record {done}: not valid JSON")
+    rerun_refused("delete it and run the sweep again: that seed is evaluated again")
+    done.write_text('{"seed": 7, "AC": "high"}')
+    rerun_refused(f"job record {done}: not a compatkit job record")
+    done.unlink()
+    assert "0 of 1 runs already finished" in _cli(args, fake_fashion).stderr
+    got = json.loads(metrics.read_text())["hoc"]
+    assert (got["matrix"], got["AC"], got["AM"]) == (want["matrix"], want["AC"], want["AM"])
