@@ -3,15 +3,16 @@ to submitit's parameters; nothing that could inject a line into an sbatch file g
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import pytest
 
+from compatkit.cli import main
 from compatkit.errors import InputError
 from compatkit.sweep.cluster_options import PIP, cluster_options, require_submitit
 
 from ..commands.cli import TINY
-from ..commands.cli import run_cli as _cli
 
 NONE = dict.fromkeys(
     ("cluster", "partition", "time_min", "gpus_per_job", "cpus_per_job", "mem_gb",
@@ -94,17 +95,23 @@ def test_missing_submitit_is_one_line_with_the_pip_command(monkeypatch):
     assert PIP in str(e.value)
 
 
-def test_cli_refusals(tmp_path, fake_fashion):
+def test_cli_refusals(tmp_path, capsys):
     out = tmp_path / "s"
     for extra, msg in (
-        (["--partition", "gpu"], "--partition needs --launcher submitit"),
+        (["--launcher", "local", "--partition", "gpu"], "--partition needs --launcher submitit"),
         (["--launcher", "submitit", "--cluster", "local", "--slurm", "exclude"],
          "--slurm expects KEY=VALUE"),
         (["--launcher", "submitit", "--time-min", "0", "--cluster", "local"], "--time-min"),
+    ) + (
+        # a cluster option alone means --launcher submitit, on SLURM by default
+        ((["--partition", "gpu"], "--cluster slurm: no SLURM here (sbatch not found on PATH)"),)
+        if shutil.which("sbatch") is None
+        else ()
     ):  # fmt: skip
-        r = _cli(["sweep", str(TINY), "--out", str(out), *extra], fake_fashion, check=False)
-        assert r.returncode == 2 and msg in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+        code = main(["sweep", str(TINY), "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and msg in err, err
+        assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_the_options_become_these_sbatch_lines(tmp_path, monkeypatch):

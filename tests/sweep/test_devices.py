@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
+from compatkit.cli import main
 from compatkit.errors import InputError
 from compatkit.sweep.devices import default_devices, parse_devices, slots
 
 from ..commands.cli import TINY
-from ..commands.cli import run_cli as _cli
 
 
 def test_parse_devices_names_indices_and_cpu():
@@ -66,11 +66,12 @@ def test_slots_without_devices_and_refusal():
         slots(0, ["cuda:0"])
 
 
-def test_sweep_refuses_a_gpu_this_machine_does_not_have(tmp_path, fake_fashion):
+def test_sweep_refuses_a_gpu_this_machine_does_not_have(tmp_path, capsys):
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    r = _cli(["sweep", str(TINY), "--out", str(tmp_path / "s"), "--devices", str(n),
-              "--dry-run"], fake_fashion, check=False)  # fmt: skip
-    assert r.returncode == 2 and f"--devices '{n}': cuda:{n} asked for" in r.stderr
+    code = main(["sweep", str(TINY), "--out", str(tmp_path / "s"), "--devices", str(n),
+                 "--dry-run"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"--devices '{n}': cuda:{n} asked for" in err, err
     assert not (tmp_path / "s").exists()

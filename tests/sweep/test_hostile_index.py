@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from compatkit.cli import main
 from compatkit.errors import InputError
 from compatkit.sweep import SweepDir, expand, parse_vary
 from compatkit.sweep.cluster import SubmititLauncher
@@ -37,22 +38,24 @@ def _first(index):
     return next(iter(index["settings"].values()))
 
 
-def _refused(out, fake_fashion, msg, *extra):
+def _refused(out, msg, capsys):
+    """The real command line (in this process: the refusals come before any training), as a
+    dry run and as a run: exit 2 and one line."""
     for mode in (["--dry-run"], []):
-        r = _cli(["sweep", str(TINY), *ARGS, "--out", str(out), *extra, *mode], fake_fashion,
-                 check=False)  # fmt: skip
-        assert r.returncode == 2, r.stderr
-        assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+        code = main(["sweep", str(TINY), *ARGS, "--out", str(out), "--quiet", *mode])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err and "internal error" not in err
 
 
 @pytest.mark.parametrize("name", ["../../../escape_dir", "/tmp/escape_dir", "..", ".hidden",
                                   "a/b", ""])  # fmt: skip
-def test_a_setting_name_outside_the_sweep_is_refused(tmp_path, fake_fashion, name):
+def test_a_setting_name_outside_the_sweep_is_refused(tmp_path, capsys, name):
     out = _sweep(tmp_path)
     _edit(out, lambda ix: _first(ix).update(name=name))
     before = sorted(p for p in tmp_path.rglob("*"))
-    _refused(out, fake_fashion, f".name {name!r} is not a folder name inside")
+    _refused(out, f".name {name!r} is not a folder name inside", capsys)
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
     assert not (tmp_path / "a" / "escape_dir").exists()
 
@@ -72,13 +75,13 @@ def test_a_setting_name_outside_the_sweep_is_refused(tmp_path, fake_fashion, nam
         (lambda ix: ix["invocations"].append(7), "invocations[1] must hold a command"),
     ],
 )
-def test_a_damaged_index_entry_is_one_line(tmp_path, fake_fashion, change, msg):
+def test_a_damaged_index_entry_is_one_line(tmp_path, capsys, change, msg):
     out = _sweep(tmp_path)
     _edit(out, change)
-    _refused(out, fake_fashion, msg)
+    _refused(out, msg, capsys)
 
 
-def test_two_settings_with_one_name_and_a_truncated_index(tmp_path, fake_fashion):
+def test_two_settings_with_one_name_and_a_truncated_index(tmp_path, capsys):
     out = _sweep(tmp_path)
 
     def same(ix):
@@ -86,10 +89,10 @@ def test_two_settings_with_one_name_and_a_truncated_index(tmp_path, fake_fashion
         b["name"] = a["name"]
 
     _edit(out, same)
-    _refused(out, fake_fashion, "have the same name")
+    _refused(out, "have the same name", capsys)
     text = (out / "sweep.json").read_text()
     (out / "sweep.json").write_text(text[: len(text) // 2])
-    _refused(out, fake_fashion, "sweep index")
+    _refused(out, "sweep index", capsys)
 
 
 def test_a_setting_folder_that_is_a_link_out_of_the_sweep_is_refused(tmp_path, fake_fashion):

@@ -79,8 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--launcher",
         choices=("local", "submitit"),
-        default="local",
-        help="local: processes of this machine (default); submitit: SLURM through submitit",
+        default=None,
+        help="local: processes of this machine (the default); submitit: SLURM through "
+        "submitit (the default when a cluster option below is given)",
     )
     c.add_argument(
         "--cluster",
@@ -125,6 +126,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     given += ["launcher_config"] * bool(args.launcher_config) + ["slurm"] * bool(args.slurm)
     if args.launcher == "local" and given:
         raise InputError(f"--{given[0].replace('_', '-')} needs --launcher submitit")
+    if args.launcher is None:  # a cluster option says which launcher is meant
+        args.launcher = "submitit" if given else "local"
 
 
 def _launcher(args, sweep, settings, say):
@@ -191,6 +194,7 @@ def main(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
 
+    launcher.check()
     with sweep.lock():
         sweep.add(settings, command_line())
         pending, finished = sweep.jobs(settings)

@@ -175,7 +175,12 @@ class SubmititLauncher(Launcher):
         self.local = options.cluster == "local"
         # at once: --jobs on this machine; SLURM's array throttle (or all) on a cluster
         self.max_running = jobs_n if self.local else None
-        self.slots = slots(jobs_n, devices) if self.local else [None]
+        # on SLURM a job without a GPU runs on the CPU; with GPUs, on those SLURM allocated
+        no_gpu = not self.local and not options.gpus_per_job
+        self.slots = slots(jobs_n, devices) if self.local else ["cpu" if no_gpu else None]
+        # whether this process resolves the device the jobs will (to tell which providers
+        # are cached: a provider's recipe holds the precision, which follows the device)
+        self.same_device = self.local or no_gpu
         self.say = say
         self._executor: Any = None
 
@@ -190,13 +195,17 @@ class SubmititLauncher(Launcher):
         return f"submitit (SLURM): {o.describe()}"
 
     # ------------------------------------------------------------------ submitit
+    def check(self) -> None:
+        """Refuse, before anything is written, a scheduler this machine cannot reach."""
+        if not self.local and shutil.which("sbatch") is None:
+            raise InputError(
+                "--cluster slurm: no SLURM here (sbatch not found on PATH); use "
+                "--cluster local to run the jobs as processes of this machine"
+            )
+
     def executor(self) -> Any:
         if self._executor is None:
-            if not self.local and shutil.which("sbatch") is None:
-                raise InputError(
-                    "--cluster slurm: no SLURM here (sbatch not found on PATH); use "
-                    "--cluster local to run the jobs as processes of this machine"
-                )
+            self.check()
             ex = self.submitit.AutoExecutor(folder=self.logs, cluster=self.options.cluster)
             ex.update_parameters(**self.options.executor_parameters())
             self._executor = ex
@@ -256,9 +265,10 @@ class SubmititLauncher(Launcher):
         from .plan import provider_status
 
         try:
-            states = [s for _, s in provider_status(jobs, self.slots[0]).values()]
-            if "train" not in states:
-                return
+            if self.same_device:
+                states = [s for _, s in provider_status(jobs, self.slots[0]).values()]
+                if "train" not in states:
+                    return
         except DatasetNotFoundError:  # the data may be on the nodes only
             pass
         rec = self._load()
@@ -336,5 +346,12 @@ class SubmititLauncher(Launcher):
             return True
 
         submit_more()
-        self._wait(watches, poll)
+        try:
+            self._wait(watches, poll)
+        except KeyboardInterrupt:
+            self.say(
+                "interrupted: submitted jobs that were not stopped with this command keep "
+                "running; the same command collects them, or resubmits them"
+            )
+            raise
         return failures

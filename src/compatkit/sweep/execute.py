@@ -81,9 +81,12 @@ def _where(device: str, launcher: str, extra: dict[str, Any] | None) -> dict[str
     """Where a job runs, as recorded in job.json and done.json."""
     import torch
 
-    out: dict[str, Any] = {"device": device}
-    if device.startswith("cuda"):
-        out["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:  # "cuda": the current one, by number
+        dev = torch.device("cuda", torch.cuda.current_device())
+    out: dict[str, Any] = {"device": str(dev)}
+    if dev.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(dev)
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible is not None:
             out["cuda_visible_devices"] = visible

@@ -13,6 +13,7 @@ gives the same numbers through either, and either can continue what the other st
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import threading
 import time
@@ -60,6 +61,9 @@ class Launcher(abc.ABC):
     def describe(self) -> str:
         """One line: where and how the jobs will run."""
 
+    def check(self) -> None:  # noqa: B027  (most launchers have nothing to check)
+        """Refuse, before anything is written, what cannot run here (a missing scheduler)."""
+
     @abc.abstractmethod
     def providers(self, jobs: list[Job]) -> None:
         """Train every provider ``jobs`` need, before any of them starts."""
@@ -95,9 +99,9 @@ def _init_worker(threads: int) -> None:
 class LocalLauncher(Launcher):
     """This machine: ``jobs_n`` jobs at once, in worker processes (one job: in this process).
 
-    Each worker slot has a device (:func:`~compatkit.sweep.devices.slots`); a job is handed
-    a free slot, so with as many jobs as devices no two jobs share a GPU. A failed job stops
-    the sweep (nothing more is started) and its error is the sweep's.
+    Each slot is one worker process with one device (:func:`~compatkit.sweep.devices.slots`);
+    a job is handed a free slot, so with as many jobs as devices no two jobs share a GPU. A
+    failed job stops the sweep (nothing more is started) and its error is the sweep's.
     """
 
     name = "local"
@@ -127,19 +131,20 @@ class LocalLauncher(Launcher):
         ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
         todo = list(jobs)
         free = list(range(min(self.jobs_n, len(jobs))))
-        with ProcessPoolExecutor(
-            max_workers=len(free),
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(self.threads,),
-        ) as pool:
+        with contextlib.ExitStack() as stack:
+            # one worker process per slot: a process keeps its device (one CUDA context each)
+            pools = [
+                stack.enter_context(
+                    ProcessPoolExecutor(1, ctx, initializer=_init_worker, initargs=(self.threads,))
+                )
+                for _ in free
+            ]
             running: dict[Future, tuple[Job, int]] = {}
             try:
                 while todo or running:
                     while todo and free:
-                        slot = free.pop(0)
-                        job = todo.pop(0)
-                        fut = pool.submit(run_job, job, self.threads, self.slots[slot])
+                        slot, job = free.pop(0), todo.pop(0)
+                        fut = pools[slot].submit(run_job, job, self.threads, self.slots[slot])
                         running[fut] = (job, slot)
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for f in finished:
