@@ -7,18 +7,15 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from compatkit.errors import ConfigError
+from compatkit.errors import ConfigError, InputError
 from compatkit.sweep import SweepDir, expand, pareto, parse_vary, split_top_level, write_summary
 
-from .cli import TINY
+from .cli import TINY, start_cli, wait_for
 from .cli import run_cli as _cli
 
 # --------------------------------------------------------------------------- the grid
@@ -164,6 +161,18 @@ def test_summary_mean_std_over_seeds_and_front(tmp_path):
     )
 
 
+def test_summary_refuses_a_truncated_metrics_file_with_its_repair(tmp_path):
+    sweep = tmp_path / "s"
+    _write_setting(sweep, "hoc-a", "hoc", 0.1, [_run(1, [[60.0], [61.0, 60.0]], [50.0, 40.0])])
+    path = sweep / "runs" / "hoc-a" / "metrics.json"
+    path.write_text(path.read_text()[:40])
+    index = {"format": 1, "invocations": [], "settings": {
+        "a": {"method": "hoc", "name": "hoc-a", "values": {}, "seeds": [1]}}}  # fmt: skip
+    with pytest.raises(InputError, match=r"metrics.json: not valid JSON .*rebuilt from") as e:
+        write_summary(sweep, index)
+    assert "\n" not in str(e.value)
+
+
 def test_sweep_dir_refuses_a_foreign_directory_and_a_second_sweep(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "something.txt").write_text("x")
@@ -181,20 +190,6 @@ def test_sweep_dir_refuses_a_foreign_directory_and_a_second_sweep(tmp_path):
 # --------------------------------------------------------------------------- the command line
 
 
-def _env(fake_fashion) -> dict:
-    return {**os.environ, "COMPATKIT_FASHION_MNIST": str(fake_fashion), "OMP_NUM_THREADS": "1"}
-
-
-def _wait_for(pred, proc, timeout: float = 300.0) -> None:
-    t0 = time.monotonic()
-    while not pred():
-        if proc.poll() is not None:
-            raise AssertionError(f"the sweep ended (exit {proc.returncode}) before the kill point")
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("timed out waiting for the sweep")
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_sweep_killed_and_continued_equals_an_uninterrupted_sweep(tmp_path, fake_fashion):
     """SIGKILL after the first run finished and while the second is half-way; the same
@@ -203,21 +198,16 @@ def test_sweep_killed_and_continued_equals_an_uninterrupted_sweep(tmp_path, fake
     out = tmp_path / "killed"
     args = ["sweep", str(TINY), "--set", "methods=[hoc]", "--set", "seeds=[7]",
             "--vary", "train.epochs=1,40", "--threads", "1", "--out", str(out)]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "compatkit", *args],
-        env=_env(fake_fashion),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = start_cli(args, fake_fashion)
     index = out / "sweep.json"
-    _wait_for(index.is_file, proc)
+    wait_for(index.is_file, proc)
     names = {e["values"]["train.epochs"]: e["name"]
              for e in json.loads(index.read_text())["settings"].values()}  # fmt: skip
     first, second = out / "runs" / names["1"], out / "runs" / names["40"]
     first_done = first / "hoc" / "seed_7" / "done.json"
-    second_task0 = second / "hoc" / "seed_7" / "task_0.pt"
-    _wait_for(lambda: first_done.is_file() and second_task0.is_file(), proc)
+    # a task is finished when its checkpoint and then its memory file are written
+    second_task0 = second / "hoc" / "seed_7" / "memory_0.pt"
+    wait_for(lambda: first_done.is_file() and second_task0.is_file(), proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -308,7 +298,7 @@ def test_a_later_invocation_finds_a_setting_by_hash_not_by_name(tmp_path):
         assert sweep.index["settings"][s.hash]["seeds"] == [7, 8]
         on_disk = yaml.safe_load((sweep.setting_dir(s) / "config.yaml").read_text())
         assert on_disk["seeds"] == [7, 8]
-    pending, finished = sweep.jobs([s.hash for s in second])
+    pending, finished = sweep.jobs(second)
     assert len(pending) == 8 and not finished
 
 

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..losses import cross_entropy
 from ..methods import METHODS, Method, TaskContext
 from ..model import CompatModel, build_model
+from ..runtime.files import unwritable_dir
 from ..simplex import ClassMap
 from .plan import provider_key
 from .records import providers_cache
@@ -102,12 +103,15 @@ class Providers:
         name = p.name or f"provider{index}"
         return self.folder / f"{name}-{head}-{self.recipe(index, head)}.pt"
 
-    def check(self, heads: list[str] | None = None) -> dict[tuple[int, str], str]:
+    def check(
+        self, heads: list[str] | None = None, create_folder: bool = True
+    ) -> dict[tuple[int, str], str]:
         """Verify every provider file that would be reused; train nothing.
 
         Returns ``{(index, head): "configured" | "cached" | "train"}``. A configured or
         cached file that does not hold what the plan needs is refused here, before a run
-        creates anything.
+        creates anything, and so is a cache folder where a provider to train could not be
+        saved (made, and tried, with ``create_folder``; only looked at without).
         """
         cfg = self.exp.cfg
         status = {}
@@ -128,6 +132,13 @@ class Providers:
                     status[(i, h)] = "cached"
                 else:
                     status[(i, h)] = "train"
+        if "train" in status.values():
+            why = unwritable_dir(self.folder, create=create_folder)
+            if why:
+                what = "providers_dir" if cfg.providers_dir else "the providers cache"
+                raise ConfigError(
+                    f"{what} {self.folder}: {why}; providers to train could not be saved there"
+                )
         return status
 
     def ensure(self, heads: list[str] | None = None) -> dict[tuple[int, str], Path]:

@@ -12,7 +12,8 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,8 +24,11 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "file_lock",
     "fsync_dir",
+    "lock_held",
     "read_json",
+    "unwritable_dir",
 ]
 
 
@@ -103,3 +107,79 @@ def read_json(
         raise error(f"{name}: not valid JSON (nested too deeply)") from None
     except OSError as e:
         raise error(f"{name}: cannot be read ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: str | os.PathLike[str], wait_s: float, refuse: Callable[[], Exception]
+) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created, with its folder, when missing)
+    for the ``with`` block; raise ``refuse()`` after ``wait_s`` seconds of waiting (0: at
+    once). The kernel releases the lock when its process dies: a killed holder blocks no one.
+    """
+    import fcntl
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a+b") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise refuse() from None
+                time.sleep(0.2)  # s between tries
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def lock_held(path: str | os.PathLike[str]) -> bool:
+    """Whether a process holds :func:`file_lock` on ``path`` now (a missing file: no)."""
+    import fcntl
+
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def unwritable_dir(path: str | os.PathLike[str], create: bool = True) -> str | None:
+    """Why folder ``path`` cannot take new files, in a few words; None when it can.
+
+    With ``create`` the folder is made (parents too) and a file is created and removed in
+    it: the one test that also holds for root, read-only mounts and network file systems.
+    Without, nothing is written: only the folder, or its nearest existing parent, is looked
+    at (a dry run).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        return "exists and is not a folder"
+    if not create:
+        q = p
+        while not q.exists() and q.parent != q:
+            q = q.parent
+        if not q.is_dir():
+            return f"{q} is not a folder"
+        return None if os.access(q, os.W_OK | os.X_OK) else f"{q} is not writable"
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create the folder ({e.strerror or e})"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=p)
+    except OSError as e:
+        return f"cannot write in it ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(tmp)
+    return None

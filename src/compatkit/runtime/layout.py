@@ -13,6 +13,7 @@ A run directory (``compatkit run --out DIR``) holds::
     <method>/seed_<s>/memory_<t>.pt   the rehearsal memory after task t
     <method>/seed_<s>/features/       cached features, keyed by each checkpoint's SHA-256
     <method>/seed_<s>/done.json       a sweep's mark: this seed is trained and evaluated
+    <method>/seed_<s>/job.json        a sweep's record of the process and device of that seed
 
 Providers are not in it: every run shares them through one cache
 (:func:`compatkit.protocol.records.providers_cache`).
@@ -93,6 +94,14 @@ class RunDir:
 
     def done(self, method: str, seed: int) -> Path:
         return self.seed(method, seed) / "done.json"
+
+    def job(self, method: str, seed: int) -> Path:
+        """Where a sweep records who runs (or ran) this seed: host, process, device."""
+        return self.seed(method, seed) / "job.json"
+
+    def job_lock(self, method: str, seed: int) -> Path:
+        """Held by the process training this seed for a sweep (one process per seed)."""
+        return self.seed(method, seed) / ".job.lock"
 
     def holds_run(self) -> bool:
         """Whether the folder already holds a run (its config, or any task checkpoint)."""

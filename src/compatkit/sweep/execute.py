@@ -1,267 +1,214 @@
-"""Running a sweep: one run directory per setting, one job per (setting, seed), resumable.
+"""The work of a sweep: one job per (setting, seed), the providers before them, and the
+assembly of a setting's results once all its seeds are done.
 
-Layout of a sweep directory::
-
-    DIR/sweep.json                 the index: every invocation's command and settings
-    DIR/runs/<setting>/            a normal compatkit run (config.yaml, metrics.json, report.md)
-    DIR/runs/<setting>/<method>/seed_<s>/done.json   written when that seed is evaluated
-    DIR/summary.{md,json,csv}, DIR/front.png
-
-Providers are shared by every setting through the providers cache every run uses (the
-config's ``providers_dir``, else ``$COMPATKIT_CACHE/providers``), trained once before any job.
-
-A job trains one method through every task for one seed (``Runner.run_sequence`` with
-resume, so a job killed half-way continues from its last finished task) and evaluates that
-seed, which fills the feature caches; ``done.json`` marks it finished. When every requested
-seed of a setting is done, the setting's ``metrics.json`` and report are assembled from the
-caches. A sweep killed at any point is continued by running the same command again: finished
-jobs are not redone. ``--jobs N`` runs jobs in N processes, each with its own torch threads;
-a worker whose sweep process died stops within a second, so a restarted sweep never races it.
+A job trains one method through every task for one seed (resuming after its last finished
+task, so a job killed half-way continues where it stopped) and evaluates that seed, which
+fills the feature caches; ``done.json`` marks it finished and records where it ran (device,
+host, launcher). When every requested seed of a setting is done, the setting's
+``metrics.json`` and report are assembled from the caches. These functions run wherever a
+launcher puts them (this process, a worker process, a cluster node); each takes its
+configuration as an argument, never from a file of the sweep directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
-import shlex
+import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import RunConfig, build, validate
 from ..errors import InputError
-from ..runtime.files import atomic_write_text, read_json
+from ..runtime.files import atomic_write_json, file_lock, lock_held, read_json
 from ..runtime.layout import RunDir
-from .grid import Setting
+from .index import Job
 
-__all__ = ["INDEX", "Job", "SweepDir", "run_job"]
+__all__ = [
+    "assemble",
+    "command_line",
+    "config_from_dict",
+    "default_threads",
+    "job_busy",
+    "read_done",
+    "run_job",
+    "train_providers",
+]
 
-INDEX = "sweep.json"
-FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Job:
-    """One seed of one setting."""
-
-    setting: str
-    """The setting's hash."""
-    dir: str
-    method: str
-    seed: int
+DONE_NUMBERS = ("AC", "AM", "local_final", "local_mean", "final_self", "seconds")
 
 
-class SweepDir:
-    """A sweep directory: its index, its settings' run directories, its lock."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.runs = self.path / "runs"
-        self.index_path = self.path / INDEX
-        self.index: dict[str, Any] = {"format": FORMAT, "invocations": [], "settings": {}}
-        if self.index_path.is_file():
-            try:
-                self.index = json.loads(self.index_path.read_text(encoding="utf-8"))
-            except (ValueError, OSError) as e:
-                raise InputError(f"{self.index_path}: not a readable sweep index ({e})") from e
-            if not isinstance(self.index, dict) or self.index.get("format") != FORMAT:
-                raise InputError(f"{self.index_path}: not a compatkit sweep index (format)")
-        elif self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir()):
-            raise InputError(
-                f"{self.path} exists and is not a sweep directory (no {INDEX}); "
-                "choose another --out"
-            )
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold ``DIR/.lock`` (released by the kernel even when the process is killed)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path / ".lock", "w")
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise InputError(
-                    f"another compatkit sweep is running in {self.path}; wait for it to finish"
-                ) from None
-            yield
-        finally:
-            fh.close()
-
-    # ------------------------------------------------------------------ settings
-    def setting_dir(self, s: Setting | dict) -> Path:
-        """A setting's run directory, named when the setting was first added (a later
-        invocation that varies other keys finds it by its hash, not by a new name)."""
-        if isinstance(s, Setting):
-            entry = self.index["settings"].get(s.hash)
-            return self.runs / (entry["name"] if entry else s.name)
-        return self.runs / s["name"]
-
-    def add(self, settings: list[Setting], argv: list[str]) -> None:
-        """Record an invocation; write or update each setting's config.yaml (seeds: union)."""
-        known = self.index["settings"]
-        for s in settings:
-            entry = known.get(s.hash)
-            if entry is None:
-                entry = {"method": s.method, "name": s.name, "values": s.values, "seeds": []}
-                known[s.hash] = entry
-            else:  # another invocation's point of view: keep both sets of varied keys
-                entry["values"] = {**s.values, **entry["values"]}
-            seeds = entry["seeds"] + [x for x in s.seeds if x not in entry["seeds"]]
-            entry["seeds"] = seeds
-            d = self.setting_dir(entry)
-            d.mkdir(parents=True, exist_ok=True)
-            cfg = {**s.config, "seeds": seeds}
-            atomic_write_text(RunDir(d).config, yaml.safe_dump(cfg, sort_keys=False))
-        self.index["invocations"].append(
-            {
-                "command": "compatkit " + shlex.join(argv),
-                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "settings": [s.hash for s in settings],
-            }
-        )
-        self.save_index()
-
-    def save_index(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.index_path, json.dumps(self.index, indent=1))
-
-    def done_path(self, job: Job) -> Path:
-        return RunDir(job.dir).done(job.method, job.seed)
-
-    def jobs(self, hashes: list[str]) -> tuple[list[Job], list[Job]]:
-        """``(pending, finished)`` jobs of the given settings, in grid order."""
-        pending, finished = [], []
-        for h in hashes:
-            e = self.index["settings"][h]
-            for seed in e["seeds"]:
-                job = Job(h, str(self.setting_dir(e)), e["method"], int(seed))
-                (finished if self.done_path(job).is_file() else pending).append(job)
-        return pending, finished
-
-    def done_seeds(self, h: str) -> list[int]:
-        e = self.index["settings"][h]
-        return [
-            int(s)
-            for s in e["seeds"]
-            if self.done_path(Job(h, str(self.setting_dir(e)), e["method"], int(s))).is_file()
-        ]
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """A setting's effective configuration (a plain mapping) as a checked RunConfig."""
+    cfg = build(RunConfig, d)
+    validate(cfg)
+    return cfg
 
 
-# ---------------------------------------------------------------------------- the work
+# ---------------------------------------------------------------------------- one job
 
 
-def run_job(job: Job, threads: int | None = None) -> dict[str, Any]:
-    """Train (or resume) one method and seed of a setting, evaluate it, write ``done.json``."""
+def _seed_lock(job: Job, wait_s: float = 10.0) -> contextlib.AbstractContextManager:
+    """Hold ``job``'s seed lock or refuse: one process trains a seed at a time. Waits up to
+    ``wait_s`` seconds, so that a sweep checking the lock as a job starts does not fail it."""
+    seed_dir = job.seed_dir
+
+    def refuse() -> InputError:
+        who = _holder(seed_dir / "job.json")
+        return InputError(f"{seed_dir}: another process is running this job ({who})")
+
+    return file_lock(RunDir(job.dir).job_lock(job.method, job.seed), wait_s, refuse)
+
+
+def _holder(job_record: Path) -> str:
+    try:
+        rec = read_json(job_record)
+        return f"pid {int(rec['pid'])} on {str(rec['host'])[:100]}"
+    except (InputError, KeyError, TypeError, ValueError):
+        return "see its job.json"
+
+
+def job_busy(job: Job) -> str | None:
+    """Who holds ``job``'s seed lock right now ("pid N on HOST"), or None when nobody does."""
+    if not lock_held(RunDir(job.dir).job_lock(job.method, job.seed)):
+        return None
+    return _holder(job.seed_dir / "job.json")
+
+
+def _where(device: str, launcher: str, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Where a job runs, as recorded in job.json and done.json."""
     import torch
 
-    from ..config import load_config
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:  # "cuda": the current one, by number
+        dev = torch.device("cuda", torch.cuda.current_device())
+    out: dict[str, Any] = {"device": str(dev)}
+    if dev.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(dev)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            out["cuda_visible_devices"] = visible
+    out.update(host=socket.gethostname(), launcher=launcher, **(extra or {}))
+    return out
+
+
+def run_job(
+    job: Job,
+    threads: int | None = None,
+    device: str | None = None,
+    launcher: str = "local",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) one method and seed of a setting, evaluate it, write ``done.json``.
+
+    ``device`` (``cuda:2``) replaces the config's device for this job only: it decides where
+    the job computes, not what (it is not part of the setting). ``done.json`` records the
+    device actually used, the host, the launcher and ``extra`` (a cluster's job id).
+    """
+    import torch
+
+    from ..protocol.experiment import run_experiment
+    from ..runtime.device import resolve_device
+    from ..runtime.log import RunLog
+
+    dirs = RunDir(job.dir)
+    with _seed_lock(job):
+        cfg = config_from_dict({**job.config, "seeds": [job.seed]})
+        if device:
+            cfg.device = device
+        if threads:
+            cfg.num_workers_threads = threads
+            torch.set_num_threads(threads)
+        where = _where(str(resolve_device(cfg.device)), launcher, extra)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        record = {"setting": job.setting, "seed": job.seed, **where, "pid": os.getpid()}
+        atomic_write_json(dirs.job(job.method, job.seed), {**record, "started": started})
+        t0 = time.perf_counter()
+        log = RunLog(dirs.log, quiet=True, live=False)
+        try:
+            # providers are trained before any job starts (train_providers)
+            results = run_experiment(
+                cfg, dirs.root, log=log, methods=[job.method], records=False, write=False
+            )
+        finally:
+            log.close()
+        res = results[job.method]
+        done = {
+            "seed": job.seed,
+            "seconds": round(time.perf_counter() - t0, 1),
+            **{k: res.get(k) for k in ("AC", "AM", "local_final", "local_mean", "final_self")},
+            **where,
+            "started": started,
+        }
+        atomic_write_json(dirs.done(job.method, job.seed), done)
+    return done
+
+
+def read_done(path: Path) -> dict[str, Any]:
+    """A job's ``done.json``, checked: a damaged one is one line that says how to redo it."""
+    fix = "delete it and run the sweep again: that seed is evaluated again from its checkpoints"
+    try:
+        done = read_json(path, "job record")
+    except InputError as e:
+        raise InputError(f"{e}; {fix}") from None
+    ok = isinstance(done, dict) and all(
+        done.get(k) is None or (isinstance(done[k], (int, float)) and not isinstance(done[k], bool))
+        for k in DONE_NUMBERS
+    )
+    if not ok or not all(isinstance(done.get(k, ""), str) for k in ("device", "host")):
+        raise InputError(f"job record {path}: not a compatkit job record; {fix}")
+    return done
+
+
+def train_providers(
+    configs: list[dict[str, Any]],
+    run_dirs: list[str],
+    device: str | None = None,
+    threads: int | None = None,
+) -> int:
+    """Train (or check) every provider the given settings need, once; returns how many
+    settings were checked. ``device`` must be the jobs' device: a provider's recipe holds the
+    precision, which follows the device."""
+    import torch
+
+    from ..protocol.experiment import Experiment
+    from ..runtime.log import RunLog
+
+    if threads:
+        torch.set_num_threads(threads)
+    for config, run_dir in zip(configs, run_dirs, strict=True):
+        cfg = config_from_dict(config)
+        if device:
+            cfg.device = device
+        log = RunLog(RunDir(run_dir).log, quiet=True, live=False)
+        try:
+            Experiment(cfg, run_dir, log).providers.ensure()
+        finally:
+            log.close()
+    return len(configs)
+
+
+def assemble(job: Job, seeds: list[int]) -> dict[str, Any]:
+    """``metrics.json`` and the report of ``job``'s setting from its evaluated ``seeds``
+    (cached features); ``_meta`` gains each seed's wall time, device and host."""
     from ..protocol.experiment import run_experiment
     from ..runtime.log import RunLog
 
     dirs = RunDir(job.dir)
-    cfg = load_config(dirs.config)
-    cfg.seeds = [job.seed]
-    if threads:
-        cfg.num_workers_threads = threads
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    log = RunLog(dirs.log, quiet=True, live=False)
-    try:
-        # providers are cached by the sweep before any job starts
-        results = run_experiment(
-            cfg, dirs.root, log=log, methods=[job.method], records=False, write=False
-        )
-    finally:
-        log.close()
-    res = results[job.method]
-    done = {
-        "seed": job.seed,
-        "seconds": round(time.perf_counter() - t0, 1),
-        **{k: res.get(k) for k in ("AC", "AM", "local_final", "local_mean", "final_self")},
+    cfg = config_from_dict({**job.config, "seeds": list(seeds)})
+    done = [read_done(dirs.done(job.method, s)) for s in seeds]
+    meta = {
+        "seconds_per_seed": [d.get("seconds") for d in done],
+        "device_per_seed": [d.get("device") for d in done],
+        "host_per_seed": [d.get("host") for d in done],
     }
-    atomic_write_text(dirs.done(job.method, job.seed), json.dumps(done))
-    return done
-
-
-def assemble(run_dir: Path, seeds: list[int]) -> dict[str, Any]:
-    """``metrics.json`` and the report of a setting from its evaluated seeds (cached features)."""
-    from ..config import load_config
-    from ..protocol.experiment import run_experiment
-    from ..runtime.log import RunLog
-
-    dirs = RunDir(run_dir)
-    cfg = load_config(dirs.config)
-    cfg.seeds = list(seeds)
-    secs = [read_json(dirs.done(cfg.methods[0], s)).get("seconds") for s in seeds]
     log = RunLog(dirs.log, quiet=True, live=False)
     try:
-        return run_experiment(
-            cfg, dirs.root, log=log, train=False, records=True, meta={"seconds_per_seed": secs}
-        )
+        return run_experiment(cfg, dirs.root, log=log, train=False, records=True, meta=meta)
     finally:
         log.close()
-
-
-def _watch_parent() -> None:
-    """Worker side: exit as soon as the sweep process that started us is gone."""
-    parent = os.getppid()
-
-    def loop() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=loop, daemon=True).start()
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    _watch_parent()
-
-
-def execute(
-    jobs: list[Job],
-    jobs_n: int,
-    threads: int,
-    on_done: Callable[[Job, dict[str, Any]], None],
-) -> None:
-    """Run ``jobs`` in this process (``jobs_n`` 1) or in ``jobs_n`` worker processes."""
-    if jobs_n <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            on_done(job, run_job(job, threads))
-        return
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(
-        max_workers=min(jobs_n, len(jobs)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(threads,),
-    ) as pool:
-        futures = {pool.submit(run_job, job, threads): job for job in jobs}
-        try:
-            while futures:
-                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    job = futures.pop(f)
-                    on_done(job, f.result())
-        except BaseException:
-            for f in futures:  # a failed job stops the sweep: start nothing more
-                f.cancel()
-            raise
 
 
 def default_threads(jobs_n: int) -> int:

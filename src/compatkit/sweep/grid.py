@@ -28,7 +28,15 @@ import yaml
 from ..config import RunConfig, load_config, to_dict
 from ..errors import ConfigError
 
-__all__ = ["Setting", "Vary", "expand", "parse_vary", "setting_hash", "split_top_level"]
+__all__ = [
+    "Setting",
+    "Vary",
+    "blame",
+    "expand",
+    "parse_vary",
+    "setting_hash",
+    "split_top_level",
+]
 
 NOT_SHAPING = ("name", "seeds", "providers_dir", "num_workers_threads")
 """Config keys that decide where and how fast a run goes, not its numbers (not hashed)."""
@@ -119,6 +127,31 @@ def _effective(cfg: RunConfig, method: str) -> dict[str, Any]:
     return d
 
 
+def blame(
+    config: str | Path | None, overrides: list[str], point: dict[str, str], error: ConfigError
+) -> ConfigError:
+    """``error`` (raised by one grid point) with what is at fault in front of it.
+
+    When the config and ``--set`` alone fail the same way, the point is innocent: the error
+    names the config file (or the ``--set`` values); otherwise it names the point's values.
+    """
+    msg = str(error)
+
+    def fails_alike(sets: list[str]) -> bool:
+        try:
+            load_config(config, sets)
+        except ConfigError as e:
+            return str(e) == msg
+        return False
+
+    if point and not fails_alike(overrides):
+        where = ", ".join(f"{k}={val}" for k, val in point.items())
+        return ConfigError(f"sweep point {where}: {msg}")
+    if overrides and not fails_alike([]):
+        return ConfigError(f"--set {' '.join(overrides)}: {msg}")
+    return ConfigError(msg if str(config) in msg else f"config {config}: {msg}")
+
+
 def setting_hash(effective: dict[str, Any]) -> str:
     """Identity of a setting: its effective configuration without :data:`NOT_SHAPING` keys."""
     blob = {k: v for k, v in effective.items() if k not in NOT_SHAPING}
@@ -156,7 +189,8 @@ def expand(config: str | Path | None, overrides: list[str], vary: list[Vary]) ->
     """Every setting of the grid, validated, in grid order, each once (see the module doc).
 
     Each grid point is read as ``load_config(config, overrides + KEY=VALUE of the point)``,
-    so a value means exactly what it means after ``--set``; a refused point names its values.
+    so a value means exactly what it means after ``--set``. A refusal names what is at fault:
+    the config file, the ``--set`` values, or the grid point (see :func:`blame`).
     """
     seen: dict[str, Setting] = {}
     for combo in itertools.product(*(v.values for v in vary)):
@@ -165,8 +199,7 @@ def expand(config: str | Path | None, overrides: list[str], vary: list[Vary]) ->
         try:
             cfg = load_config(config, sets)
         except ConfigError as e:
-            where = ", ".join(f"{k}={val}" for k, val in point.items())
-            raise ConfigError(f"sweep point {where}: {e}") from e
+            raise blame(config, overrides, point, e) from e
         for m in cfg.methods:
             eff = _effective(cfg, m)
             h = setting_hash(eff)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,12 +18,20 @@ from typing import Any
 
 import yaml
 
+from ..errors import InputError
 from ..report import chance_levels, comparison_table, load_metrics
 from ..report.style import legend_outside, new_figure, save
 from ..report.table import METRIC_LABELS, fmt_stat
+from ..runtime.files import atomic_write_json, atomic_write_text
 from .grid import NOT_SHAPING
 
 __all__ = ["STAT_KEYS", "collect", "pareto", "plot_front", "write_summary"]
+
+REBUILD = (
+    "delete it and run a sweep command with that setting again: it is rebuilt from the "
+    "setting's finished jobs"
+)
+"""How to repair a setting's damaged metrics.json: it is derived from the jobs' records."""
 
 STAT_KEYS = ("AC", "AM", "local_final", "local_mean", "local_gain", "BC", "FC", "final_self")
 PLASTICITY = "local_final"
@@ -111,6 +118,17 @@ def distinguishing_keys(
     return extra
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """A setting's config.yaml as a mapping; one line naming it when it is not one."""
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise InputError(f"{path}: not a readable config ({' '.join(str(e).split())})") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path}: not a config (a mapping)")
+    return cfg
+
+
 def collect(sweep_dir: Path, index: Mapping[str, Any]) -> tuple[list[dict], list[dict], list[str]]:
     """``(rows, pending, keys)``: a row per setting with a metrics.json, the others pending,
     and the keys that tell the rows apart (the varied ones, then any other key on which two
@@ -120,7 +138,7 @@ def collect(sweep_dir: Path, index: Mapping[str, Any]) -> tuple[list[dict], list
     for h, entry in index["settings"].items():
         run_dir = sweep_dir / "runs" / entry["name"]
         if (run_dir / "metrics.json").is_file():
-            finished[h] = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+            finished[h] = _read_config(run_dir / "config.yaml")
     keys += distinguishing_keys(
         finished, {h: index["settings"][h]["method"] for h in finished}, keys
     )
@@ -131,7 +149,10 @@ def collect(sweep_dir: Path, index: Mapping[str, Any]) -> tuple[list[dict], list
         if not (run_dir / "metrics.json").is_file():
             pending.append({**label, "seeds": entry["seeds"]})
             continue
-        metrics = load_metrics(run_dir)
+        try:
+            metrics = load_metrics(run_dir)
+        except InputError as e:
+            raise InputError(f"{e}; {REBUILD}") from None
         cfg = finished[h]
         (row,) = comparison_table(metrics)
         values = {}
@@ -301,12 +322,10 @@ def write_summary(sweep_dir: Path, index: Mapping[str, Any]) -> dict[str, Any]:
         md += ["## Pending", ""]
         md += [f"- {p['setting']} (seeds {p['seeds']})" for p in pending]
         md.append("")
-    (sweep_dir / "summary.md").write_text("\n".join(md), encoding="utf-8")
+    atomic_write_text(sweep_dir / "summary.md", "\n".join(md))
     payload = {"commands": commands, "varied": keys, "rows": rows, "pending": pending}
-    (sweep_dir / "summary.json").write_text(
-        json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8"
-    )
-    (sweep_dir / "summary.csv").write_text(_csv(rows, keys), encoding="utf-8")
+    atomic_write_json(sweep_dir / "summary.json", payload)
+    atomic_write_text(sweep_dir / "summary.csv", _csv(rows, keys))
     return payload
 
 

@@ -48,7 +48,6 @@ import mmap
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +57,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DataError, InputError
-from ..runtime.files import fsync_dir
+from ..runtime.files import file_lock, fsync_dir
 
 __all__ = [
     "DTYPES",
@@ -494,27 +493,19 @@ def _read_items(root: Path, manifest: dict) -> dict:
 def locked(root: Path, name: str = LOCK, wait_s: float = 30.0) -> Iterator[None]:
     """Hold the lock file ``name`` of the index; refuse after ``wait_s`` seconds of waiting."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (file_lock needs it)
     except ImportError:  # pragma: no cover - no advisory locks: a single writer is assumed
         yield
         return
-    with open(root / name, "a+b") as f:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise InputError(
-                        f"index {root}: another compatkit process is writing it (lock {name} "
-                        f"held for {wait_s:.0f} s); wait for it to finish"
-                    ) from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def refuse() -> InputError:
+        return InputError(
+            f"index {root}: another compatkit process is writing it (lock {name} "
+            f"held for {wait_s:.0f} s); wait for it to finish"
+        )
+
+    with file_lock(root / name, wait_s, refuse):
+        yield
 
 
 def _version_entry(fingerprint: str, contract: dict, model: str, extra: dict | None) -> dict:
