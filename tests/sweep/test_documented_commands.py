@@ -37,7 +37,7 @@ COMMANDS = _commands()
 
 def test_the_sweep_commands_are_found():
     files = {name for name, _ in COMMANDS}
-    assert {"README.md", "sweep.md", "RESULTS.md"} <= files, files
+    assert {"sweep.md", "RESULTS.md", "adding-a-method.md"} <= files, files
     assert len(COMMANDS) >= 12
 
 
@@ -51,6 +51,11 @@ def test_a_documented_sweep_command_runs_as_written(source, line, monkeypatch):
     args = build_parser().parse_args(argv)  # argparse exits on anything it cannot read
     assert args.command == "sweep" and args.out
     monkeypatch.chdir(ROOT)  # as a user in the checkout types it
+    if source == "adding-a-method.md":  # after `pip install ./examples/plugin`, as it says
+        from compatkit.methods import load_plugins
+
+        monkeypatch.syspath_prepend(str(ROOT / "examples" / "plugin" / "src"))
+        load_plugins(["compatkit_l2.method"])
     settings = expand(resolve_config(args.config), args.overrides, parse_vary(args.vary))
     assert settings and all(s.seeds for s in settings)
     methods = {s.method for s in settings}
