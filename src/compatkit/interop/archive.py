@@ -166,10 +166,9 @@ def scan_torchscript(path: str | Path) -> None:
         try:
             for info in z.infolist():
                 if info.filename.endswith((".pkl", ".debug_pkl")):
-                    raw = (
-                        z.read(info) if info.file_size <= _MAX_PICKLE else b"x" * (_MAX_PICKLE + 1)
-                    )
-                    _check(raw, info.filename, TORCHSCRIPT_GLOBALS, ts_classes=True)
+                    if info.file_size > _MAX_PICKLE:
+                        raise _Unsafe(f"{info.filename}: a pickle too large to inspect")
+                    _check(z.read(info), info.filename, TORCHSCRIPT_GLOBALS, ts_classes=True)
         except _Unsafe as e:
             raise _refuse(p, "TorchScript archive", str(e)) from None
 
