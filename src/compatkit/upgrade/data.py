@@ -35,11 +35,13 @@ from ..data import ImageSet, load_dataset
 from ..data.collection import LIST_SUFFIXES, Collection, list_file, list_folder
 from ..data.datasets import DATASETS, SPLITS
 from ..data.folder import collection_imageset, folder_preprocess
+from ..data.preprocess import Preprocess
 from ..errors import DataError
 
 __all__ = [
     "Items",
     "convert_channels",
+    "given_preprocess",
     "item_ids",
     "load_user_data",
     "load_user_items",
@@ -205,14 +207,16 @@ def load_user_items(
     channels: int | None = None,
     workers: int = 0,
     strict: bool = False,
+    preprocess: Preprocess | None = None,
 ) -> tuple[ImageSet, list[str]]:
     """Images of ``spec`` (see the module docstring) and one stable id per image.
 
     Ids are file paths relative to the folder for an image folder, and
     ``"<split>/<index>"`` for a registered dataset. ``image_size``: resize and
     centre-crop to a square of that side (pixels); ``channels``: convert to 1
-    (grayscale) or 3 (RGB) channels. Files are decoded by ``workers`` processes; an
-    unreadable one is skipped, or refused with ``strict``. The result lives on the CPU.
+    (grayscale) or 3 (RGB) channels; ``preprocess``: a model's own steps instead (both
+    others must then be None). Files are decoded by ``workers`` processes; an unreadable one
+    is skipped, or refused with ``strict``. The result lives on the CPU.
     """
     if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
         raise DataError(f"data {spec}: image size must be a positive integer, got {image_size!r}")
@@ -222,12 +226,15 @@ def load_user_items(
             coll = items.collection
             if not coll.labelled:
                 raise DataError("unlabelled (no class sub-folders or labels); this needs classes")
-            pre = folder_preprocess(coll, image_size, channels, strict)
+            pre = preprocess or folder_preprocess(coll, image_size, channels, strict)
             data, kept = collection_imageset(coll, pre, workers, strict)
             ids = [coll.id(i) for i in kept]
         else:
             data, ids = items.images, list(items.ids)
-            if image_size is not None:
+            if preprocess is not None:
+                x = convert_channels(data.images, preprocess.channels)
+                data = ImageSet(preprocess.tensor(x), data.labels, data.classes)
+            elif image_size is not None:
                 data = ImageSet(
                     resize_images(data.images, int(image_size)), data.labels, data.classes
                 )
@@ -252,10 +259,38 @@ def load_user_data(
     channels: int | None = None,
     workers: int = 0,
     strict: bool = False,
+    preprocess: Preprocess | None = None,
 ) -> ImageSet:
     """Images of ``spec`` as an ImageSet on the CPU (``classes`` = class names); see
     :func:`load_user_items` for the arguments."""
-    return load_user_items(spec, split, image_size, channels, workers, strict)[0]
+    if preprocess is not None:
+        image_size = channels = None
+    return load_user_items(spec, split, image_size, channels, workers, strict, preprocess)[0]
+
+
+def given_preprocess(
+    opts, old_extra: dict, foreign, backbone: str, channels: int | None
+) -> Preprocess | None:
+    """How training data must be read when something fixes it: a foreign old model's
+    preprocessing, the old checkpoint's recorded one, or a pretrained ``timm:``/``tv:``
+    backbone's; None: the data's own size (or ``image_size``) and statistics decide."""
+    from ..backbones import backbone_preprocess
+
+    if foreign is not None:
+        if opts.image_size is not None and opts.image_size != foreign.preprocess.crop[0]:
+            raise DataError(
+                f"--image-size {opts.image_size}: the foreign old model takes "
+                f"{foreign.preprocess.crop[0]} px, and its successor takes the same input"
+            )
+        return foreign.preprocess
+    if isinstance(old_extra.get("preprocess"), dict) and opts.image_size is None:
+        return Preprocess.from_dict(old_extra["preprocess"])
+    if not old_extra and (opts.pretrained or opts.weights) and ":" in backbone:
+        pre = backbone_preprocess(backbone, channels or 3)
+        if pre is not None and opts.image_size:
+            pre = Preprocess.square(pre.channels, opts.image_size, pre.mean, pre.std, pre.name)
+        return pre
+    return None
 
 
 def relabel(data: ImageSet, names: Sequence[str]) -> ImageSet:

@@ -51,16 +51,21 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..backbones import load_backbone_weights
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import OptimConfig
 from ..data import ImageSet, Normalize, channel_stats, steps_per_epoch
+from ..data.preprocess import Preprocess
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import local_accuracy
+from ..interop.foreign import foreign_format, load_foreign
 from ..methods import METHODS, TaskContext, build_method, load_all
 from ..model import CompatModel, ModelSpec, build_model
 from ..progress import RunLog
 from ..train import resolve_precision, train_task
-from .data import load_user_data, relabel
+from .anchor import AnchoredMethod, AnchorOptions
+from .data import given_preprocess, load_user_data, load_user_items, relabel
+from .foreign_old import ForeignOld, class_means, foreign_successor
 
 __all__ = [
     "CE_METHOD",
@@ -96,8 +101,21 @@ class TrainOptions:
     (room to double the classes without a new lineage). Fixed for the life of a gallery."""
     image_size: int | None = None
     """Square side in pixels; None: the old model's size, else the data's own (uniform) size."""
-    init: str = "old"
-    """Successor start: ``old`` (the old weights) or ``scratch``."""
+    init: str | None = None
+    """Successor start: ``old`` (the old weights) or ``scratch``; None: ``old`` after a
+    compatkit model, ``scratch`` after a foreign one (its weights fit no compatkit backbone)."""
+    pretrained: bool = False
+    """Start a ``timm:``/``tv:`` backbone from the library's pretrained weights (network)."""
+    weights: str | None = None
+    """Start the backbone from a local file (safetensors or a state dict)."""
+    anchor: str | None = None
+    """Data whose OLD features the successor is trained to keep (:mod:`.anchor`)."""
+    anchor_weight: float = 1.0
+    """Weight of the anchor term next to the method's loss."""
+    workers: int = 0
+    """Processes decoding image files."""
+    strict: bool = False
+    """Stop at an unreadable image instead of skipping it."""
     epochs: int = 10
     """Passes over the data."""
     batch_size: int = 128
@@ -159,7 +177,7 @@ class TrainOptions:
                 raise ConfigError(f"method_options.{m}: {e}") from None
         if self.ce_rows not in ("all", "seen"):
             raise ConfigError(f"ce_rows must be 'all' or 'seen', got {self.ce_rows!r}")
-        if self.init not in ("old", "scratch"):
+        if self.init not in (None, "old", "scratch"):
             raise ConfigError(f"init must be 'old' or 'scratch', got {self.init!r}")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"num_classes (K) must be >= 2, got {self.num_classes}")
@@ -171,7 +189,7 @@ class TrainOptions:
                 raise ConfigError(f"{key} must be a finite number > 0, got {v}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
-        for key in ("min_lr", "momentum", "weight_decay", "pad", "threads"):
+        for key in ("min_lr", "momentum", "weight_decay", "pad", "threads", "workers"):
             v = getattr(self, key)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{key} must be a finite number >= 0, got {v}")
@@ -359,8 +377,16 @@ def train_model(
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"device/precision: {e}") from None
 
-    old_model, old_meta = (None, None)
-    if old is not None:
+    old_model, old_meta, foreign = (None, None, None)
+    if old is not None and foreign_format(old) is not None:
+        foreign = load_foreign(old)
+        if opts.init == "old":
+            raise ConfigError(
+                f"--init old: {old} is a {foreign.format} model whose weights fit no compatkit "
+                "backbone; its successor starts from scratch (or --weights/--pretrained)"
+            )
+        old_meta = {"sha256": foreign.sha256, "extra": {}}
+    elif old is not None:
         old_model, old_meta = load_checkpoint(old, map_location="cpu")
         if not old_model.class_map.names or set(old_model.class_map.names) != set(
             old_model.class_map.local
@@ -385,15 +411,27 @@ def train_model(
         channels = old_model.spec.in_channels
         if size is None and isinstance(old_extra.get("input_size"), list):
             size = int(old_extra["input_size"][1])
-    data = load_user_data(data_spec, image_size=size, channels=channels)
+    backbone = opts.backbone or (old_model.spec.backbone if old_model else "smallcnn")
+    pre = given_preprocess(opts, old_extra, foreign, backbone, channels)
+    data = load_user_data(
+        data_spec, image_size=size, channels=channels, workers=opts.workers, strict=opts.strict,
+        preprocess=pre,
+    )  # fmt: skip
     ids = plan_classes(data.classes, old_model.class_map.names if old_model else None)
     names = [ids.get(i, f"<unused {i}>") for i in range(max(ids) + 1)]
     data = relabel(data, names)
-    backbone = opts.backbone or (old_model.spec.backbone if old_model else "smallcnn")
     torch.manual_seed(opts.seed)
+    init = opts.init or ("old" if old_model is not None else "scratch")
 
-    if old_model is None:
-        if opts.init != "old":
+    if foreign is not None:
+        means = class_means(foreign, data, pre.normalizer())
+        old_model = ForeignOld(foreign, ids, means)
+        model = foreign_successor(foreign, head, backbone, ids, means)
+        mean, std = list(pre.mean), list(pre.std)
+        method = build_method(method_name, opts.method_options.get(method_name))
+        frozen = old_model.to(device)
+    elif old_model is None:
+        if opts.init is not None:
             raise ConfigError("init: --init applies to a successor (pass --old)")
         k = opts.num_classes or max(16, 2 * len(ids))
         if head != "learnable":
@@ -407,14 +445,14 @@ def train_model(
             raise ConfigError(f"model: {e}") from None
         model.add_classes(sorted(ids), "local")
         model.class_map.set_names(ids)
-        mean, std = channel_stats(data.images)
+        mean, std = (pre.mean, pre.std) if pre is not None else channel_stats(data.images)
         method = build_method(method_name)
         frozen = None
     else:
         if head != "learnable":
             _room(old_model.spec.num_classes, ids, set(old_model.class_map.local), data_spec)
         try:
-            model = _build_successor(old_model, head, backbone, ids, opts.init)
+            model = _build_successor(old_model, head, backbone, ids, init)
         except (ImportError, ValueError) as e:
             if isinstance(e, ConfigError):
                 raise
@@ -425,19 +463,28 @@ def train_model(
         mean, std = list(norm["mean"]), list(norm["std"])
         method = build_method(method_name, opts.method_options.get(method_name))
         frozen = None
-        if method.needs_old:
+        if method.needs_old or opts.anchor:
             frozen = copy.deepcopy(old_model).to(device).eval()
             for p in frozen.parameters():
                 p.requires_grad_(False)
+    if init == "scratch":
+        load_backbone_weights(
+            model.backbone, backbone, data.channels, opts.pretrained, opts.weights
+        )
+    elif opts.pretrained or opts.weights:
+        raise ConfigError("--pretrained/--weights: the successor starts from the old weights")
+    pre = pre or Preprocess.square(data.channels, data.height, mean, std)
+    if data.height != data.width:
+        pre = Preprocess.from_dict(
+            {"input_size": [data.channels, data.height, data.width], "mean": mean, "std": std}
+        )
 
     gen = torch.Generator().manual_seed(opts.seed)
     train_set, val_set = stratified_split(data, opts.val_fraction, gen)
     side = data.height
-    lr = opts.lr or (0.001 if (old_model is not None and opts.init == "old") else 0.05)
+    lr = opts.lr or (0.001 if (old_model is not None and init == "old") else 0.05)
     freeze_bn = (
-        opts.freeze_bn
-        if opts.freeze_bn is not None
-        else (old_model is not None and opts.init == "old")
+        opts.freeze_bn if opts.freeze_bn is not None else (old_model is not None and init == "old")
     )
     optim = OptimConfig(
         epochs=int(opts.epochs),
@@ -451,6 +498,13 @@ def train_model(
         freeze_bn=freeze_bn,
     )
     normalize = Normalize(mean, std)
+    if opts.anchor:
+        if frozen is None:
+            raise ConfigError("--anchor: anchors keep an old model's features; pass --old")
+        anchors = load_user_items(opts.anchor, preprocess=pre, workers=opts.workers)[0]
+        a_opts = AnchorOptions(opts.anchor_weight, optim.batch_size, optim.pad, optim.flip)
+        method = AnchoredMethod(method, anchors, a_opts, opts.seed + 1)
+        log.info(f"anchors: {len(anchors)} images of {opts.anchor}, weight {opts.anchor_weight:g}")
 
     model.to(device)
     present = train_set.present_classes()
@@ -530,6 +584,7 @@ def train_model(
         "backbone": backbone,
         "num_classes": model.spec.num_classes,
         "image_size": data.height,
+        "init": init if old is not None else None,
         "lr": lr,
         "min_lr": optim.min_lr,
         "pad": optim.pad,
@@ -539,7 +594,15 @@ def train_model(
         "role": "upgrade",
         "method": method_name,
         "method_options": asdict(method.cfg) if hasattr(method.cfg, "__dataclass_fields__") else {},
-        "old": {"fingerprint": old_meta["sha256"], "path": str(old)} if old_meta else None,
+        "old": {
+            "fingerprint": old_meta["sha256"],
+            "path": str(old),
+            "format": foreign.format if foreign else "compatkit-checkpoint",
+        }
+        if old_meta
+        else None,
+        "preprocess": pre.to_dict(),
+        "anchor": {"data": opts.anchor, "weight": opts.anchor_weight} if opts.anchor else None,
         "data": {"spec": data_spec, "images": len(train_set), "held_out": len(val_set or [])},
         "class_names": {str(k): v for k, v in sorted(ids.items())},
         "classes_trained": [ids[c] for c in present],
