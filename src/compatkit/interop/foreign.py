@@ -155,7 +155,9 @@ def _read_json(path: Path) -> tuple[Preprocess, dict]:
 
 def _torchscript(path: Path) -> Any:
     try:
-        m = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own notice
+            m = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
         raise CheckpointError(f"{path}: not a loadable TorchScript archive ({e})") from None
     return m.eval()
