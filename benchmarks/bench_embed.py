@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import DEFAULT_RESULTS, command_line, machine, md_table, render_section
-from _results import write_section
+from _results import DEFAULT_RESULTS, command_line, machine, md_table, render_section, write_section
 
 BATCH = 64
 CLASSES = 10

@@ -94,5 +94,5 @@ def test_unreadable_files_are_skipped_with_a_count_or_refused(tmp_path: Path) ->
     images, kept = read_all(coll, pre, workers=2, report=rep)
     assert images.shape == (4, 3, 16, 16) and kept.tolist() == [0, 1, 3, 4]
     assert rep.skipped == 1 and rep.errors[0].startswith(f"{tmp_path / 'a' / '2.png'}: not a")
-    with pytest.raises(DataError, match="2.png: not a readable image"):
+    with pytest.raises(DataError, match=r"2\.png: not a readable image"):
         list(iter_batches(coll, pre, batch_size=2, strict=True))
