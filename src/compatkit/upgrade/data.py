@@ -23,7 +23,7 @@ spec at fault.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from ..data.collection import LIST_SUFFIXES, Collection, list_file, list_folder
 from ..data.datasets import DATASETS, SPLITS
 from ..data.folder import collection_imageset, folder_preprocess
 from ..data.preprocess import Preprocess
+from ..data.stream import ReadReport
 from ..errors import DataError
 
 __all__ = [
@@ -206,8 +207,10 @@ def load_user_items(
     image_size: int | None = None,
     channels: int | None = None,
     workers: int = 0,
-    strict: bool = False,
+    strict: bool = True,
     preprocess: Preprocess | None = None,
+    note: Callable[[str], None] | None = None,
+    labels: bool = True,
 ) -> tuple[ImageSet, list[str]]:
     """Images of ``spec`` (see the module docstring) and one stable id per image.
 
@@ -216,18 +219,30 @@ def load_user_items(
     centre-crop to a square of that side (pixels); ``channels``: convert to 1
     (grayscale) or 3 (RGB) channels; ``preprocess``: a model's own steps instead (both
     others must then be None). Files are decoded by ``workers`` processes; an unreadable one
-    is skipped, or refused with ``strict``. The result lives on the CPU.
+    is refused (``strict``, the default) or skipped; ``note`` receives one line for what
+    listing left out and one per skipped file. ``labels=False`` also takes unlabelled images
+    (one class named ``unlabelled``). The result lives on the CPU.
     """
     if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
         raise DataError(f"data {spec}: image size must be a positive integer, got {image_size!r}")
     items = open_items(spec, split)
+    if note is not None and items.left_out():
+        note(f"{spec}: {items.left_out()}")
     try:
         if items.collection is not None:
             coll = items.collection
             if not coll.labelled:
-                raise DataError("unlabelled (no class sub-folders or labels); this needs classes")
+                if labels:
+                    raise DataError(
+                        "unlabelled (no class sub-folders or labels); this needs classes"
+                    )
+                coll.labels[:] = 0
+                coll.classes = ["unlabelled"]
             pre = preprocess or folder_preprocess(coll, image_size, channels, strict)
-            data, kept = collection_imageset(coll, pre, workers, strict)
+            rep = ReadReport()
+            data, kept = collection_imageset(coll, pre, workers, strict, rep)
+            if note is not None and rep.skipped:
+                note(f"{spec}: {rep.skipped} unreadable file(s) skipped: " + "; ".join(rep.errors))
             ids = [coll.id(i) for i in kept]
         else:
             data, ids = items.images, list(items.ids)
@@ -258,14 +273,15 @@ def load_user_data(
     image_size: int | None = None,
     channels: int | None = None,
     workers: int = 0,
-    strict: bool = False,
+    strict: bool = True,
     preprocess: Preprocess | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> ImageSet:
     """Images of ``spec`` as an ImageSet on the CPU (``classes`` = class names); see
     :func:`load_user_items` for the arguments."""
     if preprocess is not None:
         image_size = channels = None
-    return load_user_items(spec, split, image_size, channels, workers, strict, preprocess)[0]
+    return load_user_items(spec, split, image_size, channels, workers, strict, preprocess, note)[0]
 
 
 def given_preprocess(

@@ -415,7 +415,7 @@ def train_model(
     pre = given_preprocess(opts, old_extra, foreign, backbone, channels)
     data = load_user_data(
         data_spec, image_size=size, channels=channels, workers=opts.workers, strict=opts.strict,
-        preprocess=pre,
+        preprocess=pre, note=log.info,
     )  # fmt: skip
     ids = plan_classes(data.classes, old_model.class_map.names if old_model else None)
     names = [ids.get(i, f"<unused {i}>") for i in range(max(ids) + 1)]
@@ -501,7 +501,10 @@ def train_model(
     if opts.anchor:
         if frozen is None:
             raise ConfigError("--anchor: anchors keep an old model's features; pass --old")
-        anchors = load_user_items(opts.anchor, preprocess=pre, workers=opts.workers)[0]
+        anchors = load_user_items(
+            opts.anchor, preprocess=pre, workers=opts.workers, strict=opts.strict,
+            note=log.info, labels=False,
+        )[0]  # fmt: skip
         a_opts = AnchorOptions(opts.anchor_weight, optim.batch_size, optim.pad, optim.flip)
         method = AnchoredMethod(method, anchors, a_opts, opts.seed + 1)
         log.info(f"anchors: {len(anchors)} images of {opts.anchor}, weight {opts.anchor_weight:g}")
