@@ -96,3 +96,27 @@ def test_unreadable_files_are_skipped_with_a_count_or_refused(tmp_path: Path) ->
     assert rep.skipped == 1 and rep.errors[0].startswith(f"{tmp_path / 'a' / '2.png'}: not a")
     with pytest.raises(DataError, match=r"2\.png: not a readable image"):
         list(iter_batches(coll, pre, batch_size=2, strict=True))
+
+
+def _torchvision():
+    try:
+        import torchvision.transforms as T
+    except (ImportError, RuntimeError):  # missing, or a build that does not match torch
+        return None
+    return T
+
+
+@pytest.mark.skipif(_torchvision() is None, reason="torchvision does not import here")
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic", "nearest"])
+def test_same_pixels_as_torchvision_resize_and_center_crop(interp: str) -> None:
+    T = _torchvision()
+    rng = np.random.default_rng(0)
+    pre = Preprocess.from_dict(
+        {"input_size": [3, 32, 32], "resize": 37, "interpolation": interp}
+        | {"mean": [0] * 3, "std": [1] * 3}
+    )
+    mode = getattr(T.InterpolationMode, interp.upper())
+    tf = T.Compose([T.Resize(37, interpolation=mode), T.CenterCrop(32), T.PILToTensor()])
+    for h, w in ((50, 91), (91, 50), (41, 41), (30, 44)):
+        img = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        assert torch.equal(pre.image(img), tf(img)), (h, w)

@@ -30,7 +30,7 @@ from ..heads import build_head
 from ..model import CompatModel, ModelOutput, ModelSpec, build_model
 from ..simplex import ClassMap
 
-__all__ = ["ForeignOld", "class_means", "foreign_successor"]
+__all__ = ["ForeignOld", "class_means", "foreign_successor", "named_model"]
 
 
 class _ForeignBackbone(nn.Module):
@@ -83,6 +83,17 @@ def class_means(fm, data: ImageSet, normalize, batch_size: int = 64) -> torch.Te
     return F.normalize(sums, dim=1)
 
 
+def named_model(spec: ModelSpec, ids: dict[int, str]) -> CompatModel:
+    """A fresh model of ``spec`` holding the classes ``ids`` (id -> name)."""
+    try:
+        model = build_model(spec)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"model: {e}") from None
+    model.add_classes(sorted(ids), "local")
+    model.class_map.set_names(ids)
+    return model
+
+
 def foreign_successor(
     fm, head: str, backbone: str, ids: dict[int, str], means: torch.Tensor
 ) -> CompatModel:
@@ -99,13 +110,7 @@ def foreign_successor(
             f"a d-Simplex head in the foreign model's {d}-d space has K={k} vertices, too few "
             f"for {max(ids) + 1} classes; use a learnable-head method (--method bct)"
         )
-    spec = ModelSpec(backbone, fm.preprocess.channels, d, head, k)
-    try:
-        model = build_model(spec)
-    except (ImportError, ValueError) as e:
-        raise ConfigError(f"model: {e}") from None
-    model.add_classes(sorted(ids), "local")
-    model.class_map.set_names(ids)
+    model = named_model(ModelSpec(backbone, fm.preprocess.channels, d, head, k), ids)
     if head == "learnable":
         with torch.no_grad():  # each class starts from V1's class mean (its old "row")
             for c in ids:

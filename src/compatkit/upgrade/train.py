@@ -65,7 +65,7 @@ from ..progress import RunLog
 from ..train import resolve_precision, train_task
 from .anchor import AnchoredMethod, AnchorOptions
 from .data import given_preprocess, load_user_data, load_user_items, relabel
-from .foreign_old import ForeignOld, class_means, foreign_successor
+from .foreign_old import ForeignOld, class_means, foreign_successor, named_model
 
 __all__ = [
     "CE_METHOD",
@@ -439,12 +439,7 @@ def train_model(
         spec = ModelSpec(
             backbone, data.channels, k - 1, head, k if head != "learnable" else len(ids)
         )
-        try:
-            model = build_model(spec)
-        except (ValueError, ImportError) as e:
-            raise ConfigError(f"model: {e}") from None
-        model.add_classes(sorted(ids), "local")
-        model.class_map.set_names(ids)
+        model = named_model(spec, ids)
         mean, std = (pre.mean, pre.std) if pre is not None else channel_stats(data.images)
         method = build_method(method_name)
         frozen = None
