@@ -22,10 +22,12 @@ items cost tens of MB, and worker processes that read them do not copy them page
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
+from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,17 +102,24 @@ class Collection:
         self,
         root: Path,
         ids: Iterable[str],
-        labels: Iterable[int],
+        labels: Iterable[int] | None,
         classes: list[str],
         left_out: LeftOut | None = None,
         spec: str = "",
     ) -> None:
         self.root = Path(root)
-        raw = [os.fsencode(i) for i in ids]
-        self._offsets = np.zeros(len(raw) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in raw], out=self._offsets[1:])
-        self._blob = np.frombuffer(b"".join(raw), dtype=np.uint8)
-        self.labels = np.fromiter(labels, dtype=np.int32, count=len(raw))
+        blob, ends = bytearray(), array("q", [0])
+        for i in ids:  # one id at a time: no list of a million strings on the way
+            blob += os.fsencode(i)
+            ends.append(len(blob))
+        self._offsets = np.frombuffer(ends, dtype=np.int64).copy()
+        self._blob = np.frombuffer(bytes(blob), dtype=np.uint8)
+        n = len(self._offsets) - 1
+        self.labels = (
+            np.full(n, UNLABELLED, dtype=np.int32)
+            if labels is None
+            else np.fromiter(labels, dtype=np.int32, count=n)
+        )
         self.classes = list(classes)
         self.left_out = left_out or LeftOut()
         self.spec = spec or str(root)
@@ -241,21 +250,25 @@ def list_folder(
         ids = _top_level(root, root, left, labelled=False)
         if not ids:
             raise DataError(f"{root}: no images and no class sub-folders ({left.summary()})")
-        return Collection(root, ids, [UNLABELLED] * len(ids), [], left, str(root))
+        return Collection(root, ids, None, [], left, str(root))
     if not has_splits:
         _top_level(root, root, left, labelled=True)
     index = {c: k for k, c in enumerate(classes)}
-    ids: list[str] = []
-    labels: list[int] = []
-    for d in dirs:
-        files = _scan_class(d, root, left)
-        if not files and not has_splits:
-            raise DataError(f"{d}: the class folder holds no images ({IMAGE_SUFFIXES})")
-        ids += files
-        labels += [index[d.name]] * len(files)
-    if not ids:
+    labels = array("i")
+
+    def files() -> Iterator[str]:  # one class folder's listing in memory at a time
+        for d in dirs:
+            found = _scan_class(d, root, left)
+            if not found and not has_splits:
+                raise DataError(f"{d}: the class folder holds no images ({IMAGE_SUFFIXES})")
+            labels.extend(itertools.repeat(index[d.name], len(found)))
+            yield from found
+
+    coll = Collection(root, files(), None, classes, left, str(root))
+    coll.labels = np.frombuffer(labels, dtype=np.int32).copy()
+    if not len(coll):
         raise DataError(f"{folder}: no images")
-    return Collection(root, ids, labels, classes, left, str(root))
+    return coll
 
 
 def _rows(path: Path) -> Iterable[tuple[int, str, str | None]]:
@@ -306,7 +319,7 @@ def list_file(path: str | os.PathLike) -> Collection:
         n = next(n for n, lab in names if lab is None)
         raise DataError(f"{p}:{n}: no label, while other lines have one (label all or none)")
     if not any(given):
-        return Collection(base, ids, [UNLABELLED] * len(ids), [], LeftOut(), str(p))
+        return Collection(base, ids, None, [], LeftOut(), str(p))
     classes = sorted({lab for _, lab in names if lab is not None})
     index = {c: k for k, c in enumerate(classes)}
     return Collection(base, ids, [index[lab] for _, lab in names], classes, LeftOut(), str(p))
