@@ -83,13 +83,19 @@ def _model_info(e: Embedder) -> dict:
 
 
 def _embedded(
-    e: Embedder, items: Items, batch_size: int, workers: int, strict: bool, device: str
+    e: Embedder,
+    items: Items,
+    batch_size: int,
+    workers: int,
+    strict: bool,
+    device: str,
+    say: Callable[[str], None],
 ) -> tuple[torch.Tensor, np.ndarray, ReadReport]:
     """Unit features of ``items`` by model ``e`` (streamed at its preprocessing) and the
     positions of the items read (an unreadable file is skipped)."""
     rep = ReadReport()
     feats, pos = [], []
-    for p, f in e.embed_items(items, batch_size, workers, strict, device, rep):
+    for p, f in e.embed_items(items, batch_size, workers, strict, device, rep, say):
         pos.append(p)
         feats.append(f)
     if not feats:
@@ -294,8 +300,8 @@ def run_check(
         say(
             f"embedding {len(q_items)} queries and {len(g_items)} gallery images with {who.upper()}"
         )
-        q = _embedded(e, q_items, batch_size, workers, strict, device)
-        g = _embedded(e, g_items, batch_size, workers, strict, device)
+        q = _embedded(e, q_items, batch_size, workers, strict, device, say)
+        g = _embedded(e, g_items, batch_size, workers, strict, device, say)
         feats[who] = (q, g)
         skipped = max(skipped, q[2].skipped + g[2].skipped)
     sides = []
