@@ -304,7 +304,9 @@ def given_preprocess(
     if not old_extra and (opts.pretrained or opts.weights) and ":" in backbone:
         pre = backbone_preprocess(backbone, channels or 3)
         if pre is not None and opts.image_size:
-            pre = Preprocess.square(pre.channels, opts.image_size, pre.mean, pre.std, pre.name)
+            size = int(opts.image_size)
+            d = pre.to_dict() | {"input_size": [pre.channels, size, size], "resize": size}
+            pre = Preprocess.from_dict({k: v for k, v in d.items() if k != "crop"})
         return pre
     return None
 
