@@ -74,13 +74,15 @@ def test_anchors_add_the_old_model_term_on_their_images(v1, tiny, tmp_path) -> N
     old, _ = v1
     opts = _opts(anchor=str(tiny["gallery"]), anchor_weight=2.0)
     res = train_model(str(tiny["v2new"]), tmp_path / "a.pt", opts, old=old)
-    assert res.extra["anchor"] == {"data": str(tiny["gallery"]), "weight": 2.0}
+    assert res.extra["anchor"] == {"data": str(tiny["gallery"]), "weight": 2.0, "term": "method"}
     assert all("anchor" in p and p["anchor"] > 0 for p in res.extra["loss_parts"])
     flat = tmp_path / "flat"  # an unlabelled gallery anchors as well
     flat.mkdir()
     for p in sorted(Path(tiny["gallery"]).glob("*/*.png"))[:20]:
         (flat / f"{p.parent.name}-{p.name}").write_bytes(p.read_bytes())
-    res = train_model(str(tiny["v2new"]), tmp_path / "f.pt", _opts(anchor=str(flat)), old=old)
+    opts = _opts(anchor=str(flat), anchor_term="fd")
+    res = train_model(str(tiny["v2new"]), tmp_path / "f.pt", opts, old=old)
     assert res.extra["anchor"]["data"] == str(flat)
+    assert 0 < res.extra["loss_parts"][0]["anchor"] <= 2  # 1 - cos
     with pytest.raises(ConfigError, match=r"--anchor: .* pass --old"):
         train_model(str(tiny["v1"]), tmp_path / "n.pt", _opts(anchor=str(tiny["gallery"])))

@@ -6,11 +6,15 @@ too, wherever OLD put them), so NEW's queries no longer find them. An anchor set
 to keep OLD's features on those very images, through the method's old-model term, with no
 class label needed:
 
-- methods whose old-model term is HOC's contrastive loss (``hoc``, and any other whose
-  loss reports an ``hoc`` part): that loss on the anchor batch, each anchor its own
-  class (its positive is OLD's feature of the same image, its negatives OLD's features of
-  the other anchors);
-- every other method: feature distillation, ``1 - cos(NEW(x), OLD(x))`` (the FD term).
+- ``term="method"`` (the default): for methods whose old-model term is HOC's contrastive
+  loss (``hoc``, ``etf-hoc``) that loss on the anchor batch, each anchor its own class (its
+  positive is OLD's feature of the same image, its negatives OLD's features of the other
+  anchors); for every other method feature distillation;
+- ``term="fd"``: feature distillation, ``1 - cos(NEW(x), OLD(x))`` (the FD term), whatever
+  the method: it asks for OLD's very feature, where the contrastive term only asks that
+  each anchor be nearer its own OLD feature than the other anchors' (measured in
+  examples/upgrade/README.md: on the more-classes update the contrastive term moved the
+  features more, not less).
 
 Each training step draws one anchor batch (the training batch's size, augmented as the
 training images are) and adds ``weight x`` the term to the method's loss. The anchor
@@ -40,6 +44,8 @@ class AnchorOptions:
     flip: bool = True
     mu: float = 10.0
     """HOC's inverse temperature, when the term is HOC's."""
+    term: str = "method"
+    """``method`` (the method's old-model term) or ``fd`` (cosine distillation)."""
 
 
 class AnchoredMethod(Method):
@@ -52,7 +58,8 @@ class AnchoredMethod(Method):
         self.name = inner.name
         self.head = inner.head
         self.needs_old = True
-        self.form = "hoc" if inner.name in ("hoc", "etf-hoc") else "fd"
+        hoc = inner.name in ("hoc", "etf-hoc") and opts.term == "method"
+        self.form = "hoc" if hoc else "fd"
         self.ctx: TaskContext | None = None
 
     def begin_task(self, ctx: TaskContext) -> None:

@@ -112,6 +112,8 @@ class TrainOptions:
     """Data whose OLD features the successor is trained to keep (:mod:`.anchor`)."""
     anchor_weight: float = 1.0
     """Weight of the anchor term next to the method's loss."""
+    anchor_term: str = "method"
+    """``method`` (the method's old-model term on the anchors) or ``fd`` (1 - cos)."""
     workers: int = 0
     """Processes decoding image files."""
     strict: bool = False
@@ -177,6 +179,8 @@ class TrainOptions:
                 raise ConfigError(f"method_options.{m}: {e}") from None
         if self.ce_rows not in ("all", "seen"):
             raise ConfigError(f"ce_rows must be 'all' or 'seen', got {self.ce_rows!r}")
+        if self.anchor_term not in ("method", "fd"):
+            raise ConfigError(f"anchor_term must be 'method' or 'fd', got {self.anchor_term!r}")
         if self.init not in (None, "old", "scratch"):
             raise ConfigError(f"init must be 'old' or 'scratch', got {self.init!r}")
         if self.num_classes is not None and self.num_classes < 2:
@@ -500,7 +504,9 @@ def train_model(
             opts.anchor, preprocess=pre, workers=opts.workers, strict=opts.strict,
             note=log.info, labels=False,
         )[0]  # fmt: skip
-        a_opts = AnchorOptions(opts.anchor_weight, optim.batch_size, optim.pad, optim.flip)
+        a_opts = AnchorOptions(
+            opts.anchor_weight, optim.batch_size, optim.pad, optim.flip, term=opts.anchor_term
+        )
         method = AnchoredMethod(method, anchors, a_opts, opts.seed + 1)
         log.info(f"anchors: {len(anchors)} images of {opts.anchor}, weight {opts.anchor_weight:g}")
 
@@ -600,7 +606,9 @@ def train_model(
         if old_meta
         else None,
         "preprocess": pre.to_dict(),
-        "anchor": {"data": opts.anchor, "weight": opts.anchor_weight} if opts.anchor else None,
+        "anchor": {"data": opts.anchor, "weight": opts.anchor_weight, "term": opts.anchor_term}
+        if opts.anchor
+        else None,
         "data": {"spec": data_spec, "images": len(train_set), "held_out": len(val_set or [])},
         "class_names": {str(k): v for k, v in sorted(ids.items())},
         "classes_trained": [ids[c] for c in present],
