@@ -72,7 +72,7 @@ def test_what_a_foreign_old_cannot_give_is_refused(v1, tiny, tmp_path) -> None:
 
 def test_anchors_add_the_old_model_term_on_their_images(v1, tiny, tmp_path) -> None:
     old, _ = v1
-    opts = _opts(anchor=str(tiny["gallery"]), anchor_weight=2.0)
+    opts = _opts(anchor=str(tiny["gallery"]), anchor_weight=2.0, anchor_term="method")
     res = train_model(str(tiny["v2new"]), tmp_path / "a.pt", opts, old=old)
     assert res.extra["anchor"] == {"data": str(tiny["gallery"]), "weight": 2.0, "term": "method"}
     assert all("anchor" in p and p["anchor"] > 0 for p in res.extra["loss_parts"])
@@ -80,9 +80,9 @@ def test_anchors_add_the_old_model_term_on_their_images(v1, tiny, tmp_path) -> N
     flat.mkdir()
     for p in sorted(Path(tiny["gallery"]).glob("*/*.png"))[:20]:
         (flat / f"{p.parent.name}-{p.name}").write_bytes(p.read_bytes())
-    opts = _opts(anchor=str(flat), anchor_term="fd")
+    opts = _opts(anchor=str(flat))
     res = train_model(str(tiny["v2new"]), tmp_path / "f.pt", opts, old=old)
-    assert res.extra["anchor"]["data"] == str(flat)
+    assert res.extra["anchor"] == {"data": str(flat), "weight": 1.0, "term": "fd"}
     assert 0 < res.extra["loss_parts"][0]["anchor"] <= 2  # 1 - cos
     with pytest.raises(ConfigError, match=r"--anchor: .* pass --old"):
         train_model(str(tiny["v1"]), tmp_path / "n.pt", _opts(anchor=str(tiny["gallery"])))

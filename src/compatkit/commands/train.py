@@ -27,7 +27,7 @@ _FLAGS = (
     ("--weights", str, "start the backbone from this file (safetensors or a state dict)"),
     ("--anchor", str, "images whose OLD features the successor keeps (folder, list, dataset)"),
     ("--anchor-weight", float, "weight of the anchor term (default 1)"),
-    ("--anchor-term", str, "method (the method's old-model term, default) or fd (1 - cos)"),
+    ("--anchor-term", str, "fd (1 - cos to OLD's feature, default) or method (its own term)"),
     ("--workers", int, "processes decoding image files (default 0)"),
     ("--threads", int, "CPU threads for torch (default: torch's choice)"),
 )

@@ -6,15 +6,16 @@ too, wherever OLD put them), so NEW's queries no longer find them. An anchor set
 to keep OLD's features on those very images, through the method's old-model term, with no
 class label needed:
 
-- ``term="method"`` (the default): for methods whose old-model term is HOC's contrastive
-  loss (``hoc``, ``etf-hoc``) that loss on the anchor batch, each anchor its own class (its
-  positive is OLD's feature of the same image, its negatives OLD's features of the other
-  anchors); for every other method feature distillation;
-- ``term="fd"``: feature distillation, ``1 - cos(NEW(x), OLD(x))`` (the FD term), whatever
-  the method: it asks for OLD's very feature, where the contrastive term only asks that
-  each anchor be nearer its own OLD feature than the other anchors' (measured in
-  examples/upgrade/README.md: on the more-classes update the contrastive term moved the
-  features more, not less).
+- ``term="fd"`` (the default): feature distillation, ``1 - cos(NEW(x), OLD(x))`` (the FD
+  method's old-model term), whatever the method: it asks for OLD's very feature;
+- ``term="method"``: the method's own old-model term; for methods whose term is HOC's
+  contrastive loss (``hoc``, ``etf-hoc``) that loss on the anchor batch, each anchor its own
+  class (its positive is OLD's feature of the same image, its negatives OLD's features of
+  the other anchors), which only asks that each anchor be nearer its own OLD feature than
+  the other anchors'; for every other method feature distillation.
+
+Measured on the worked example's more-classes update (examples/upgrade/README.md): HOC's
+contrastive term on the anchors moved the features more, not less; distillation kept them.
 
 Each training step draws one anchor batch (the training batch's size, augmented as the
 training images are) and adds ``weight x`` the term to the method's loss. The anchor
@@ -44,8 +45,8 @@ class AnchorOptions:
     flip: bool = True
     mu: float = 10.0
     """HOC's inverse temperature, when the term is HOC's."""
-    term: str = "method"
-    """``method`` (the method's old-model term) or ``fd`` (cosine distillation)."""
+    term: str = "fd"
+    """``fd`` (cosine distillation) or ``method`` (the method's old-model term)."""
 
 
 class AnchoredMethod(Method):

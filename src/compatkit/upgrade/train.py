@@ -112,8 +112,8 @@ class TrainOptions:
     """Data whose OLD features the successor is trained to keep (:mod:`.anchor`)."""
     anchor_weight: float = 1.0
     """Weight of the anchor term next to the method's loss."""
-    anchor_term: str = "method"
-    """``method`` (the method's old-model term on the anchors) or ``fd`` (1 - cos)."""
+    anchor_term: str = "fd"
+    """``fd`` (1 - cos to OLD's feature) or ``method`` (the method's old-model term)."""
     workers: int = 0
     """Processes decoding image files."""
     strict: bool = False
