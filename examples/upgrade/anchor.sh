@@ -9,7 +9,7 @@ PY="${PYTHON:-python}"
 CK="${COMPATKIT:-compatkit}"
 EPOCHS1="${EPOCHS1:-10}"
 EPOCHS2="${EPOCHS2:-5}"
-WEIGHTS="${ANCHOR_WEIGHTS:-1}"
+WEIGHTS="${ANCHOR_WEIGHTS:-1 5 20}"     # weights of the distillation form
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 D="$WORK/data"; M="$WORK/models"; C="$WORK/checks"
 mkdir -p "$M" "$C"
@@ -25,9 +25,15 @@ gate() {  # name
 [ -f "$M/classes-hoc.pt" ] || "$CK" train "$D/v2-classes" --old "$M/v1.pt" --method hoc \
   --out "$M/classes-hoc.pt" --epochs "$EPOCHS2" --quiet --force
 gate classes-hoc
+# HOC's own old-model term (its contrastive loss, each anchor its own class), weight 1
+"$CK" train "$D/v2-classes" --old "$M/v1.pt" --method hoc --anchor "$D/gallery" \
+  --anchor-term method --out "$M/classes-hoc-anchor1.pt" --epochs "$EPOCHS2" --quiet --force
+gate classes-hoc-anchor1
+# distillation to v1's feature of each anchor (the default term), at each weight
 for w in $WEIGHTS; do
   "$CK" train "$D/v2-classes" --old "$M/v1.pt" --method hoc --anchor "$D/gallery" \
-    --anchor-weight "$w" --out "$M/classes-hoc-anchor$w.pt" --epochs "$EPOCHS2" --quiet --force
-  gate "classes-hoc-anchor$w"
+    --anchor-term fd --anchor-weight "$w" --out "$M/classes-hoc-anchorfd$w.pt" \
+    --epochs "$EPOCHS2" --quiet --force
+  gate "classes-hoc-anchorfd$w"
 done
 "$PY" "$HERE/summarize.py" "$C"
