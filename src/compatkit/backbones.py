@@ -242,11 +242,26 @@ def check_backbone_name(key: str, name: str) -> None:
         )
 
 
+def _import(lib: str):  # -> the module
+    """``timm`` or ``torchvision``, or one line saying why it does not import: installed but
+    broken is common (timm imports torchvision, whose wheels need their own torch build)."""
+    module, pip = _EXTERNAL[lib]
+    try:
+        return importlib.import_module(module)
+    except (ImportError, RuntimeError) as e:
+        cause = " ".join(str(e).split())[:160]
+        raise MissingExtraError(
+            f"backbone {lib}: needs {module}, which is installed but does not import here "
+            f"({type(e).__name__}: {cause}); install a torch and torchvision of one build, "
+            f"e.g. {pip}"
+        ) from None
+
+
 def _external(name: str, in_channels: int, pretrained: bool = False) -> nn.Module:
     lib, _, model = name.partition(":")
     check_backbone_name("backbone", name)
     if lib == "timm":
-        import timm
+        timm = _import("timm")
 
         try:
             net = timm.create_model(
@@ -255,7 +270,7 @@ def _external(name: str, in_channels: int, pretrained: bool = False) -> nn.Modul
         except RuntimeError as e:  # timm: "Unknown model (...)"
             raise ConfigError(f"backbone {name!r}: {e}") from None
         return _Pooled(net, int(net.num_features))
-    import torchvision
+    torchvision = _import("tv")
 
     try:
         net = torchvision.models.get_model(model, weights="DEFAULT" if pretrained else None)
@@ -381,15 +396,13 @@ def backbone_preprocess(name: str, in_channels: int):  # -> Preprocess | None
 
     lib, _, model = name.partition(":")
     if lib == "timm":
-        import timm
-
+        timm = _import("timm")
         with torch.device("meta"):
             net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_channels)
         cfg = timm.data.resolve_data_config({}, model=net)
         return Preprocess.from_timm(cfg, name)
     if lib == "tv":
-        import torchvision
-
+        torchvision = _import("tv")
         try:
             w = torchvision.models.get_model_weights(model).DEFAULT
         except (ValueError, AttributeError):

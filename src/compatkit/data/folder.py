@@ -83,8 +83,8 @@ def folder_preprocess(
         odd = next(s for s in sizes if s != (cw, ch))
         raise ImageFolderError(
             f"images under {coll.spec} have {len(sizes)} different sizes (e.g. {first[odd]} is "
-            f"{odd[0]}x{odd[1]} while most are {cw}x{ch}); pass image_size=N to resize and "
-            "centre-crop them all to N x N"
+            f"{odd[0]}x{odd[1]} while most are {cw}x{ch}); pass --image-size N (image_size=N) to "
+            "resize and centre-crop them all to N x N"
         )
     (w, h), _ = sizes.most_common(1)[0]
     return Preprocess.from_dict({"input_size": [c, h, w], "mean": stats[0], "std": stats[1]})
