@@ -24,6 +24,13 @@ is tested without new test code.
   a "bigger backbone" for better providers on the CPU.
 - ``timm:<name>`` / ``tv:<name>``: any timm or torchvision model when the
   optional extra is installed (classifier removed, pooled features kept).
+
+Weights: :func:`load_backbone_weights` starts a backbone from the library's pretrained
+weights (``pretrained=True``: timm's and torchvision's own download mechanism, so it needs
+the network once) or from a local file (a safetensors file or a ``torch.save`` state dict,
+read with ``weights_only=True``), and :func:`backbone_preprocess` gives the input
+preprocessing those weights were trained with (timm's data config, torchvision's weights
+transforms), which becomes the model's.
 """
 
 from __future__ import annotations
@@ -40,8 +47,11 @@ __all__ = [
     "BACKBONES",
     "MissingExtraError",
     "backbone_out_dim",
+    "backbone_preprocess",
     "build_backbone",
     "check_backbone_name",
+    "load_backbone_weights",
+    "read_state_dict",
     "register_backbone",
 ]
 
@@ -232,21 +242,38 @@ def check_backbone_name(key: str, name: str) -> None:
         )
 
 
-def _external(name: str, in_channels: int) -> nn.Module:
+def _import(lib: str):  # -> the module
+    """``timm`` or ``torchvision``, or one line saying why it does not import: installed but
+    broken is common (timm imports torchvision, whose wheels need their own torch build)."""
+    module, pip = _EXTERNAL[lib]
+    try:
+        return importlib.import_module(module)
+    except (ImportError, RuntimeError) as e:
+        cause = " ".join(str(e).split())[:160]
+        raise MissingExtraError(
+            f"backbone {lib}: needs {module}, which is installed but does not import here "
+            f"({type(e).__name__}: {cause}); install a torch and torchvision of one build, "
+            f"e.g. {pip}"
+        ) from None
+
+
+def _external(name: str, in_channels: int, pretrained: bool = False) -> nn.Module:
     lib, _, model = name.partition(":")
     check_backbone_name("backbone", name)
     if lib == "timm":
-        import timm
+        timm = _import("timm")
 
         try:
-            net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_channels)
+            net = timm.create_model(
+                model, pretrained=pretrained, num_classes=0, in_chans=in_channels
+            )
         except RuntimeError as e:  # timm: "Unknown model (...)"
             raise ConfigError(f"backbone {name!r}: {e}") from None
         return _Pooled(net, int(net.num_features))
-    import torchvision
+    torchvision = _import("tv")
 
     try:
-        net = torchvision.models.get_model(model, weights=None)
+        net = torchvision.models.get_model(model, weights="DEFAULT" if pretrained else None)
     except ValueError as e:  # torchvision: "Unknown model ..."
         raise ConfigError(f"backbone {name!r}: {e}") from None
     if in_channels != 3:
@@ -273,3 +300,123 @@ def backbone_out_dim(name: str, in_channels: int) -> int:
     """Feature size of a backbone, found by building it on the meta device (no memory, no init)."""
     with torch.device("meta"):
         return int(build_backbone(name, in_channels).out_dim)
+
+
+# ----------------------------------------------------------------------------- weights
+
+_CLASSIFIER_KEYS = ("fc.", "head.", "classifier.", "last_linear.", "head_dist.")
+"""Key prefixes of the classifier a pretrained file carries and a backbone has removed."""
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file, executing nothing: safetensors, or a ``torch.save`` state dict
+    (also one wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``), ``module.`` prefixes
+    of DataParallel removed. One :class:`ConfigError` line for anything else."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--weights {p}: no such file")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise MissingExtraError(
+                f"--weights {p}: reading safetensors needs safetensors: pip install safetensors"
+            ) from None
+        try:
+            sd = load_file(str(p))
+        except Exception as e:
+            raise ConfigError(f"--weights {p}: not a safetensors file ({e})") from None
+    else:
+        from .checkpoint import safe_torch_load
+
+        try:
+            sd = safe_torch_load(p, "weights file")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for key in ("state_dict", "model"):
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ConfigError(f"--weights {p}: not a state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_backbone_weights(
+    backbone: nn.Module,
+    name: str,
+    in_channels: int,
+    pretrained: bool = False,
+    weights: str | None = None,
+) -> list[str]:
+    """Start ``backbone`` (built by :func:`build_backbone`) from pretrained weights.
+
+    ``pretrained``: the library's own weights (``timm:``/``tv:`` only); ``weights``: a
+    local file (:func:`read_state_dict`). The classifier's keys in the file are dropped;
+    any other key missing or unexpected, or of another shape, is refused in one line.
+    Returns the dropped keys.
+    """
+    if pretrained and weights:
+        raise ConfigError("--pretrained and --weights: give one (the file is pretrained weights)")
+    target = backbone.net if isinstance(backbone, _Pooled) else backbone
+    if pretrained:
+        if not name.startswith(("timm:", "tv:")):
+            raise ConfigError(
+                f"--pretrained: backbone {name!r} has no library weights; give --weights FILE"
+            )
+        sd = _external(name, in_channels, pretrained=True).net.state_dict()
+    elif weights:
+        sd = read_state_dict(weights)
+    else:
+        return []
+    own = target.state_dict()
+    dropped = [k for k in sd if k not in own and k.startswith(_CLASSIFIER_KEYS)]
+    sd = {k: v for k, v in sd.items() if k not in dropped}
+    missing = sorted(set(own) - set(sd))
+    extra = sorted(set(sd) - set(own))
+    shapes = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    if missing or extra or shapes:
+        parts = [
+            f"{len(v)} {what} (e.g. {', '.join(sorted(v)[:3])})"
+            for what, v in (("missing", missing), ("unexpected", extra), ("shape", shapes))
+            if v
+        ]
+        src = weights or "the library's weights"
+        raise ConfigError(f"{src} do not fit backbone {name!r}: " + "; ".join(parts))
+    target.load_state_dict(sd, strict=True)
+    return dropped
+
+
+def backbone_preprocess(name: str, in_channels: int):  # -> Preprocess | None
+    """The preprocessing a ``timm:``/``tv:`` backbone's pretrained weights expect (input size,
+    resize, interpolation, mean, std); None for compatkit's own backbones (their statistics
+    come from the training data)."""
+    from .data.preprocess import Preprocess
+
+    lib, _, model = name.partition(":")
+    if lib == "timm":
+        timm = _import("timm")
+        with torch.device("meta"):
+            net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_channels)
+        cfg = timm.data.resolve_data_config({}, model=net)
+        return Preprocess.from_timm(cfg, name)
+    if lib == "tv":
+        torchvision = _import("tv")
+        try:
+            w = torchvision.models.get_model_weights(model).DEFAULT
+        except (ValueError, AttributeError):
+            return None
+        t = w.transforms()
+        crop = int(t.crop_size[0])
+        return Preprocess.from_dict(
+            {
+                "input_size": [in_channels, crop, crop],
+                "resize": int(t.resize_size[0]),
+                "interpolation": str(t.interpolation.value),
+                "mean": list(t.mean)[:in_channels],
+                "std": list(t.std)[:in_channels],
+                "name": name,
+            }
+        )
+    return None

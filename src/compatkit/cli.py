@@ -42,6 +42,8 @@ COMMANDS = {
     "convert": "compatkit.commands.convert",
     "train": "compatkit.commands.train",
     "check": "compatkit.commands.check",
+    "embed": "compatkit.commands.embed",
+    "export": "compatkit.commands.export",
     "index": "compatkit.commands.index",
     "sweep": "compatkit.commands.sweep",
 }

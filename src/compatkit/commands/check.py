@@ -13,8 +13,13 @@ HELP = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..upgrade.gate import METRICS, SCOPES
 
-    p.add_argument("old", metavar="OLD.pt", help="the model that embedded the gallery")
-    p.add_argument("new", metavar="NEW.pt", help="the candidate model")
+    p.add_argument(
+        "old",
+        metavar="OLD.pt",
+        help="the model that embedded the gallery: a compatkit checkpoint, or a TorchScript, "
+        ".pt2 or ONNX model with its preprocessing JSON beside it",
+    )
+    p.add_argument("new", metavar="NEW.pt", help="the candidate model (either kind)")
     p.add_argument("--query", required=True, metavar="Q", help="query images (folder or dataset)")
     p.add_argument(
         "--gallery", required=True, metavar="G", help="gallery images (folder or dataset)"
@@ -50,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument(
+        "--workers", type=int, default=0, help="processes decoding image files (default 0)"
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="stop at an unreadable image instead of skipping it"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -80,6 +91,8 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         log=say,
+        workers=args.workers,
+        strict=args.strict,
     )
     if args.record:
         try:

@@ -24,6 +24,11 @@ _FLAGS = (
     ("--val-fraction", float, "share of each class held out for validation (default 0)"),
     ("--seed", int, "seed of weights, batches, augmentation and split (default 0)"),
     ("--device", str, "auto (default), cpu, cuda, cuda:N"),
+    ("--weights", str, "start the backbone from this file (safetensors or a state dict)"),
+    ("--anchor", str, "images whose OLD features the successor keeps (folder, list, dataset)"),
+    ("--anchor-weight", float, "weight of the anchor term (default 1)"),
+    ("--anchor-term", str, "fd (1 - cos to OLD's feature, default) or method (its own term)"),
+    ("--workers", int, "processes decoding image files (default 0)"),
     ("--threads", int, "CPU threads for torch (default: torch's choice)"),
 )
 
@@ -36,7 +41,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "dataset name such as fashion-mnist or fashion-mnist:test",
     )
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="checkpoint to write")
-    p.add_argument("--old", metavar="OLD.pt", help="train the successor of this checkpoint")
+    p.add_argument(
+        "--old",
+        metavar="OLD",
+        help="train the successor of this model: a compatkit checkpoint, or a TorchScript, "
+        ".pt2 or ONNX model with its preprocessing JSON (the successor lives in its space)",
+    )
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="start a timm:/tv: backbone from the library's pretrained weights (downloads)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="stop at an unreadable image instead of skipping it",
+    )
     for flag, tp, text in _FLAGS:
         p.add_argument(flag, type=tp, default=None, help=text)
     p.add_argument("--config", metavar="FILE.yaml", help="options as YAML (flags win over it)")
@@ -88,7 +110,7 @@ def resolve_options(args: argparse.Namespace):
             )
         else:
             data[key] = value
-    for flag, _, _ in _FLAGS:
+    for flag in (*(f for f, _, _ in _FLAGS), "--pretrained", "--strict"):
         dest = flag[2:].replace("-", "_")
         if getattr(args, dest) is not None:
             data[dest] = getattr(args, dest)

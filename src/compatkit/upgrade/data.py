@@ -5,11 +5,15 @@
 
 - a folder path: one sub-folder per class, class *names* = folder names
   (``root/<class>/*.png``; with ``root/train`` and ``root/test`` both present,
-  those are the splits and ``PATH:test`` picks one);
+  those are the splits and ``PATH:test`` picks one), or a flat folder of images
+  (an unlabelled gallery);
+- a list file, ``.csv`` (``path[,label]``) or ``.jsonl`` (``{"path", "label"}``);
 - a registered dataset, optionally with its split: ``fashion-mnist``,
   ``fashion-mnist:test``, ``cifar10:train`` (found where
   :func:`compatkit.data.dataset_root` looks).
 
+Folders and lists are *listed* here (:func:`open_items`) and read lazily by whoever embeds
+them, at the model's own preprocessing; a registered dataset is already in memory.
 Classes are identified by name everywhere in this workflow: the folder order
 decides a label only inside one :class:`~compatkit.data.ImageSet`, so a class
 added to a folder (which renumbers the folders after it) keeps its identity.
@@ -19,22 +23,30 @@ spec at fault.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data import ImageSet, load_dataset
+from ..data.collection import LIST_SUFFIXES, Collection, list_file, list_folder
 from ..data.datasets import DATASETS, SPLITS
-from ..data.folder import IMAGE_SUFFIXES, load_image_folder
+from ..data.folder import collection_imageset, folder_preprocess
+from ..data.preprocess import Preprocess
+from ..data.stream import ReadReport
 from ..errors import DataError
 
 __all__ = [
+    "Items",
     "convert_channels",
+    "given_preprocess",
     "item_ids",
     "load_user_data",
     "load_user_items",
+    "open_items",
     "parse_spec",
     "relabel",
     "resize_images",
@@ -75,9 +87,12 @@ def parse_spec(spec: str, split: str | None = None) -> tuple[str, str, str]:
     chosen = own or split or "train"
     p = Path(where).expanduser()
     if p.exists():
+        if p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            return "list", str(p), chosen
         if not p.is_dir():
             raise DataError(
-                f"data {spec}: {p} is a file; give a folder with one sub-folder per class"
+                f"data {spec}: {p} is a file; give a folder (one sub-folder per class, or a "
+                f"flat folder of images) or a list file ({', '.join(LIST_SUFFIXES)})"
             )
         return "folder", str(p), chosen
     key = _registered(where)
@@ -125,39 +140,65 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def item_ids(root: str | Path, split: str = "train") -> list[str]:
-    """Stable ids of an image folder's items, in the loader's order: paths relative to ``root``.
+    """Stable ids of an image folder's items, in the listing's order: paths relative to
+    ``root`` (class folders sorted, files sorted inside each)."""
+    return list_folder(Path(root), split).ids()
 
-    The image-folder loader reads class folders in sorted order and, inside each,
-    the image files in sorted order; the ids follow the same rule, so id ``i``
-    names the file of image ``i``.
-    """
-    root = Path(root)
 
-    def visible_dirs(folder: Path) -> list[Path]:
-        if not folder.is_dir():
-            return []
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+@dataclass
+class Items:
+    """The items of a data spec: files listed but not read (``collection``), or a registered
+    dataset already in memory (``images`` and ``ids``)."""
 
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        names = sorted({d.name for s in SPLITS for d in visible_dirs(root / s)})
-        folder = root / split
-    else:
-        names = [d.name for d in visible_dirs(root)]
-        folder = root
-    ids = []
-    for name in names:
-        cls = folder / name
-        files = (
-            sorted(
-                p
-                for p in cls.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
-            if cls.is_dir()
-            else []
-        )
-        ids += [p.relative_to(root).as_posix() for p in files]
-    return ids
+    spec: str
+    collection: Collection | None = None
+    images: ImageSet | None = None
+    ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.collection) if self.collection is not None else len(self.images)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.collection.classes if self.collection is not None else self.images.classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Per item an index into ``classes``, -1 where unlabelled."""
+        if self.collection is not None:
+            return self.collection.labels
+        return self.images.labels.numpy().astype(np.int32)
+
+    @property
+    def labelled(self) -> bool:
+        return self.collection.labelled if self.collection is not None else True
+
+    def id(self, i: int) -> str:
+        return self.collection.id(i) if self.collection is not None else self.ids[i]
+
+    def left_out(self) -> str:
+        """What listing skipped, as one line (empty when nothing)."""
+        return self.collection.left_out.summary() if self.collection is not None else ""
+
+
+def open_items(spec: str, split: str | None = None, follow_links: bool = False) -> Items:
+    """The items of ``spec`` (see the module docstring) without reading any image file."""
+    kind, where, chosen = parse_spec(spec, split)
+    try:
+        if kind == "folder":
+            coll = list_folder(Path(where), chosen, follow_links)
+        elif kind == "list":
+            coll = list_file(where)
+        else:
+            data = load_dataset(where, chosen)
+            return Items(spec, images=data, ids=[f"{chosen}/{i}" for i in range(len(data))])
+    except (FileNotFoundError, ValueError, OSError) as e:  # DataError is a ValueError too
+        msg = " ".join(str(e).split())
+        raise DataError(f"data {spec}: {msg}") from None
+    coll.spec = spec
+    if len(set(coll.classes)) != len(coll.classes):
+        raise DataError(f"data {spec}: class names are not unique: {coll.classes}")
+    return Items(spec, collection=coll)
 
 
 def load_user_items(
@@ -165,28 +206,53 @@ def load_user_items(
     split: str | None = None,
     image_size: int | None = None,
     channels: int | None = None,
+    workers: int = 0,
+    strict: bool = True,
+    preprocess: Preprocess | None = None,
+    note: Callable[[str], None] | None = None,
+    labels: bool = True,
 ) -> tuple[ImageSet, list[str]]:
     """Images of ``spec`` (see the module docstring) and one stable id per image.
 
     Ids are file paths relative to the folder for an image folder, and
     ``"<split>/<index>"`` for a registered dataset. ``image_size``: resize and
     centre-crop to a square of that side (pixels); ``channels``: convert to 1
-    (grayscale) or 3 (RGB) channels. The result lives on the CPU.
+    (grayscale) or 3 (RGB) channels; ``preprocess``: a model's own steps instead (both
+    others must then be None). Files are decoded by ``workers`` processes; an unreadable one
+    is refused (``strict``, the default) or skipped; ``note`` receives one line for what
+    listing left out and one per skipped file. ``labels=False`` also takes unlabelled images
+    (one class named ``unlabelled``). The result lives on the CPU.
     """
-    kind, where, chosen = parse_spec(spec, split)
     if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
         raise DataError(f"data {spec}: image size must be a positive integer, got {image_size!r}")
+    items = open_items(spec, split)
+    if note is not None and items.left_out():
+        note(f"{spec}: {items.left_out()}")
     try:
-        if kind == "folder":
-            data = load_image_folder(Path(where), chosen, image_size=image_size)
-            ids = item_ids(where, chosen)
+        if items.collection is not None:
+            coll = items.collection
+            if not coll.labelled:
+                if labels:
+                    raise DataError(
+                        "unlabelled (no class sub-folders or labels); this needs classes"
+                    )
+                coll.labels[:] = 0
+                coll.classes = ["unlabelled"]
+            pre = preprocess or folder_preprocess(coll, image_size, channels, strict)
+            rep = ReadReport()
+            data, kept = collection_imageset(coll, pre, workers, strict, rep)
+            if note is not None and rep.skipped:
+                note(f"{spec}: {rep.skipped} unreadable file(s) skipped: " + "; ".join(rep.errors))
+            ids = [coll.id(i) for i in kept]
         else:
-            data = load_dataset(where, chosen)
-            if image_size is not None:
+            data, ids = items.images, list(items.ids)
+            if preprocess is not None:
+                x = convert_channels(data.images, preprocess.channels)
+                data = ImageSet(preprocess.tensor(x), data.labels, data.classes)
+            elif image_size is not None:
                 data = ImageSet(
                     resize_images(data.images, int(image_size)), data.labels, data.classes
                 )
-            ids = [f"{chosen}/{i}" for i in range(len(data))]
     except (FileNotFoundError, ValueError, OSError) as e:  # DataError is a ValueError too
         msg = " ".join(str(e).split())
         raise DataError(f"data {spec}: {msg}") from None
@@ -206,10 +272,43 @@ def load_user_data(
     split: str | None = None,
     image_size: int | None = None,
     channels: int | None = None,
+    workers: int = 0,
+    strict: bool = True,
+    preprocess: Preprocess | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> ImageSet:
     """Images of ``spec`` as an ImageSet on the CPU (``classes`` = class names); see
     :func:`load_user_items` for the arguments."""
-    return load_user_items(spec, split, image_size, channels)[0]
+    if preprocess is not None:
+        image_size = channels = None
+    return load_user_items(spec, split, image_size, channels, workers, strict, preprocess, note)[0]
+
+
+def given_preprocess(
+    opts, old_extra: dict, foreign, backbone: str, channels: int | None
+) -> Preprocess | None:
+    """How training data must be read when something fixes it: a foreign old model's
+    preprocessing, the old checkpoint's recorded one, or a pretrained ``timm:``/``tv:``
+    backbone's; None: the data's own size (or ``image_size``) and statistics decide."""
+    from ..backbones import backbone_preprocess
+
+    if foreign is not None:
+        if opts.image_size is not None and opts.image_size != foreign.preprocess.crop[0]:
+            raise DataError(
+                f"--image-size {opts.image_size}: the foreign old model takes "
+                f"{foreign.preprocess.crop[0]} px, and its successor takes the same input"
+            )
+        return foreign.preprocess
+    if isinstance(old_extra.get("preprocess"), dict) and opts.image_size is None:
+        return Preprocess.from_dict(old_extra["preprocess"])
+    if not old_extra and (opts.pretrained or opts.weights) and ":" in backbone:
+        pre = backbone_preprocess(backbone, channels or 3)
+        if pre is not None and opts.image_size:
+            size = int(opts.image_size)
+            d = pre.to_dict() | {"input_size": [pre.channels, size, size], "resize": size}
+            pre = Preprocess.from_dict({k: v for k, v in d.items() if k != "crop"})
+        return pre
+    return None
 
 
 def relabel(data: ImageSet, names: Sequence[str]) -> ImageSet:

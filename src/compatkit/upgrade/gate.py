@@ -1,7 +1,7 @@
 """``compatkit check``: may NEW query a gallery that OLD embedded (no backfill)?
 
 The empirical criterion of BCT (Shen et al., CVPR 2020), used by Biondi et
-al., CVPR 2024 (docs/method.md §1): NEW is compatible with OLD when
+al., CVPR 2024 (METHOD.md Sec. 1): NEW is compatible with OLD when
 ``M(query by NEW, gallery by OLD) > M(query by OLD, gallery by OLD)``, strictly,
 for a retrieval metric M. The gate measures, on the user's query and gallery
 images, the 2x2 compatibility matrix
@@ -40,16 +40,17 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..analysis.run import class_margins
 from ..analysis.stats import class_mean_directions, definition1_pairs
 from ..checkpoint import check_compatible
-from ..data import ImageSet
-from ..errors import IncompatibleModels, InputError
+from ..data.stream import ReadReport
+from ..errors import DataError, IncompatibleModels, InputError
 from ..retrieval import cross_model_matrix, recall_at_k
-from .data import load_user_data, relabel
+from .data import Items, open_items
 from .embed import Embedder, load_embedder
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "METRICS", "SCOPES", "render", "run_check"]
@@ -77,21 +78,50 @@ def _model_info(e: Embedder) -> dict:
         "feat_dim": c.get("feat_dim"),
         "classes": sorted(e.class_names.values()),
         "method": e.meta.get("extra", {}).get("method"),
+        "format": e.meta.get("format", "compatkit-checkpoint"),
     }
 
 
-def _load_for(e: Embedder, spec: str, cache: dict) -> ImageSet:
-    """``spec``'s images as model ``e`` takes them (its channels and, when known, its size)."""
-    c, h, _ = e.input_size
-    key = (spec, c, h)
-    if key not in cache:
-        cache[key] = load_user_data(spec, image_size=h, channels=c)
-    return cache[key]
+def _embedded(
+    e: Embedder,
+    items: Items,
+    batch_size: int,
+    workers: int,
+    strict: bool,
+    device: str,
+    say: Callable[[str], None],
+) -> tuple[torch.Tensor, np.ndarray, ReadReport]:
+    """Unit features of ``items`` by model ``e`` (streamed at its preprocessing) and the
+    positions of the items read (an unreadable file is skipped)."""
+    rep = ReadReport()
+    feats, pos = [], []
+    for p, f in e.embed_items(items, batch_size, workers, strict, device, rep, say):
+        pos.append(p)
+        feats.append(f)
+    if not feats:
+        raise DataError(f"data {items.spec}: none of its {len(items)} images could be read")
+    return torch.cat(feats), np.concatenate(pos), rep
 
 
-def _names(query: ImageSet, gallery: ImageSet) -> list[str]:
-    names = list(gallery.classes)
-    names += [c for c in query.classes if c not in set(names)]
+def _class_names(items: Items, what: str) -> list[str]:
+    if not items.labelled:
+        raise DataError(
+            f"{what} {items.spec}: unlabelled images; the gate needs each image's class "
+            "(one sub-folder per class, or a list with labels)"
+        )
+    return list(items.classes)
+
+
+def _labels(items: Items, pos: np.ndarray, names: list[str]) -> torch.Tensor:
+    """Labels of the items at ``pos`` as indices into ``names``."""
+    index = {c: i for i, c in enumerate(names)}
+    lut = np.array([index[c] for c in items.classes], dtype=np.int64)
+    return torch.from_numpy(lut[items.labels[pos]])
+
+
+def _names(query: list[str], gallery: list[str]) -> list[str]:
+    names = list(gallery)
+    names += [c for c in query if c not in set(names)]
     return names
 
 
@@ -225,6 +255,8 @@ def run_check(
     batch_size: int = 256,
     max_pairs: int = 200_000,
     log: Callable[[str], None] | None = None,
+    workers: int = 0,
+    strict: bool = False,
 ) -> dict:
     """The gate's verdict as a JSON-able dict (``format`` ``compatkit-check``, version 1).
 
@@ -258,20 +290,34 @@ def run_check(
         return verdict
     verdict["contract"] = {"ok": True, "reason": None}
 
-    cache: dict = {}
-    feats = {}
+    q_items, g_items = open_items(query_spec), open_items(gallery_spec)
+    names = _names(_class_names(q_items, "query"), _class_names(g_items, "gallery"))
+    for items in (q_items, g_items):
+        if items.left_out():
+            say(f"{items.spec}: {items.left_out()}")
+    feats, skipped = {}, 0
     for who, e in (("old", old), ("new", new)):
-        q, g = _load_for(e, query_spec, cache), _load_for(e, gallery_spec, cache)
-        say(f"embedding {len(q)} queries and {len(g)} gallery images with {who.upper()}")
-        feats[who] = (e.embed(q, batch_size, device), e.embed(g, batch_size, device), q, g)
-    qo, go, query, gallery = feats["old"]
-    qn, gn, _, _ = feats["new"]
-    names = _names(query, gallery)
-    ql, gl = relabel(query, names).labels, relabel(gallery, names).labels
+        say(
+            f"embedding {len(q_items)} queries and {len(g_items)} gallery images with {who.upper()}"
+        )
+        q = _embedded(e, q_items, batch_size, workers, strict, device, say)
+        g = _embedded(e, g_items, batch_size, workers, strict, device, say)
+        feats[who] = (q, g)
+        skipped = max(skipped, q[2].skipped + g[2].skipped)
+    sides = []
+    for k, items in enumerate((q_items, g_items)):
+        (fo, po, _), (fn, pn, _) = feats["old"][k], feats["new"][k]
+        both = np.intersect1d(po, pn)  # a file unreadable for either model is left out of both
+        fo, fn = fo[np.searchsorted(po, both)], fn[np.searchsorted(pn, both)]
+        sides.append((fo, fn, _labels(items, both, names), len(both)))
+    (qo, qn, ql, nq), (go, gn, gl, ng) = sides
     old_names = set(old.class_names.values())
     new_names = set(new.class_names.values())
-    verdict["query"].update(images=len(query), classes=len(query.present_classes()))
-    verdict["gallery"].update(images=len(gallery), classes=len(gallery.present_classes()))
+    verdict["query"].update(images=nq, classes=len(torch.unique(ql)))
+    verdict["gallery"].update(images=ng, classes=len(torch.unique(gl)))
+    if skipped:
+        verdict["unreadable_files"] = skipped
+        say(f"{skipped} unreadable file(s) skipped")
 
     in_old = torch.tensor([names[int(c)] in old_names for c in ql], dtype=torch.bool)
     masks = {"all": torch.ones_like(in_old), "old": in_old, "unseen": ~in_old}

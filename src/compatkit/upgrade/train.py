@@ -43,7 +43,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +51,23 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..backbones import load_backbone_weights
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import OptimConfig
 from ..data import ImageSet, Normalize, channel_stats, steps_per_epoch
+from ..data.preprocess import Preprocess
 from ..errors import CheckpointError, ConfigError
-from ..methods import METHODS, TaskContext, build_method, load_all
+from ..interop.foreign import foreign_format, load_foreign
+from ..methods import METHODS, TaskContext, build_method
 from ..model import CompatModel, ModelSpec, build_model
 from ..protocol.evaluate import local_accuracy
 from ..protocol.trainer import train_task
 from ..runtime.device import Runtime, resolve_precision
 from ..runtime.log import RunLog
-from .data import load_user_data, relabel
+from .anchor import AnchoredMethod, AnchorOptions
+from .data import given_preprocess, load_user_data, load_user_items, relabel
+from .foreign_old import ForeignOld, class_means, foreign_successor, named_model
+from .train_options import CE_METHOD, TrainOptions
 
 __all__ = [
     "CE_METHOD",
@@ -71,133 +77,6 @@ __all__ = [
     "stratified_split",
     "train_model",
 ]
-
-CE_METHOD = {"simplex": "cores", "learnable": "er", "etf": "etf"}
-"""Head kind -> the registered method that is plain cross-entropy through it: how a first
-model is trained (the compatibility terms of the other methods need an old model)."""
-
-HEAD_KINDS = tuple(CE_METHOD)
-
-
-@dataclass
-class TrainOptions:
-    """Everything ``compatkit train`` can be told (flags, ``--config`` YAML or ``--set``).
-
-    None means "decide from the data or the old model", as each field says.
-    """
-
-    method: str | None = None
-    """Registered method; None: ``hoc`` for a successor, plain cross-entropy for a first model."""
-    head: str | None = None
-    """simplex, etf or learnable; None: the method's head (simplex for a first model)."""
-    backbone: str | None = None
-    """Registry name or timm:/tv: name; None: the old model's backbone, else smallcnn."""
-    num_classes: int | None = None
-    """K, the vertices of a fixed head; None: the old model's K, else max(16, 2 x classes)
-    (room to double the classes without a new lineage). Fixed for the life of a gallery."""
-    image_size: int | None = None
-    """Square side in pixels; None: the old model's size, else the data's own (uniform) size."""
-    init: str = "old"
-    """Successor start: ``old`` (the old weights) or ``scratch``."""
-    epochs: int = 10
-    """Passes over the data."""
-    batch_size: int = 128
-    """Images per step."""
-    lr: float | None = None
-    """Initial learning rate; None: 0.05 from scratch, 0.001 (the paper's fine-tuning rate)
-    when starting from the old model."""
-    min_lr: float | None = None
-    """Cosine-decay floor; None: lr / 100."""
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    """L2 penalty on conv/linear weights only (none on norms and biases)."""
-    pad: int | None = None
-    """Random-crop padding in pixels; None: an eighth of the image side (4 px at 32 px)."""
-    flip: bool = True
-    """Random horizontal flips (turn off for data where left and right differ, e.g. text)."""
-    freeze_bn: bool | None = None
-    """Keep BatchNorm statistics fixed; None: on when a successor starts from the old weights
-    (so the features of classes absent from the data do not move with the statistics)."""
-    ce_rows: str = "seen"
-    """Rows of a fixed head in the cross-entropy's softmax: ``seen``, only the vertices of the
-    classes this model has, or ``all`` K vertices (the paper's Eq. 2; see the module notes)."""
-    val_fraction: float = 0.0
-    """Share of each class held out to report validation accuracy after every epoch."""
-    seed: int = 0
-    """Seed of the weights, the batch order, the augmentation and the validation split."""
-    device: str = "auto"
-    """auto (cuda when available), cpu, cuda, cuda:N."""
-    precision: str = "auto"
-    """auto (bf16 on CUDA when supported, else fp16; fp32 on CPU), fp32, bf16, fp16."""
-    threads: int = 0
-    """CPU threads for torch (0 = torch's default)."""
-    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-method hyperparameters, e.g. {hoc: {lam: 0.3}} (``--set hoc.lam=0.3``)."""
-
-    def validate(self) -> None:
-        """Static checks (no data needed); each failure names the option."""
-        load_all()
-        if self.method is not None and self.method not in METHODS:
-            raise ConfigError(
-                f"method: unknown method {self.method!r}; choose from {sorted(METHODS)}"
-            )
-        if self.head is not None and self.head not in HEAD_KINDS:
-            raise ConfigError(f"head must be one of {list(HEAD_KINDS)}, got {self.head!r}")
-        if self.method is not None and self.head is not None:
-            if METHODS[self.method].head != self.head:
-                raise ConfigError(
-                    f"head: method {self.method!r} trains a {METHODS[self.method].head} head, "
-                    f"not {self.head}"
-                )
-        for m, opts in self.method_options.items():
-            if m not in METHODS:
-                raise ConfigError(
-                    f"method_options.{m}: unknown method; choose from {sorted(METHODS)}"
-                )
-            try:
-                build_method(m, opts)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"method_options.{m}: {e}") from None
-        if self.ce_rows not in ("all", "seen"):
-            raise ConfigError(f"ce_rows must be 'all' or 'seen', got {self.ce_rows!r}")
-        if self.init not in ("old", "scratch"):
-            raise ConfigError(f"init must be 'old' or 'scratch', got {self.init!r}")
-        if self.num_classes is not None and self.num_classes < 2:
-            raise ConfigError(f"num_classes (K) must be >= 2, got {self.num_classes}")
-        if self.image_size is not None and self.image_size < 1:
-            raise ConfigError(f"image_size must be >= 1 pixel, got {self.image_size}")
-        for key in ("epochs", "lr", "batch_size"):
-            v = getattr(self, key)
-            if v is not None and not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"{key} must be a finite number > 0, got {v}")
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
-        for key in ("min_lr", "momentum", "weight_decay", "pad", "threads"):
-            v = getattr(self, key)
-            if v is not None and not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{key} must be a finite number >= 0, got {v}")
-        if self.lr is not None and self.min_lr is not None and self.min_lr > self.lr:
-            raise ConfigError(f"min_lr={self.min_lr} exceeds lr={self.lr}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "options") -> TrainOptions:
-        """Build from a mapping (a YAML file's content), refusing unknown keys and bad types."""
-        from ..config import build
-
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source} must hold a mapping of option: value")
-        try:
-            opts = build(cls, d)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
-        return opts
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -360,8 +239,16 @@ def train_model(
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"device/precision: {e}") from None
 
-    old_model, old_meta = (None, None)
-    if old is not None:
+    old_model, old_meta, foreign = (None, None, None)
+    if old is not None and foreign_format(old) is not None:
+        foreign = load_foreign(old)
+        if opts.init == "old":
+            raise ConfigError(
+                f"--init old: {old} is a {foreign.format} model whose weights fit no compatkit "
+                "backbone; its successor starts from scratch (or --weights/--pretrained)"
+            )
+        old_meta = {"sha256": foreign.sha256, "extra": {}}
+    elif old is not None:
         old_model, old_meta = load_checkpoint(old, map_location="cpu")
         if not old_model.class_map.names or set(old_model.class_map.names) != set(
             old_model.class_map.local
@@ -386,15 +273,27 @@ def train_model(
         channels = old_model.spec.in_channels
         if size is None and isinstance(old_extra.get("input_size"), list):
             size = int(old_extra["input_size"][1])
-    data = load_user_data(data_spec, image_size=size, channels=channels)
+    backbone = opts.backbone or (old_model.spec.backbone if old_model else "smallcnn")
+    pre = given_preprocess(opts, old_extra, foreign, backbone, channels)
+    data = load_user_data(
+        data_spec, image_size=size, channels=channels, workers=opts.workers, strict=opts.strict,
+        preprocess=pre, note=log.info,
+    )  # fmt: skip
     ids = plan_classes(data.classes, old_model.class_map.names if old_model else None)
     names = [ids.get(i, f"<unused {i}>") for i in range(max(ids) + 1)]
     data = relabel(data, names)
-    backbone = opts.backbone or (old_model.spec.backbone if old_model else "smallcnn")
     torch.manual_seed(opts.seed)
+    init = opts.init or ("old" if old_model is not None else "scratch")
 
-    if old_model is None:
-        if opts.init != "old":
+    if foreign is not None:
+        means = class_means(foreign, data, pre.normalizer())
+        old_model = ForeignOld(foreign, ids, means)
+        model = foreign_successor(foreign, head, backbone, ids, means)
+        mean, std = list(pre.mean), list(pre.std)
+        method = build_method(method_name, opts.method_options.get(method_name))
+        frozen = old_model.to(device)
+    elif old_model is None:
+        if opts.init is not None:
             raise ConfigError("init: --init applies to a successor (pass --old)")
         k = opts.num_classes or max(16, 2 * len(ids))
         if head != "learnable":
@@ -402,20 +301,15 @@ def train_model(
         spec = ModelSpec(
             backbone, data.channels, k - 1, head, k if head != "learnable" else len(ids)
         )
-        try:
-            model = build_model(spec)
-        except (ValueError, ImportError) as e:
-            raise ConfigError(f"model: {e}") from None
-        model.add_classes(sorted(ids), "local")
-        model.class_map.set_names(ids)
-        mean, std = channel_stats(data.images)
+        model = named_model(spec, ids)
+        mean, std = (pre.mean, pre.std) if pre is not None else channel_stats(data.images)
         method = build_method(method_name)
         frozen = None
     else:
         if head != "learnable":
             _room(old_model.spec.num_classes, ids, set(old_model.class_map.local), data_spec)
         try:
-            model = _build_successor(old_model, head, backbone, ids, opts.init)
+            model = _build_successor(old_model, head, backbone, ids, init)
         except (ImportError, ValueError) as e:
             if isinstance(e, ConfigError):
                 raise
@@ -426,19 +320,28 @@ def train_model(
         mean, std = list(norm["mean"]), list(norm["std"])
         method = build_method(method_name, opts.method_options.get(method_name))
         frozen = None
-        if method.needs_old:
+        if method.needs_old or opts.anchor:
             frozen = copy.deepcopy(old_model).to(device).eval()
             for p in frozen.parameters():
                 p.requires_grad_(False)
+    if init == "scratch":
+        load_backbone_weights(
+            model.backbone, backbone, data.channels, opts.pretrained, opts.weights
+        )
+    elif opts.pretrained or opts.weights:
+        raise ConfigError("--pretrained/--weights: the successor starts from the old weights")
+    pre = pre or Preprocess.square(data.channels, data.height, mean, std)
+    if data.height != data.width:
+        pre = Preprocess.from_dict(
+            {"input_size": [data.channels, data.height, data.width], "mean": mean, "std": std}
+        )
 
     gen = torch.Generator().manual_seed(opts.seed)
     train_set, val_set = stratified_split(data, opts.val_fraction, gen)
     side = data.height
-    lr = opts.lr or (0.001 if (old_model is not None and opts.init == "old") else 0.05)
+    lr = opts.lr or (0.001 if (old_model is not None and init == "old") else 0.05)
     freeze_bn = (
-        opts.freeze_bn
-        if opts.freeze_bn is not None
-        else (old_model is not None and opts.init == "old")
+        opts.freeze_bn if opts.freeze_bn is not None else (old_model is not None and init == "old")
     )
     optim = OptimConfig(
         epochs=int(opts.epochs),
@@ -453,6 +356,18 @@ def train_model(
     )
     normalize = Normalize(mean, std)
     rt = Runtime(device, precision, normalize)
+    if opts.anchor:
+        if frozen is None:
+            raise ConfigError("--anchor: anchors keep an old model's features; pass --old")
+        anchors = load_user_items(
+            opts.anchor, preprocess=pre, workers=opts.workers, strict=opts.strict,
+            note=log.info, labels=False,
+        )[0]  # fmt: skip
+        a_opts = AnchorOptions(
+            opts.anchor_weight, optim.batch_size, optim.pad, optim.flip, term=opts.anchor_term
+        )
+        method = AnchoredMethod(method, anchors, a_opts, opts.seed + 1)
+        log.info(f"anchors: {len(anchors)} images of {opts.anchor}, weight {opts.anchor_weight:g}")
 
     model.to(device)
     present = train_set.present_classes()
@@ -531,6 +446,7 @@ def train_model(
         "backbone": backbone,
         "num_classes": model.spec.num_classes,
         "image_size": data.height,
+        "init": init if old is not None else None,
         "lr": lr,
         "min_lr": optim.min_lr,
         "pad": optim.pad,
@@ -540,7 +456,17 @@ def train_model(
         "role": "upgrade",
         "method": method_name,
         "method_options": asdict(method.cfg) if hasattr(method.cfg, "__dataclass_fields__") else {},
-        "old": {"fingerprint": old_meta["sha256"], "path": str(old)} if old_meta else None,
+        "old": {
+            "fingerprint": old_meta["sha256"],
+            "path": str(old),
+            "format": foreign.format if foreign else "compatkit-checkpoint",
+        }
+        if old_meta
+        else None,
+        "preprocess": pre.to_dict(),
+        "anchor": {"data": opts.anchor, "weight": opts.anchor_weight, "term": opts.anchor_term}
+        if opts.anchor
+        else None,
         "data": {"spec": data_spec, "images": len(train_set), "held_out": len(val_set or [])},
         "class_names": {str(k): v for k, v in sorted(ids.items())},
         "classes_trained": [ids[c] for c in present],
@@ -557,8 +483,3 @@ def train_model(
     }
     save_checkpoint(out, model.cpu(), extra=extra)
     return TrainResult(Path(out), model, extra)
-
-
-def option_fields() -> list[str]:
-    """Names of the options a config file or ``--set`` may give."""
-    return [f.name for f in fields(TrainOptions)]
