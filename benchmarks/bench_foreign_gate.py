@@ -30,7 +30,7 @@ def entries(verdict: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from compatkit.interop.export import export_model
+    from compatkit.upgrade.export import export_checkpoint
     from compatkit.upgrade.gate import run_check
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     args = p.parse_args(argv)
     m, d = args.work / "models", args.work / "data"
-    onnx = export_model(m / "v1.pt", "onnx", args.work / "v1-foreign.onnx", name="v1").path
+    onnx = export_checkpoint(m / "v1.pt", "onnx", args.work / "v1-foreign.onnx", name="v1").path
     rows = []
     for cand in sorted(m.glob("*.pt")):
         if cand.name == "v1.pt":

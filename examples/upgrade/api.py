@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from compatkit.interop.export import export_model
 from compatkit.upgrade.backfill import backfill
 from compatkit.upgrade.data import open_items
 from compatkit.upgrade.embed import load_embedder
+from compatkit.upgrade.export import export_checkpoint
 from compatkit.upgrade.gate import render, run_check
 from compatkit.upgrade.index import build_index, record_check, search_index
 from compatkit.upgrade.train import TrainOptions, train_model
@@ -57,7 +57,7 @@ def main(work: Path) -> int:
 
     # 1. the production model compatkit did not train: an ONNX file + its JSON
     train_model(str(data), work / "prod.pt", TrainOptions(**fast))
-    v1 = export_model(work / "prod.pt", "onnx", work / "v1.onnx", name="prod-v1").path
+    v1 = export_checkpoint(work / "prod.pt", "onnx", work / "v1.onnx", name="prod-v1").path
     print(f"v1: {v1} (+ {v1.with_suffix('.json').name})")
 
     # 2. the service's gallery, embedded by v1

@@ -329,7 +329,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise ConfigError(f"--weights {p}: not a safetensors file ({e})") from None
     else:
-        from .checkpoint import safe_torch_load
+        from .runtime.safeload import safe_torch_load
 
         try:
             sd = safe_torch_load(p, "weights file")

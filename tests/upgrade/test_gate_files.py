@@ -10,8 +10,8 @@ import torch
 
 from compatkit.checkpoint import save_checkpoint
 from compatkit.errors import DataError
-from compatkit.interop.export import export_model
 from compatkit.model import ModelSpec, build_model
+from compatkit.upgrade.export import export_checkpoint
 from compatkit.upgrade.gate import render, run_check
 
 
@@ -35,7 +35,7 @@ def test_unreadable_files_leave_both_sides_and_a_foreign_old_works(tiny, tmp_pat
     assert any("000.png: not a readable image" in s for s in said)
     with pytest.raises(DataError, match=r"000\.png: not a readable image"):
         run_check(str(old), str(new), str(q), str(tiny["gallery"]), device="cpu", strict=True)
-    foreign = export_model(old, "onnx", tmp_path / "old.onnx").path
+    foreign = export_checkpoint(old, "onnx", tmp_path / "old.onnx").path
     f = run_check(str(foreign), str(new), str(q), str(tiny["gallery"]), device="cpu")
     assert f["old"]["format"] == "onnx" and f["old"]["classes"] == []
     same = v["groups"]["all"]["metrics"]["recall@1"]

@@ -9,8 +9,8 @@ import torch
 
 from compatkit.checkpoint import check_compatible, load_checkpoint
 from compatkit.errors import ConfigError
-from compatkit.interop.export import export_model
 from compatkit.upgrade.embed import load_embedder
+from compatkit.upgrade.export import export_checkpoint
 from compatkit.upgrade.train import TrainOptions, train_model
 
 FAST = {"epochs": 1, "batch_size": 32, "device": "cpu"}
@@ -25,7 +25,7 @@ def v1(tiny, tmp_path_factory) -> tuple[Path, Path]:
     """A compatkit v1 (K=8, 7-d) and the same network exported as a foreign TorchScript."""
     d = tmp_path_factory.mktemp("foreign")
     train_model(str(tiny["v1"]), d / "v1.pt", _opts(num_classes=8))
-    export_model(d / "v1.pt", "torchscript", d / "prod.pt", name="prod-v1")
+    export_checkpoint(d / "v1.pt", "torchscript", d / "prod.pt", name="prod-v1")
     return d / "v1.pt", d / "prod.pt"
 
 

@@ -6,6 +6,7 @@ refused by name); ``check_compatible`` to refuse comparing two models that canno
 """
 
 from ..errors import CheckpointError, IncompatibleModels
+from ..runtime.safeload import foreign_imports, safe_torch_load
 from .compat import ModelLike, check_compatible
 from .format import (
     FORMAT,
@@ -18,7 +19,6 @@ from .format import (
     save_checkpoint,
     state_dict_mismatch,
 )
-from .safeload import foreign_imports, safe_torch_load
 
 __all__ = [
     "FORMAT",

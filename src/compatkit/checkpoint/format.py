@@ -38,8 +38,8 @@ from .. import __version__
 from ..errors import CheckpointError
 from ..model import CompatModel, ModelSpec, build_model
 from ..runtime.files import atomic_write
+from ..runtime.safeload import name_list, safe_torch_load
 from ..simplex import ClassMap
-from .safeload import name_list, safe_torch_load
 
 __all__ = [
     "FIXED_HEADS",

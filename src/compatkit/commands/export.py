@@ -22,8 +22,9 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import InputError
-    from ..interop.export import TOLERANCE, export_model
+    from ..interop.export import TOLERANCE
     from ..interop.foreign import sidecar
+    from ..upgrade.export import export_checkpoint
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -33,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
         or sidecar(out).resolve() == Path(args.model).resolve()
     ):
         raise InputError("--out must differ from the model and its JSON")
-    res = export_model(args.model, args.format, out, args.name)
+    res = export_checkpoint(args.model, args.format, out, args.name)
     print(
         f"wrote {res.path} ({res.format}) and {res.json_path}; reloaded as a foreign model, its "
         f"features differ from the checkpoint's by at most {res.max_diff:.1e} (limit {TOLERANCE:g})"

@@ -196,7 +196,7 @@ def plan_lines(exp, resume: bool = False) -> list[str]:
             f"starts from {start if start != 'provider' else f'provider {segments[t]}'}, "
             f"{_n(opt.epochs, 'epoch')} = {steps_s}"
         )
-    status = exp.providers.check()
+    status = exp.providers.check(create_folder=False)
     lines.append(f"providers (folder {exp.providers.folder}):")
     words = {"configured": "configured file", "cached": "cached, checked", "train": "to train"}
     for i in range(exp.providers.count):

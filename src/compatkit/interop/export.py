@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.preprocess import Preprocess
 from ..errors import CheckpointError, InputError
 from ..runtime.files import atomic_write, atomic_write_text
+from .foreign import load_foreign, sidecar
 
 __all__ = ["EXPORT_FORMATS", "TOLERANCE", "EmbeddingNet", "Exported", "export_model"]
 
@@ -30,6 +32,12 @@ EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
 TOLERANCE = 1e-4
 """Largest difference allowed between an exported file's features and the checkpoint's."""
 _OPSET = 17  # ONNX opset: onnxruntime >= 1.14 runs it
+
+
+def example_dim(net: nn.Module, example: torch.Tensor) -> int:
+    """The feature dimension ``net`` gives for ``example``."""
+    with torch.no_grad():
+        return net(example).shape[1]
 
 
 class EmbeddingNet(nn.Module):
@@ -86,37 +94,31 @@ def _write(fmt: str, net: nn.Module, example: torch.Tensor, out: Path) -> None:
 
 
 def export_model(
-    checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike, name: str | None = None
+    model: nn.Module,
+    pre: Preprocess,
+    fmt: str,
+    out: str | os.PathLike,
+    source: dict | None = None,
 ) -> Exported:
-    """Export ``checkpoint``'s embedding network to ``out`` (format ``fmt``) with its JSON."""
-    from ..upgrade.embed import CheckpointEmbedder, load_embedder
-    from .foreign import load_foreign, sidecar
+    """Export ``model``'s embedding network to ``out`` (format ``fmt``) with its JSON.
 
+    ``pre``: the preprocessing the model expects (written to the JSON, its ``name`` defaulting
+    to the file's stem); ``source``: where the model came from (recorded in the JSON).
+    """
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"--format must be one of {list(EXPORT_FORMATS)}, got {fmt!r}")
     out = Path(out)
-    emb = load_embedder(checkpoint)
-    if not isinstance(emb, CheckpointEmbedder):
-        raise InputError(f"{checkpoint}: already a {emb.meta['format']} model; export a checkpoint")
-    if emb.preprocess is None:
-        raise CheckpointError(
-            f"checkpoint {checkpoint}: records no input size, so the exported model's input "
-            "cannot be described"
-        )
-    pre = emb.preprocess
-    if name:
-        pre = type(pre)(pre.input_size, pre.resize, pre.interpolation, pre.mean, pre.std, name)
-    elif not pre.name:
+    if not pre.name:
         pre = type(pre)(pre.input_size, pre.resize, pre.interpolation, pre.mean, pre.std, out.stem)
-    net = EmbeddingNet(emb.model.cpu().eval()).eval()
+    net = EmbeddingNet(model.cpu().eval()).eval()
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(2, *pre.input_size, generator=gen)
     _write(fmt, net, example, out)
     doc = {
         **pre.to_dict(),
         "output": "L2-normalised feature (N, d)",
-        "feat_dim": emb.feat_dim,
-        "source": {"checkpoint": str(checkpoint), "fingerprint": emb.fingerprint},
+        "feat_dim": int(example_dim(net, example)),
+        "source": dict(source or {}),
     }
     js = atomic_write_text(sidecar(out), json.dumps(doc, indent=1) + "\n")
     try:

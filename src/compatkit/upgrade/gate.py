@@ -1,7 +1,7 @@
 """``compatkit check``: may NEW query a gallery that OLD embedded (no backfill)?
 
 The empirical criterion of BCT (Shen et al., CVPR 2020), used by Biondi et
-al., CVPR 2024 (METHOD.md Sec. 1): NEW is compatible with OLD when
+al., CVPR 2024 (docs/method.md §1): NEW is compatible with OLD when
 ``M(query by NEW, gallery by OLD) > M(query by OLD, gallery by OLD)``, strictly,
 for a retrieval metric M. The gate measures, on the user's query and gallery
 images, the 2x2 compatibility matrix
