@@ -8,7 +8,8 @@ which the parent computes recall@10 against the exact reference (FAISS ``IndexFl
 Gallery data: ``simplex`` (default) draws d-Simplex-like features, the kind compatkit's
 models make: K = d + 1 classes, each item its class's unit vertex plus variation inside a
 64-dimensional subspace shared by all classes and a little isotropic noise, renormalised (the
-cosine of two items of one class is about 0.5, of two classes about 0). ``random`` draws
+cosine of two items of one class is about 0.8, of two classes about 0: features near their
+class's vertex, as a trained fixed classifier makes them). ``random`` draws
 uniform unit vectors: no item has a near neighbour, the worst case for any approximate
 index and a case no real gallery resembles. Speed of exact search does not depend on the
 values; recall of an approximate index does.
@@ -36,11 +37,11 @@ def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 def _simplex_rows(rng: np.random.Generator, n: int, d: int, basis: dict) -> np.ndarray:
-    """``n`` items of random classes: vertex + 0.8 x latent variation + 0.3 x noise."""
+    """``n`` items of random classes: vertex + 0.5 x latent variation + 0.2 x noise."""
     y = rng.integers(0, basis["vertices"].shape[0], size=n)
     z = rng.standard_normal((n, LATENT), dtype=np.float32) / np.sqrt(LATENT)
     e = rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d)
-    x = basis["vertices"][y] + 0.8 * z @ basis["latent"] + 0.3 * e
+    x = basis["vertices"][y] + 0.5 * z @ basis["latent"] + 0.2 * e
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
@@ -110,39 +111,83 @@ def faiss_flat(job: dict) -> dict:
     return {"build_s": build, **res}
 
 
-# ----------------------------------------------------------------------------- shard store
+# ----------------------------------------------------------------------------- the stores
+
+LANCE_INDEXES = {
+    "IVF_PQ": [{"nprobes": 20, "refine_factor": 10}, {"nprobes": 60, "refine_factor": 10}],
+    "IVF_HNSW_SQ": [{"nprobes": 20, "ef": 100}, {"nprobes": 60, "ef": 100}],
+}
+"""LanceDB's approximate indexes and the search settings tried on each (IVF partitions
+probed, HNSW candidate list, refine factor: candidates reranked with the full vectors)."""
+MILVUS_INDEXES = {"HNSW": [{"ef": 64}, {"ef": 256}]}
+TRAIN = {"iterations": 10, "sample_rate": 64}
+"""k-means training of LanceDB's IVF (and PQ): 10 iterations on 64 rows per partition
+instead of LanceDB's 50 on 256, so that a 1M build fits a benchmark on 2 shared cores."""
+LARGE = 200_000
+"""Above this many items only the first LanceDB index (IVF_PQ) is built: the HNSW graphs of
+1M x 1023 vectors take hours on 2 shared cores."""
 
 
-def shards_build(job: dict) -> dict:
-    """The ``.npy`` shard store (``compatkit.upgrade.index_store``) as it was before the
-    vector databases: float16 shards of 65,536 rows and a JSON manifest."""
-    from compatkit.upgrade.index_store import IndexBuilder
+def _uri(job: dict) -> str:
+    return str(Path(job["dir"]) / ("gallery.db" if job["engine"] == "milvus" else "gallery"))
+
+
+def store_build(job: dict) -> dict:
+    """Ingest the gallery through compatkit's store (what ``index build`` writes)."""
+    from compatkit.upgrade.store import Rows, create_store, default_dtype
 
     x = base(job)
     n, d = x.shape
+    uri = _uri(job)
     t0 = time.perf_counter()
-    with IndexBuilder(Path(job["dir"]) / "shards", d, "float16", source={"kind": "bench"}) as b:
-        b.set_version("0" * 64, {"feat_dim": d, "in_channels": 3, "head": "simplex"}, "bench")
-        for a in range(0, n, GEN_ROWS):
-            b.add(np.asarray(x[a : a + GEN_ROWS]))
-        b.finish([str(i) for i in range(n)], None, None)
+    s = create_store(uri, d, default_dtype(uri))
+    for a in range(0, n, GEN_ROWS):
+        p = np.arange(a, min(a + GEN_ROWS, n))
+        s.add(
+            Rows(
+                p,
+                np.asarray(x[p]),
+                [str(i) for i in p],
+                np.zeros(p.size, np.int64),
+                [""] * p.size,
+                ["0" * 64] * p.size,
+            )
+        )
+    s.close()
     return {"build_s": time.perf_counter() - t0}
 
 
-def shards_search(job: dict) -> dict:
-    from compatkit.upgrade.index_search import search
-    from compatkit.upgrade.index_store import Gallery
+def store_index(job: dict) -> dict:
+    from compatkit.upgrade.store import open_store
 
-    g = Gallery.open(Path(job["dir"]) / "shards")
-    be = job["backend"]
-    return timed_searches(
-        job, job["name"], lambda q: search(g, q, k=job["k"], backend=be).positions
-    )
+    s = open_store(_uri(job))
+    t0 = time.perf_counter()
+    s.create_index(job["index"], TRAIN if job["engine"] == "lancedb" else None)
+    out = {"index_s": time.perf_counter() - t0, "info": s.index_info()}
+    s.close()
+    return out
+
+
+def store_search(job: dict) -> dict:
+    """Exact search (``params`` None) or the approximate index with ``params``."""
+    from compatkit.upgrade.store import open_store
+
+    s = open_store(_uri(job))
+    params, k = job.get("params"), job["k"]
+    try:
+        return timed_searches(
+            job,
+            job["name"],
+            lambda q: s.search(q, k, approx=params is not None, params=params).positions,
+        )
+    finally:
+        s.close()
 
 
 WORKERS = {
     "data": make_data,
     "faiss": faiss_flat,
-    "shards-build": shards_build,
-    "shards-search": shards_search,
+    "store-build": store_build,
+    "store-index": store_index,
+    "store-search": store_search,
 }

@@ -3,8 +3,11 @@
 1M vectors of 1,023 and 511 dimensions.
 
 Engines (``--engines``): ``faiss``, an in-memory ``IndexFlatIP`` of the gallery as float32,
-the exact reference every other row is compared with; ``shards``, the ``.npy`` shard store
-with its exact search (torch and FAISS kernels). Each measurement runs in a fresh child
+the exact reference every other row is compared with; ``lancedb`` and ``milvus`` (Milvus
+Lite), through compatkit's own store (:mod:`compatkit.upgrade.store`), as ``compatkit index``
+uses them: build (ingest), exact search, then each approximate index the engine offers with a
+few search settings (``_index_engines.py``). Every search goes through the store's rescoring
+of each query's k + 16 candidates in float64. Each measurement runs in a fresh child
 process, which reports its own peak resident set (``VmHWM`` of ``/proc/self/status``), so no
 figure includes what another engine allocated. The data (see ``_index_engines.py``:
 d-Simplex-like class-structured vectors by default) is drawn once per size into a float16
@@ -12,7 +15,7 @@ d-Simplex-like class-structured vectors by default) is drawn once per size into 
 
 recall@10 of a row = the mean over the 1,024 queries of |its top 10 ∩ FAISS's top 10| / 10.
 
-    python benchmarks/bench_index.py [--sizes 100000 1000000] [--dims 1023 511]
+    python benchmarks/bench_index.py [--pairs 100000x1023 1000000x1023 ...]
     python benchmarks/bench_index.py --quick    # seconds: checks that it runs
 """
 
@@ -96,7 +99,7 @@ def _disk(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def _measure(job: dict, engines: list[str]) -> list[dict]:
+def _measure(job: dict, engines: list[str], milvus_max: int) -> list[dict]:
     """Every engine's rows at one size and dimension (the data is drawn first)."""
     folder = Path(job["dir"])
     _child({**job, "phase": "data"})
@@ -117,14 +120,35 @@ def _measure(job: dict, engines: list[str]) -> list[dict]:
 
     ref = _child({**job, "phase": "faiss", "name": "faiss"})
     row("FAISS IndexFlatIP (in memory, float32)", "faiss", ref, ref)
-    if "shards" in engines:
-        build = _child({**job, "phase": "shards-build"})
-        disk = _disk(folder / "shards")
-        for be in ("torch", "faiss"):
-            name = f"shards-{be}"
-            s = _child({**job, "phase": "shards-search", "name": name, "backend": be})
-            row(f"shard store, exact ({be} kernel)", name, build, s, disk=disk)
-        shutil.rmtree(folder / "shards")
+    from _index_engines import LANCE_INDEXES, LARGE, MILVUS_INDEXES
+
+    for engine in [e for e in engines if e != "faiss"]:
+        if engine == "milvus" and job["n"] > milvus_max:
+            continue
+        label = "LanceDB" if engine == "lancedb" else "Milvus Lite"
+        j = {**job, "engine": engine}
+        build = _child({**j, "phase": "store-build"})
+        disk = _disk(folder / ("gallery.db" if engine == "milvus" else "gallery"))
+        name = f"{engine}-exact"
+        s = _child({**j, "phase": "store-search", "name": name})
+        row(f"{label}, exact", name, build, s, disk=disk)
+        indexes = LANCE_INDEXES if engine == "lancedb" else MILVUS_INDEXES
+        if job["quick"]:  # one index of each kind, one setting: checks that it runs
+            indexes = {t: v[:1] for t, v in indexes.items() if t in ("IVF_HNSW_SQ", "HNSW")}
+        elif job["n"] > LARGE and engine == "lancedb":
+            indexes = dict(list(indexes.items())[:1])
+        for index, settings in indexes.items():
+            try:
+                ix = _child({**j, "phase": "store-index", "index": index})
+            except RuntimeError as e:
+                print(f"{engine} {index}: {e}", file=sys.stderr)
+                continue
+            for params in settings:
+                name = f"{engine}-{index}-" + "-".join(f"{k}{v}" for k, v in params.items())
+                s = _child({**j, "phase": "store-search", "name": name, "params": params})
+                shown = ", ".join(f"{k} {v}" for k, v in params.items())
+                row(f"{label}, {index} ({shown})", name, build, s, index_s=ix["index_s"])
+        shutil.rmtree(folder / ("gallery.db" if engine == "milvus" else "gallery"))
     return rows
 
 
@@ -142,9 +166,25 @@ def _mib(b: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--dims", type=int, nargs="+", default=[1023, 511])
-    p.add_argument("--engines", nargs="+", default=["faiss", "shards"], choices=["faiss", "shards"])
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        default=["100000x1023", "100000x511", "1000000x1023", "1000000x511"],
+        metavar="NxD",
+        help="galleries to measure: items x dimensions, in this order",
+    )
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        default=["faiss", "lancedb", "milvus"],
+        choices=["faiss", "lancedb", "milvus"],
+    )
+    p.add_argument(
+        "--milvus-max",
+        type=int,
+        default=100_000,
+        help="largest gallery given to Milvus Lite (default 100000: see the results' notes)",
+    )
     p.add_argument("--data", default="simplex", choices=("simplex", "random"))
     p.add_argument("--tmp", default=None, help="folder for the temporary data (default: system)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -154,7 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     setup(args)
     if args.quick:
-        args.sizes, args.dims = [3000], [64]
+        args.pairs = ["3000x64"]
+    try:
+        pairs = [tuple(int(v) for v in p.lower().split("x")) for p in args.pairs]
+    except ValueError:
+        raise SystemExit(f"--pairs {args.pairs}: write each as NxD, e.g. 100000x1023") from None
     import torch
 
     threads = args.threads or torch.get_num_threads()
@@ -163,24 +207,31 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-index-", dir=args.tmp))
     try:
-        for d in args.dims:
-            for n in args.sizes:
-                folder = tmp / f"{n}-{d}"
-                folder.mkdir()
-                job = {"n": n, "dim": d, "dir": str(folder), "threads": threads, "k": K}
-                job |= {"nq": max(counts), "counts": counts, "data": args.data}
-                figures["runs"].append({"n": n, "dim": d, "rows": _measure(job, args.engines)})
-                shutil.rmtree(folder)
+        for n, d in pairs:
+            folder = tmp / f"{n}-{d}"
+            folder.mkdir()
+            job = {"n": n, "dim": d, "dir": str(folder), "threads": threads, "k": K}
+            job |= {"nq": max(counts), "counts": counts, "data": args.data}
+            job["quick"] = args.quick
+            rows = _measure(job, args.engines, args.milvus_max)
+            figures["runs"].append({"n": n, "dim": d, "rows": rows})
+            shutil.rmtree(folder)
+            if len(figures["runs"]) < len(pairs):  # what is measured so far, in case of a stop
+                _write(args, argv, figures, threads, counts, t_start, partial=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    figures["load_end"] = _load()
-    figures["minutes"] = (time.perf_counter() - t_start) / 60
-    shown = _without_tmp(sys.argv[1:] if argv is None else argv)
-    name = f"{NAME}_shards" if "shards" in args.engines else NAME
-    title = TITLE + (" (the .npy shard store, since removed)" if "shards" in args.engines else "")
-    body = _body(figures, threads, counts, args)
-    finish(name, title, __file__, shown, body, "cpu", results=args.results)
+    _write(args, argv, figures, threads, counts, t_start)
     return figures
+
+
+def _write(args, argv, figures: dict, threads: int, counts: list[int], t0: float, partial=False):
+    figures["load_end"] = _load()
+    figures["minutes"] = (time.perf_counter() - t0) / 60
+    shown = _without_tmp(sys.argv[1:] if argv is None else argv)
+    body = _body(figures, threads, counts, args)
+    if partial:
+        body += "\n\n(Partial: the run goes on with the next gallery; rerun to complete.)"
+    finish(NAME, TITLE, __file__, shown, body, "cpu", results=args.results)
 
 
 def _without_tmp(argv: list[str]) -> list[str]:
@@ -213,8 +264,10 @@ def _body(fig: dict, threads: int, counts: list[int], args: argparse.Namespace) 
         ref = run["rows"][0]["search"][f"search_{counts[1]}_s"]
         for r in run["rows"]:
             b, s = r["build"], r["search"]
-            rate = run["n"] / b["build_s"] if b.get("build_s") else float("nan")
-            cells = [f"{run['n']:,} x {run['dim']}", r["engine"], f"{rate:,.0f} vectors/s"]
+            rate = f"{run['n'] / b['build_s']:,.0f} vectors/s"
+            if r.get("index_s") is not None:
+                rate = f"+ index {r['index_s']:,.0f} s"
+            cells = [f"{run['n']:,} x {run['dim']}", r["engine"], rate]
             for c in counts:
                 cells.append(f"{c / s[f'search_{c}_s']:,.1f} q/s")
             cells += [

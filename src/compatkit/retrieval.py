@@ -62,6 +62,7 @@ __all__ = [
     "faiss_available",
     "mean_average_precision",
     "recall_at_k",
+    "stable_topk",
     "template_accuracy",
 ]
 
@@ -198,6 +199,24 @@ def _faiss_neighbours(flat: _FlatIndex, q: torch.Tensor, k: int) -> torch.Tensor
             best = torch.sort(exact, dim=1, descending=True, stable=True).indices[:, :k]
             ids[cut] = best.numpy()
     return torch.from_numpy(ids).to(q.device)
+
+
+def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``(rows, k)`` column indices of each row's k best scores in stable order (score
+    descending, index ascending): among scores equal at the cut, the lower indices.
+
+    ``torch.topk`` cuts such a group arbitrarily and orders equal scores arbitrarily; rows
+    where more than k scores reach the k-th best are redone with a stable sort (exact ties
+    are rare with real features, so the fast path stays fast).
+    """
+    vals, idx = torch.topk(scores, k, dim=1)
+    ambiguous = (scores >= vals[:, -1:]).sum(dim=1) > k
+    if bool(ambiguous.any()):
+        rows = ambiguous.nonzero().squeeze(1)
+        idx[rows] = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices[:, :k]
+    idx = torch.sort(idx, dim=1).values  # then a stable sort by score: equal scores by index
+    order = torch.sort(torch.gather(scores, 1, idx), dim=1, descending=True, stable=True)
+    return torch.gather(idx, 1, order.indices)
 
 
 # ----------------------------------------------------------------------------- templates
