@@ -260,3 +260,22 @@ def test_milvus_lite_serves_one_process_at_a_time(tmp_path: Path) -> None:
         s.close()
     r = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True)
     assert r.stdout == "" and r.returncode == 0, r.stderr
+
+
+def test_vectors_that_are_not_finite_are_refused_not_served(engine: str, tmp_path: Path) -> None:
+    x = unit_rows(40, 8, 11)
+    s, _ = fill(gallery_uri(tmp_path, engine), x)
+    try:
+        nan = np.full((1, 8), np.nan, dtype=np.float32)
+        row = Rows(np.array([7]), nan, ["item7"], np.array([1]), ["c1"], ["a" * 64])
+        if engine == "lancedb":  # LanceDB itself refuses to store a NaN vector
+            with pytest.raises((ValueError, RuntimeError), match="NaN"):
+                s.upsert(row)
+        else:  # Milvus stores it: the search refuses to serve it
+            s.upsert(row)
+            with pytest.raises(DataError, match="vector of item position 7 is not finite"):
+                s.search(x[:3], 40)  # every item is a candidate: the damaged one among them
+        with pytest.raises(DataError, match="a query vector is not finite"):
+            s.search(nan, 3)
+    finally:
+        s.close()
