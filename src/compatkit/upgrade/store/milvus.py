@@ -341,7 +341,13 @@ class MilvusStore(GalleryStore):
         # the build parameters both as keys (how pymilvus 3 sends them) and as one "params"
         # value (how Milvus Lite and earlier clients read them)
         ip.add_index(field_name="vector", index_type=t, metric_type="IP", params={**p, "params": p})
-        self._c.create_index(self.name, ip)
+        try:
+            self._c.create_index(self.name, ip)
+        except Exception as e:
+            # a build of minutes can outlast the client's gRPC keepalive; pymilvus then
+            # repeats the request, which finds the index its first attempt made
+            if "already exists" not in str(e) or self.index_info() is None:
+                raise
         self._c.load_collection(self.name)
 
     def index_info(self) -> dict | None:
