@@ -120,7 +120,6 @@ def test_record_into_an_index(models, fake_fashion, tmp_path) -> None:
     r = _check(models, "old", "new", fake_fashion, "--record", str(idx), "--quiet")
     assert r.returncode == 0, r.stderr
     from compatkit.checkpoint import read_contract
-
     from compatkit.upgrade.index import Gallery, load_checks
 
     new_sha = read_contract(models["new"])["sha256"]
