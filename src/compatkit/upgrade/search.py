@@ -71,7 +71,8 @@ def search_metrics(
     return out
 
 
-def _params(nprobes: int | None, ef: int | None, refine: int | None) -> dict:
+def _params(nprobes: int | None = None, ef: int | None = None, refine: int | None = None) -> dict:
+    """The approximate search's knobs (``None``: the engine's default), checked positive."""
     for name, v in (("--nprobes", nprobes), ("--ef", ef), ("--refine", refine)):
         if v is not None and v < 1:
             raise InputError(f"{name} {v}: must be a positive integer")

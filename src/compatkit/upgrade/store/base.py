@@ -40,6 +40,7 @@ __all__ = [
     "GalleryStore",
     "Hits",
     "Rows",
+    "pq_sub_vectors",
     "reorder",
 ]
 
@@ -347,3 +348,9 @@ def reorder(got: Rows, want: np.ndarray, uri: str) -> Rows:
         None if got.classes is None else [got.classes[i] for i in take],
         None if got.versions is None else [got.versions[i] for i in take],
     )
+
+
+def pq_sub_vectors(dim: int) -> int:
+    """PQ sub-vectors: the divisor of ``dim`` nearest dim / 8 (PQ needs an exact split)."""
+    divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+    return min(divisors, key=lambda m: (abs(m - dim / 8), -m))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError, InputError
-from .base import SCAN_ROWS, GalleryStore, Rows, reorder
+from .base import SCAN_ROWS, GalleryStore, Rows, pq_sub_vectors, reorder
 from .local import check_tree, is_remote
 
 __all__ = ["INDEX_TYPES", "LanceStore"]
@@ -50,12 +50,6 @@ def _versions_filter(versions: Sequence[str] | None) -> str | None:
     if versions is None:
         return None
     return f"version IN ({_quote(versions) or repr('')})"
-
-
-def _sub_vectors(dim: int) -> int:
-    """PQ sub-vectors: the divisor of ``dim`` nearest dim / 8 (PQ needs an exact split)."""
-    divisors = [m for m in range(1, dim + 1) if dim % m == 0]
-    return min(divisors, key=lambda m: (abs(m - dim / 8), -m))
 
 
 class LanceStore(GalleryStore):
@@ -271,7 +265,7 @@ class LanceStore(GalleryStore):
         if params.get("sample_rate"):
             kw["sample_rate"] = int(params["sample_rate"])
         if t.endswith("PQ"):
-            kw["num_sub_vectors"] = int(params.get("sub_vectors") or _sub_vectors(self.dim))
+            kw["num_sub_vectors"] = int(params.get("sub_vectors") or pq_sub_vectors(self.dim))
         config = {
             "IVF_FLAT": li.IvfFlat,
             "IVF_SQ": li.IvfSq,

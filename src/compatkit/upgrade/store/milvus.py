@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError, InputError
-from .base import SCAN_ROWS, GalleryStore, Rows, reorder, rescore
+from .base import SCAN_ROWS, GalleryStore, Rows, pq_sub_vectors, reorder, rescore
 from .local import check_tree, is_remote
 
 __all__ = ["INDEX_TYPES", "MilvusStore"]
@@ -330,9 +330,7 @@ class MilvusStore(GalleryStore):
             nlist = params.get("partitions") or max(1, min(65536, round(4 * math.sqrt(n))))
             p["nlist"] = int(nlist)
         if t == "IVF_PQ":
-            from .lancedb import _sub_vectors
-
-            p["m"] = int(params.get("sub_vectors") or _sub_vectors(self.dim))
+            p["m"] = int(params.get("sub_vectors") or pq_sub_vectors(self.dim))
         if t == "HNSW":
             p.update(M=16, efConstruction=200)
         self._c.release_collection(self.name)
