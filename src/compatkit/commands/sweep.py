@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import add_set_argument
+from . import add_log_argument, add_set_argument
 
 HELP = "run a grid of settings (resumable) and plot compatibility against plasticity"
 
@@ -51,11 +51,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the settings and the jobs left to run, and exit",
     )
+    add_log_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def main(args: argparse.Namespace) -> int:
+    """The sweep; ``--log`` reaches every job (in this process or a worker) through
+    ``$COMPATKIT_LOG``, set for the sweep's duration only."""
+    import os
+
+    from ..tracking import ENV_VAR, check_backends
+
+    if not args.log:
+        return _sweep(args)
+    before = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = ",".join(check_backends(args.log))
+    try:
+        return _sweep(args)
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
+
+
+def _sweep(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
     if args.jobs < 1:

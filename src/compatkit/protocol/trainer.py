@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ __all__ = [
     "TrainingDiverged",
     "fit",
     "make_optimizer",
+    "observe_steps",
     "save_on_main",
     "task_seed",
     "train_task",
@@ -46,6 +49,21 @@ FINITE_CHECK_EVERY = 25
 """Steps between two looks at the divergence flag. The flag itself is updated on the device at
 every step without a synchronisation; reading it costs one (about what one log line costs), so
 a diverged run stops at most this many steps late, with nothing saved."""
+
+
+_OBSERVERS: ContextVar[tuple[Callable[[dict], None], ...]] = ContextVar("observers", default=())
+
+
+@contextmanager
+def observe_steps(observer: Callable[[dict], None]) -> Iterator[None]:
+    """Within the block, every :func:`train_task` also calls ``observer`` after each step with
+    the dictionary ``on_step`` receives: how experiment tracking sees every training loop
+    (a run's tasks, its providers, ``compatkit train``) without each caller passing it on."""
+    token = _OBSERVERS.set((*_OBSERVERS.get(), observer))
+    try:
+        yield
+    finally:
+        _OBSERVERS.reset(token)
 
 
 class TrainingDiverged(ConfigError):
@@ -107,7 +125,8 @@ def train_task(
     rank draws and augments the same global batch, keeps its own shard for the forward pass,
     and the outputs are gathered so that the loss is the global batch's
     (:mod:`compatkit.runtime.distributed`). ``on_step`` receives, after every step, the
-    epoch, step, total steps, loss and its parts (tensors), images seen and learning rate.
+    epoch, step, total steps, loss and its parts (tensors), images seen and learning rate;
+    so does every observer registered with :func:`observe_steps`.
     """
     d = rt.dist
     normalize, precision = rt.normalize, rt.precision
@@ -115,6 +134,7 @@ def train_task(
     epochs = epochs or opt_cfg.epochs
     base_lr = lr or opt_cfg.lr
     net = ddp_model or model
+    observers = (*((on_step,) if on_step is not None else ()), *_OBSERVERS.get())
     old = ctx.old_model
     method.begin_task(ctx)
     decay_all = opt_cfg.weight_decay_on == "all"
@@ -178,19 +198,18 @@ def train_task(
             _watch(loss.detach(), step, bad_step, last_finite)
             if step % FINITE_CHECK_EVERY == 0:
                 _stop_if_diverged(bad_step, last_finite, total)
-            if on_step is not None:
-                lr_now = opt.param_groups[0]["lr"]
-                on_step(
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        "total": total,
-                        "loss": loss,
-                        "parts": parts,
-                        "seen": seen,
-                        "lr": lr_now,
-                    }
-                )
+            if observers:
+                state = {
+                    "epoch": epoch,
+                    "step": step,
+                    "total": total,
+                    "loss": loss,
+                    "parts": parts,
+                    "seen": seen,
+                    "lr": opt.param_groups[0]["lr"],
+                }
+                for observe in observers:
+                    observe(state)
         _stop_if_diverged(bad_step, last_finite, total)
         losses.append(float(ep_loss) / max(1, n_batches))
         parts_hist.append({k: float(v) / max(1, n_batches) for k, v in ep_parts.items()})
