@@ -625,3 +625,56 @@ def test_no_legend_covers_a_curve_or_a_cell(tmp_path: Path, monkeypatch) -> None
         {f"m{k}": HOC_42 for k in range(5)}, tmp_path / "grid.png", [0, 2]
     )  # two rows of panels: a key under the first would cover the second row
     assert sum(assert_legends_outside(f) for f in figs) >= 7
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def test_t_quantile_against_scipy() -> None:
+    from scipy import stats
+
+    for df in (1, 2, 3, 5, 10, 29, 30, 31, 50, 200, 10_000):
+        assert report.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-4)
+    with pytest.raises(ValueError):
+        report.t_quantile_975(0)
+
+
+def test_interval_by_hand() -> None:
+    s = report.interval([0.6, 0.6, 0.3, None])
+    mean, sd = 0.5, math.sqrt(((0.1**2) * 2 + 0.2**2) / 2)
+    assert s["n"] == 3 and s["mean"] == pytest.approx(mean) and s["std"] == pytest.approx(sd)
+    half = 4.3027 * sd / math.sqrt(3)
+    assert (s["lo"], s["hi"]) == pytest.approx((mean - half, mean + half))
+    one = report.interval([0.9])
+    assert one["n"] == 1 and one["lo"] is None and one["std"] is None
+    assert report.interval([None]) is None
+
+
+def test_paired_differences_per_seed() -> None:
+    m = make_metrics()
+    d = report.paired_differences(m, "hoc", "er", ("AM", "local_final"))
+    assert d["seeds"] == [42, 43]
+    am = [
+        slow_metrics(h)["AM"] - slow_metrics(e)["AM"] for h, e in ((HOC_42, ER_42), (HOC_43, ER_43))
+    ]
+    assert d["per_seed"]["AM"] == pytest.approx(am)
+    assert d["per_seed"]["local_final"] == pytest.approx([45.0 - 30.0, 47.0 - 32.0])
+    assert d["stats"]["local_final"]["half"] == pytest.approx(0.0)
+    assert report.paired_differences(m, "hoc", "nosuch") is None
+    m["er"]["runs"][0]["seed"], m["er"]["runs"][1]["seed"] = 1, 2
+    assert report.paired_differences(m, "hoc", "er") is None  # no seed in common
+
+
+def test_report_gives_intervals_and_marks_single_seeds(tmp_path: Path) -> None:
+    text = report.render_markdown(make_metrics(), tmp_path)
+    assert "## Seeds: 95 % intervals" in text and "### hoc minus er, per seed pair" in text
+    lo = report.interval([LOCAL[("hoc", 42)][-1], LOCAL[("hoc", 43)][-1]])
+    assert f"{lo['mean']:.2f} [{lo['lo']:.2f}, {lo['hi']:.2f}]" in text
+    assert "| mean [95 %], n=2 | " in text
+    assert "(seed 42, a single seed of 2: the means are in the comparison table)" in text
+    single = make_metrics()
+    for m in ("hoc", "er"):
+        single[m]["runs"] = single[m]["runs"][:1]
+    single["_meta"]["seeds"] = [42]
+    one = report.render_markdown(single, tmp_path)
+    assert "**single seed (42)**" in one and "## Seeds" not in one

@@ -36,7 +36,8 @@ class WandbTracker(Tracker):
             config={**config, "environment": dict(info.environment)},
             tags=[info.kind, *(f"{k}:{v}" for k, v in info.tags.items())],
             reinit="create_new",  # several logged runs open at once in one process
-            settings=wandb.Settings(console="off"),  # the run's log.txt keeps the output
+            # the run's log.txt keeps the output; W&B's own lines would repeat for every run
+            settings=wandb.Settings(console="off", silent=True),
         )
 
     def _define(self, key: str, axis: str) -> None:
