@@ -316,3 +316,38 @@ def test_same_machine_same_threads_is_bitwise_reproducible(tracked_run, fake_fas
         one = torch.load(p, weights_only=True)["state_dict"]
         two = torch.load(q, weights_only=True)["state_dict"]
         assert all(torch.equal(one[k], two[k]) for k in one), p.name
+
+
+@pytest.mark.slow
+def test_train_pretrain_and_sweep_take_log(tmp_path, fake_fashion) -> None:
+    """``--log`` on the other commands: ``train`` logs its steps next to the model file,
+    ``pretrain`` one run per provider in the providers folder, and ``sweep`` passes it to
+    every job (each (setting, seed) a logged run in its setting's folder)."""
+    if not _installed("tensorboard"):
+        pytest.skip("tensorboard is not installed (pip install 'compatkit[tensorboard]')")
+    model = tmp_path / "models" / "v1.pt"
+    run_cli(
+        ["train", "fashion-mnist", "--out", str(model), "--epochs", "2", "--batch-size", "64",
+         "--quiet", "--log", "tensorboard"],
+        fake_fashion,
+    )  # fmt: skip
+    acc = _events(tmp_path / "models" / "tensorboard" / "v1")
+    n = len(acc.Scalars("train/loss"))
+    assert n == 2 * -(-240 // 64)  # 2 epochs of 240 images in batches of 64: every step
+    assert [e.step for e in acc.Scalars("epoch/train_loss")] == [1, 2]
+
+    prov = tmp_path / "providers"
+    run_cli(["pretrain", str(TINY), "--out", str(prov), "--quiet", "--log", "tensorboard"],
+            fake_fashion)  # fmt: skip
+    names = sorted(p.name for p in (prov / "tensorboard" / "providers").iterdir())
+    assert names == ["p0-learnable", "p0-simplex", "p1-learnable", "p1-simplex"]
+
+    sweep = tmp_path / "sweep"
+    run_cli(
+        ["sweep", str(TINY), "--vary", "seeds=[7]", "--set", "methods=[hoc]",
+         f"providers_dir={prov}", "--out", str(sweep), "--quiet", "--log", "tensorboard"],
+        fake_fashion,
+    )  # fmt: skip
+    (events,) = sweep.glob("runs/*/tensorboard/hoc/seed_7")
+    acc = _events(events)
+    assert acc.Scalars("train/loss") and acc.Scalars("result/AC")
