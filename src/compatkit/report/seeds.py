@@ -97,21 +97,27 @@ def _fmt(x: float | None, digits: int) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _interval_cell(s: Mapping[str, Any] | None, digits: int, signed: bool = False) -> str:
+def _interval_cell(
+    s: Mapping[str, Any] | None, digits: int, top: float, signed: bool = False
+) -> str:
+    """``mean [lo, hi]``, the interval cut to the values the metric can take (0..top, or
+    -top..top for a difference): a t interval of three seeds of AC can reach past 1."""
     if s is None:
         return "n/a"
     sign = "+" if signed else ""
     if s["n"] == 1:
         return f"{s['mean']:{sign}.{digits}f} (single seed)"
-    return f"{s['mean']:{sign}.{digits}f} [{s['lo']:{sign}.{digits}f}, {s['hi']:{sign}.{digits}f}]"
+    lo, hi = max(s["lo"], -top if signed else 0.0), min(s["hi"], top)
+    return f"{s['mean']:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
 
 
 _LABELS = {
-    "AC": ("AC", 3),
-    "AM": ("AM (%)", 2),
-    "local_final": ("final local acc. (%)", 2),
-    "local_mean": ("mean local acc. (%)", 2),
+    "AC": ("AC", 3, 1.0),
+    "AM": ("AM (%)", 2, 100.0),
+    "local_final": ("final local acc. (%)", 2, 100.0),
+    "local_mean": ("mean local acc. (%)", 2, 100.0),
 }
+"""Column title, decimals and the largest value of each metric."""
 
 
 def seeds_section(metrics: Mapping[str, Any], a: str = "hoc", b: str = "er") -> list[str]:
@@ -129,9 +135,9 @@ def seeds_section(metrics: Mapping[str, Any], a: str = "hoc", b: str = "er") -> 
     out = [
         "## Seeds: 95 % intervals",
         "",
-        "Mean over seeds [95 % interval of the mean: mean ± t(0.975, n−1) · s / √n]. An "
-        "interval this wide is what another set of seeds of the same config may give on the "
-        "same machine; another CPU or thread count adds its own differences (see "
+        "Mean over seeds [95 % interval of the mean: mean ± t(0.975, n−1) · s / √n, cut to "
+        "the values the metric can take]. Another set of seeds of the same config may give "
+        "a mean anywhere in it; another CPU adds differences of its own (see "
         "docs/reproducibility.md).",
         "",
     ]
@@ -140,7 +146,7 @@ def seeds_section(metrics: Mapping[str, Any], a: str = "hoc", b: str = "er") -> 
     for m in methods:
         runs = method_runs(metrics[m])
         stats = {k: interval([run_value(r, k) for r in runs]) for k in keys}
-        cells = [_interval_cell(stats[k], _LABELS[k][1]) for k in keys]
+        cells = [_interval_cell(stats[k], _LABELS[k][1], _LABELS[k][2]) for k in keys]
         rows.append([m, len(runs), *cells])
     out += [md_table(header, rows), ""]
     diff = paired_differences(metrics, a, b, keys)
@@ -162,7 +168,10 @@ def seeds_section(metrics: Mapping[str, Any], a: str = "hoc", b: str = "er") -> 
     rows.append(
         [
             f"mean [95 %], n={len(diff['seeds'])}",
-            *(_interval_cell(diff["stats"][k], _LABELS[k][1], signed=True) for k in keys),
+            *(
+                _interval_cell(diff["stats"][k], _LABELS[k][1], _LABELS[k][2], signed=True)
+                for k in keys
+            ),
         ]
     )
     return [*out, md_table(header, rows), ""]
