@@ -7,6 +7,7 @@ Legends of line plots go outside the axes, so they never cover a curve.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,18 +17,17 @@ __all__ = [
     "REPLACEMENT_COLOR",
     "REPLACEMENT_STAR",
     "VIOLATION_EDGE",
-    "VIOLATION_FACE",
     "legend_outside",
     "model_labels",
     "new_figure",
+    "png_bytes",
     "save",
 ]
 
 DPI = 120
 LEGEND_GAP_PT = 34.0
 """Points between the bottom of an axes and a legend under it: tick labels and x label."""
-VIOLATION_FACE = "#ffb8b8"  # light red, opaque so the printed value stays legible (paper Fig. 5)
-VIOLATION_EDGE = "#c00000"
+VIOLATION_EDGE = "#c00000"  # dark red: the outline and hatching of a violating cell
 REPLACEMENT_COLOR = "#b8860b"  # dark goldenrod: the paper's yellow markers, readable on white
 REPLACEMENT_STAR = {
     "s": 90,
@@ -47,6 +47,14 @@ def new_figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
+
+
+def png_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes, as :func:`save` would write it, and free its artists."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.clear()
+    return buf.getvalue()
 
 
 def save(fig, path: str | os.PathLike[str]) -> Path:
