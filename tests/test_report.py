@@ -413,7 +413,11 @@ def test_render_markdown_contents(tmp_path: Path) -> None:
     assert "# compatkit run report: run" in text
     assert "- Dataset: fashion-mnist" in text
     assert "- Seeds: 42, 43" in text
-    assert "- Replacement tasks: 1, 3 (zero-based task ids 0, 2)" in text
+    # _meta lists [0, 2] (task 0 starts from a provider): one replacement, at task 3 of 1..T
+    assert (
+        "- Replacements: the model is replaced by a new provider at task 3 "
+        "(config `replacement_tasks: [2]`, zero-based)" in text
+    )
     assert "- Wall time: 2 min 03 s" in text
     rows = {r["method"]: r for r in report.comparison_table(make_metrics())}
     assert report.table_columns(list(rows.values())) == report.TABLE_COLUMNS

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.files import atomic_write_text
+from ..runtime.files import atomic_write_text, read_json
 from ..runtime.layout import RunDir
 from .metrics_file import (
     Matrix,
@@ -25,7 +25,6 @@ from .metrics_file import (
     lower_triangle,
     method_names,
     method_runs,
-    read_json,
     replacement_tasks,
     resolve_violations,
 )
@@ -234,11 +233,12 @@ def render_markdown(
     out.append(f"- Tasks (T): {meta.get('num_tasks', t)}")
     if meta.get("no_replacement"):
         out.append("- Replacements: none (no-replacement run; the first model is the provider's)")
-    if reps:
+    later = [r for r in reps if r > 0]
+    if later:  # task 1 always starts from the first provider; the replacements come after
         out.append(
-            "- Replacement tasks: "
-            + ", ".join(str(r + 1) for r in reps)
-            + f" (zero-based task ids {', '.join(str(r) for r in reps)})"
+            "- Replacements: the model is replaced by a new provider at task "
+            + ", ".join(str(r + 1) for r in later)
+            + f" (config `replacement_tasks: [{', '.join(str(r) for r in later)}]`, zero-based)"
         )
     if is_number(meta.get("query_images")) and is_number(meta.get("gallery_images")):
         out.append(

@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..runtime.files import atomic_write_bytes
+
 __all__ = [
     "DPI",
     "REPLACEMENT_COLOR",
@@ -58,12 +60,10 @@ def png_bytes(fig) -> bytes:
 
 
 def save(fig, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as PNG (white background, tight box) and free its artists."""
+    """Write ``fig`` as PNG (white background, tight box), atomically, and free its artists."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=DPI, bbox_inches="tight", facecolor="white")
-    fig.clear()  # free the artists now; nothing else holds the figure
-    return p
+    return atomic_write_bytes(p, png_bytes(fig))  # a reader never sees half a PNG
 
 
 def legend_outside(ax, fontsize: float = 8, **kw) -> None:
