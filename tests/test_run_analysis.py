@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from compatkit.analysis import run as ra
 from compatkit.analysis.models import eval_vertices
+from compatkit.analysis.pairs import summarize_pairs
 from compatkit.analysis.stats import definition1_pairs, stationarity_stats
 from compatkit.checkpoint import load_checkpoint
 from compatkit.cli import main as cli_main
@@ -343,7 +344,7 @@ def test_summarize_pairs_counts_by_hand():
          "cosine": {"same": group(False, 0.4, 0.0, 0.1), "diff": group(False, 0.5, -0.3, -0.1)},
          "empirical": {"compatible": True}},
     ]  # fmt: skip
-    s = ra.summarize_pairs(pairs, "cosine")
+    s = summarize_pairs(pairs, "cosine")
     a = s["all"]
     assert (a["pairs"], a["same_holds"], a["diff_holds"], a["both_hold"]) == (3, 1, 2, 1)
     assert (a["same_significant"], a["diff_significant"], a["empirical_compatible"]) == (1, 1, 2)

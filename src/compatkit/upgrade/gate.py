@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..analysis.run import class_margins
+from ..analysis.pairs import class_margins
 from ..analysis.stats import class_mean_directions, definition1_pairs
 from ..checkpoint import check_compatible
 from ..data.stream import ReadReport
