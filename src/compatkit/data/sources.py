@@ -12,7 +12,9 @@ sampler's plan (:func:`compatkit.data.sampler.epoch_plan`), whatever the source:
   preprocessed (resize, crop) by ``DataLoader`` worker processes at the plan's positions. The
   main process holds the paths (a few bytes per item), the labels (8 bytes per item), one
   epoch's plan (8 bytes per item) and a few batches, whatever the collection's size. With
-  the same generator it gives the batches :class:`InMemory` gives of the same files.
+  the same generator it gives the batches :class:`InMemory` gives of the same files, and
+  the trainer draws the same augmentations after them (see :meth:`Streamed.batches` for
+  the one exception, the balanced sampler with memory).
 
 A file that cannot be read is skipped, reported once by path and counted (:class:`Skips`;
 a file fails in every epoch), or, with ``strict``, stops training with a ``DataError``
@@ -259,7 +261,14 @@ class Streamed:
         sampler: str = "shuffle",
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of the sampler's batches (see the module docstring); a batch left with
-        fewer than two images by unreadable files is dropped (BatchNorm)."""
+        fewer than two images by unreadable files is dropped (BatchNorm).
+
+        The epoch's plan is drawn from ``generator`` before the first batch, because the
+        workers read ahead. The ``shuffle`` sampler draws its whole epoch there in memory too,
+        so the trainer's augmentation draws, which follow each batch, match. The ``balanced``
+        sampler with memory draws per batch in memory: there the augmentation draws fall
+        between the plan's draws on one path and after them on the other, and the two paths
+        train on equally distributed but different batches."""
         if memory is not None and len(memory) and memory.device != self.device:
             memory = memory.to(self.device)
         m = len(memory) if memory is not None else 0
