@@ -1,25 +1,21 @@
-"""The versioned gallery (``compatkit index``) at 10k, 100k and 1M vectors of 1,023 dimensions:
-build and search throughput and peak memory, FAISS against torch.
+"""The gallery engines of ``compatkit index`` side by side: build rate, search throughput of
+128 and 1,024 queries (top 10), peak memory and recall@10 against exact search, at 100k and
+1M vectors of 1,023 and 511 dimensions.
 
-Vectors are synthetic (random unit rows: speed and memory do not depend on their
-values). Each measurement runs in a fresh child process, which reports its own
-peak resident set (``VmHWM`` of ``/proc/self/status``) and its timings as one
-JSON line, so no figure includes what another phase allocated:
+Engines (``--engines``): ``faiss``, an in-memory ``IndexFlatIP`` of the gallery as float32,
+the exact reference every other row is compared with; ``lancedb`` and ``milvus`` (Milvus
+Lite), through compatkit's own store (:mod:`compatkit.upgrade.store`), as ``compatkit index``
+uses them: build (ingest), exact search, then each approximate index the engine offers with a
+few search settings (``_index_engines.py``). Every search goes through the store's rescoring
+of each query's k + 16 candidates in float64. Each measurement runs in a fresh child
+process, which reports its own peak resident set (``VmHWM`` of ``/proc/self/status``), so no
+figure includes what another engine allocated. The data (see ``_index_engines.py``:
+d-Simplex-like class-structured vectors by default) is drawn once per size into a float16
+``.npy`` file that every engine reads; drawing it is not timed.
 
-- ``build``: :class:`compatkit.upgrade.index_store.IndexBuilder` writes the
-  vectors as float16 ``.npy`` shards (65,536 rows each) and the manifest; the
-  time to draw the random vectors is measured apart and left out;
-- ``search-torch`` / ``search-faiss``: one search of ``--queries`` queries
-  (top 10) over the memory-mapped gallery after a warm-up search: the peak
-  memory of a search with each backend;
-- ``compare``: both backends in one process, interleaved (torch, faiss,
-  torch, ...) after a warm-up of each, median time per backend, and a check
-  that both return identical ids and scores.
+recall@10 of a row = the mean over the 1,024 queries of |its top 10 ∩ FAISS's top 10| / 10.
 
-The index lives in a temporary folder (``--tmp``, default the system's) that is
-deleted at the end; 1M vectors take 2 GB there. On Linux only (``/proc``).
-
-    python benchmarks/bench_index.py [--sizes 10000 100000 1000000] [--queries 128]
+    python benchmarks/bench_index.py [--pairs 100000x1023 1000000x1023 ...]
     python benchmarks/bench_index.py --quick    # seconds: checks that it runs
 """
 
@@ -37,15 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import base_parser, finish, median, setup
+from _common import base_parser, finish, setup
 from _results import md_table
 
 NAME = "bench_index"
-TITLE = "bench_index: build and search of the versioned gallery, FAISS against torch"
-BUDGET = 4 * 2**30
-"""Resident-memory budget of a search over a memory-mapped 1M x 1023 float16 gallery."""
-GEN_ROWS = 65536
-"""Vectors drawn and added per step of a build (a float32 block of 256 MiB at d = 1023)."""
+TITLE = "bench_index: the gallery engines side by side"
+K = 10
 
 __all__ = ["main", "peak_rss", "worker"]
 
@@ -62,107 +55,101 @@ def peak_rss() -> int:
     return 0
 
 
-def _unit_rows(rng, n: int, d: int):
-    import numpy as np
-
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
-
-
-def _build(job: dict) -> dict:
-    import numpy as np
-
-    from compatkit.upgrade.index_store import IndexBuilder
-
-    n, d, out = job["n"], job["dim"], Path(job["out"])
-    rng = np.random.default_rng(0)
-    gen = 0.0
-    t0 = time.perf_counter()
-    with IndexBuilder(out, d, "float16", source={"kind": "synthetic"}) as b:
-        b.set_version("0" * 64, {"feat_dim": d, "in_channels": 3, "head": "simplex"}, "synthetic")
-        for a in range(0, n, GEN_ROWS):
-            g0 = time.perf_counter()
-            x = _unit_rows(rng, min(GEN_ROWS, n - a), d)
-            gen += time.perf_counter() - g0
-            b.add(x)
-        b.finish([str(i) for i in range(n)], None, None)
-    total = time.perf_counter() - t0
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"build_s": total - gen, "generate_s": gen, "disk_bytes": size}
-
-
-def _queries(job: dict):
-    import numpy as np
-
-    return _unit_rows(np.random.default_rng(1), job["queries"], job["dim"])
-
-
-def _search(job: dict) -> dict:
-    from compatkit.upgrade.index_search import search
-    from compatkit.upgrade.index_store import Gallery
-
-    q = _queries(job)
-    t0 = time.perf_counter()
-    g = Gallery.open(job["out"])
-    open_s = time.perf_counter() - t0
-    search(g, q, k=job["k"], backend=job["backend"])  # warm-up: page cache, thread pools
-    t0 = time.perf_counter()
-    search(g, q, k=job["k"], backend=job["backend"])
-    return {"open_s": open_s, "search_s": time.perf_counter() - t0}
-
-
-def _compare(job: dict) -> dict:
-    import numpy as np
-
-    from compatkit.upgrade.index_search import search
-    from compatkit.upgrade.index_store import Gallery
-
-    q = _queries(job)
-    g = Gallery.open(job["out"])
-    times: dict[str, list[float]] = {"torch": [], "faiss": []}
-    results = {}
-    for b in times:  # warm-up of each
-        results[b] = search(g, q, k=job["k"], backend=b)
-    for _ in range(job["repeats"]):
-        for b in times:
-            t0 = time.perf_counter()
-            search(g, q, k=job["k"], backend=b)
-            times[b].append(time.perf_counter() - t0)
-    same = bool(
-        np.array_equal(results["torch"].positions, results["faiss"].positions)
-        and np.array_equal(results["torch"].scores, results["faiss"].scores)
-    )
-    return {"torch_s": median(times["torch"]), "faiss_s": median(times["faiss"]), "identical": same}
-
-
 def worker(job: dict) -> dict:
     """Run one measurement in this process (a child of :func:`main`); adds its peak RSS."""
     import torch
 
-    if job.get("threads"):
-        torch.set_num_threads(job["threads"])
+    from _index_engines import WORKERS
+
+    torch.set_num_threads(job["threads"])
     try:
         import faiss
 
-        faiss.omp_set_num_threads(torch.get_num_threads())
+        faiss.omp_set_num_threads(job["threads"])
     except ImportError:
         pass
     base = peak_rss()
-    res = {"build": _build, "search": _search, "compare": _compare}[job["phase"]](job)
+    res = WORKERS[job["phase"]](job)
     return {**res, "peak_rss": peak_rss(), "import_rss": base}
 
 
 def _child(job: dict) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(job["threads"])}
     r = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(job)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=env,
     )
     if r.returncode != 0:
         raise RuntimeError(f"{job['phase']} (n={job['n']}) failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _recall(folder: Path, name: str) -> float:
+    import numpy as np
+
+    truth = np.load(folder / "ids-faiss.npy")
+    got = np.load(folder / f"ids-{name}.npy")
+    hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, truth, strict=True)]
+    return float(np.mean(hits)) / truth.shape[1]
+
+
+def _disk(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _measure(job: dict, engines: list[str], milvus_max: int) -> list[dict]:
+    """Every engine's rows at one size and dimension (the data is drawn first)."""
+    folder = Path(job["dir"])
+    _child({**job, "phase": "data"})
+    rows = []
+
+    def row(engine: str, name: str, build: dict, search: dict, **extra) -> None:
+        rows.append(
+            {
+                "engine": engine,
+                "name": name,
+                "build": build,
+                "search": search,
+                "recall": _recall(folder, name),
+                **extra,
+            }
+        )
+        print(f"n={job['n']} d={job['dim']} {name}: {json.dumps(rows[-1])}", file=sys.stderr)
+
+    ref = _child({**job, "phase": "faiss", "name": "faiss"})
+    row("FAISS IndexFlatIP (in memory, float32)", "faiss", ref, ref)
+    from _index_engines import LANCE_INDEXES, LARGE, MILVUS_INDEXES
+
+    for engine in [e for e in engines if e != "faiss"]:
+        if engine == "milvus" and job["n"] > milvus_max:
+            continue
+        label = "LanceDB" if engine == "lancedb" else "Milvus Lite"
+        j = {**job, "engine": engine}
+        build = _child({**j, "phase": "store-build"})
+        disk = _disk(folder / ("gallery.db" if engine == "milvus" else "gallery"))
+        name = f"{engine}-exact"
+        s = _child({**j, "phase": "store-search", "name": name})
+        row(f"{label}, exact", name, build, s, disk=disk)
+        indexes = LANCE_INDEXES if engine == "lancedb" else MILVUS_INDEXES
+        if job["quick"]:  # one index of each kind, one setting: checks that it runs
+            indexes = {t: v[:1] for t, v in indexes.items() if t in ("IVF_HNSW_SQ", "HNSW")}
+        elif job["n"] > LARGE and engine == "lancedb":
+            indexes = dict(list(indexes.items())[:1])
+        for index, settings in indexes.items():
+            try:
+                ix = _child({**j, "phase": "store-index", "index": index})
+            except RuntimeError as e:
+                print(f"{engine} {index}: {e}", file=sys.stderr)
+                continue
+            for params in settings:
+                name = f"{engine}-{index}-" + "-".join(f"{k}{v}" for k, v in params.items())
+                s = _child({**j, "phase": "store-search", "name": name, "params": params})
+                shown = ", ".join(f"{k} {v}" for k, v in params.items())
+                row(f"{label}, {index} ({shown})", name, build, s, index_s=ix["index_s"])
+        shutil.rmtree(folder / ("gallery.db" if engine == "milvus" else "gallery"))
+    return rows
 
 
 def _load() -> str:
@@ -179,11 +166,27 @@ def _mib(b: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--dim", type=int, default=1023, help="vector dimension (default 1023)")
-    p.add_argument("--queries", type=int, default=128, help="queries per search (default 128)")
-    p.add_argument("--repeats", type=int, default=3, help="timed searches per backend")
-    p.add_argument("--tmp", default=None, help="folder for the temporary index (default: system)")
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        default=["100000x1023", "100000x511", "1000000x1023", "1000000x511"],
+        metavar="NxD",
+        help="galleries to measure: items x dimensions, in this order",
+    )
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        default=["faiss", "lancedb", "milvus"],
+        choices=["faiss", "lancedb", "milvus"],
+    )
+    p.add_argument(
+        "--milvus-max",
+        type=int,
+        default=100_000,
+        help="largest gallery given to Milvus Lite (default 100000: see the results' notes)",
+    )
+    p.add_argument("--data", default="simplex", choices=("simplex", "random"))
+    p.add_argument("--tmp", default=None, help="folder for the temporary data (default: system)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -191,39 +194,48 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     setup(args)
     if args.quick:
-        args.sizes, args.dim, args.queries, args.repeats = [3000], 64, 16, 1
+        args.pairs = ["3000x64"]
+    try:
+        pairs = [tuple(int(v) for v in p.lower().split("x")) for p in args.pairs]
+    except ValueError:
+        raise SystemExit(f"--pairs {args.pairs}: write each as NxD, e.g. 100000x1023") from None
     import torch
 
-    from compatkit.retrieval import faiss_available
-
-    if not faiss_available():
-        raise SystemExit("bench_index compares FAISS with torch: pip install 'compatkit[faiss]'")
     threads = args.threads or torch.get_num_threads()
-    figures: dict = {"load_start": _load(), "sizes": {}}
+    counts = [16, 64] if args.quick else [128, 1024]
+    figures: dict = {"load_start": _load(), "runs": []}
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-index-", dir=args.tmp))
     try:
-        for n in args.sizes:
-            job = {"n": n, "dim": args.dim, "out": str(tmp / f"idx-{n}"), "threads": threads}
-            job |= {"queries": args.queries, "k": 10, "repeats": args.repeats}
-            row = {"build": _child({**job, "phase": "build"})}
-            for b in ("torch", "faiss"):
-                row[b] = _child({**job, "phase": "search", "backend": b})
-            row["compare"] = _child({**job, "phase": "compare"})
-            figures["sizes"][n] = row
-            shutil.rmtree(job["out"])
-            print(f"n={n}: {json.dumps(row)}", file=sys.stderr, flush=True)
+        for n, d in pairs:
+            folder = tmp / f"{n}-{d}"
+            folder.mkdir()
+            job = {"n": n, "dim": d, "dir": str(folder), "threads": threads, "k": K}
+            job |= {"nq": max(counts), "counts": counts, "data": args.data}
+            job["quick"] = args.quick
+            rows = _measure(job, args.engines, args.milvus_max)
+            figures["runs"].append({"n": n, "dim": d, "rows": rows})
+            shutil.rmtree(folder)
+            if len(figures["runs"]) < len(pairs):  # what is measured so far, in case of a stop
+                _write(args, argv, figures, threads, counts, t_start, partial=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    figures["load_end"] = _load()
-    figures["minutes"] = (time.perf_counter() - t_start) / 60
-    shown = _without_tmp(sys.argv[1:] if argv is None else argv)
-    finish(NAME, TITLE, __file__, shown, _body(args, figures, threads), "cpu", results=args.results)
+    _write(args, argv, figures, threads, counts, t_start)
     return figures
 
 
+def _write(args, argv, figures: dict, threads: int, counts: list[int], t0: float, partial=False):
+    figures["load_end"] = _load()
+    figures["minutes"] = (time.perf_counter() - t0) / 60
+    shown = _without_tmp(sys.argv[1:] if argv is None else argv)
+    body = _body(figures, threads, counts, args)
+    if partial:
+        body += "\n\n(Partial: the run goes on with the next gallery; rerun to complete.)"
+    finish(NAME, TITLE, __file__, shown, body, "cpu", results=args.results)
+
+
 def _without_tmp(argv: list[str]) -> list[str]:
-    """The arguments without ``--tmp DIR``: where the scratch index went is not part of what
+    """The arguments without ``--tmp DIR``: where the scratch data went is not part of what
     was measured, and it would put a path of this machine into the results."""
     out, skip = [], False
     for a in argv:
@@ -236,63 +248,44 @@ def _without_tmp(argv: list[str]) -> list[str]:
     return out
 
 
-def _body(args: argparse.Namespace, fig: dict, threads: int) -> str:
-    rows_b, rows_s = [], []
-    for n, r in fig["sizes"].items():
-        b = r["build"]
-        rows_b.append(
-            [
-                f"{n:,}",
-                f"{n / b['build_s']:,.0f} vectors/s",
-                f"{b['build_s']:.1f} s",
-                _mib(b["disk_bytes"]),
-                _mib(b["peak_rss"]),
+def _body(fig: dict, threads: int, counts: list[int], args: argparse.Namespace) -> str:
+    head = [
+        "gallery",
+        "engine",
+        "build rate",
+        f"search {counts[0]} q",
+        f"search {counts[1]} q",
+        "time / FAISS",
+        "recall@10",
+        "peak memory build / search",
+    ]
+    rows = []
+    for run in fig["runs"]:
+        ref = run["rows"][0]["search"][f"search_{counts[1]}_s"]
+        for r in run["rows"]:
+            b, s = r["build"], r["search"]
+            rate = f"{run['n'] / b['build_s']:,.0f} vectors/s"
+            if r.get("index_s") is not None:
+                rate = f"+ index {r['index_s']:,.0f} s"
+            cells = [f"{run['n']:,} x {run['dim']}", r["engine"], rate]
+            for c in counts:
+                cells.append(f"{c / s[f'search_{c}_s']:,.1f} q/s")
+            cells += [
+                f"{s[f'search_{counts[1]}_s'] / ref:.2f}",
+                f"{r['recall']:.4f}",
+                f"{_mib(b['peak_rss'])} / {_mib(s['peak_rss'])}",
             ]
-        )
-        c = r["compare"]
-        fits = max(r["torch"]["peak_rss"], r["faiss"]["peak_rss"]) <= BUDGET
-        rows_s.append(
-            [
-                f"{n:,}",
-                f"{args.queries / c['torch_s']:,.1f} q/s ({c['torch_s']:.2f} s)",
-                f"{args.queries / c['faiss_s']:,.1f} q/s ({c['faiss_s']:.2f} s)",
-                f"{c['torch_s'] / c['faiss_s']:.2f}",
-                "yes" if c["identical"] else "**no**",
-                _mib(r["torch"]["peak_rss"]),
-                _mib(r["faiss"]["peak_rss"]),
-                "yes" if fits else "**no**",
-                f"{r['torch']['open_s']:.2f} s",
-            ]
-        )
-    imp = fig["sizes"][next(iter(fig["sizes"]))]["torch"]["import_rss"]
+            rows.append(cells)
+    imp = fig["runs"][0]["rows"][0]["search"]["import_rss"]
     lines = [
-        f"Synthetic unit vectors of {args.dim} dimensions, stored as float16 `.npy` shards of "
-        f"65,536 rows; searches of {args.queries} queries for their top 10 (exact cosine, "
-        f"candidates rescored in float64); {threads} thread(s) for torch and FAISS. Each "
-        "figure comes from a fresh process; peak memory is that process's peak resident "
-        f"set (`VmHWM`), of which importing torch, numpy and faiss alone is {_mib(imp)}.",
+        f"Data: {args.data} (see `_index_engines.py`), float16 on disk; queries drawn alike; "
+        f"top {K} by inner product of unit vectors; {threads} thread(s) for torch and FAISS. "
+        "Each engine builds and searches in fresh processes; peak memory is that process's "
+        f"peak resident set (`VmHWM`), of which importing torch, numpy and faiss alone is "
+        f"{_mib(imp)}. time / FAISS: the {counts[1]}-query search against the in-memory exact "
+        "reference measured in the same run.",
         "",
-        "Build (vectors/s written, the drawing of random vectors left out):",
-        "",
-        md_table(["gallery", "build rate", "build time", "on disk", "peak memory"], rows_b),
-        "",
-        "Search over the memory-mapped gallery (median of "
-        f"{args.repeats} interleaved runs after a warm-up; ratio = torch time / FAISS time):",
-        "",
-        md_table(
-            [
-                "gallery",
-                "torch",
-                "FAISS",
-                "ratio",
-                "identical results",
-                "peak memory, torch",
-                "peak memory, FAISS",
-                "within 4 GiB",
-                "open (manifest, ids, mapping)",
-            ],
-            rows_s,
-        ),
+        md_table(head, rows),
         "",
         f"Load average (1, 5, 15 min) of the machine: {fig['load_start']} at the start, "
         f"{fig['load_end']} at the end; the cores were shared with other work while this ran "

@@ -44,12 +44,12 @@ from _common import (
     write_fake_fashion,
 )
 from _results import md_table
+from compatkit import retrieval
 from compatkit.config import load_config
 from compatkit.config.shipped import resolve_config
 from compatkit.data import DATASET_STATS, Normalize
 from compatkit.protocol.evaluate import extract_features
 from compatkit.protocol.experiment import Experiment
-from compatkit.retrieval import search as retrieval
 from compatkit.runtime.device import Precision, Runtime
 from compatkit.runtime.log import RunLog
 

@@ -204,6 +204,12 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
         "numbered from 1 by the task they finish; `*`: the model of a replacement task):",
         "",
         fails,
+        "",
+        "What the failing pairs have in common (HOC, every run of the grid; gap: C[i][j] - "
+        "C[j][j], the query model on the older gallery minus the older model on its own; a "
+        "pair fails when the gap is not positive):",
+        "",
+        why_tables(pair_records(cells, both)),
     ]
     return "\n".join(parts)
 
@@ -238,6 +244,65 @@ def _failing_pairs(cells, both) -> str:
         for (i, j), n in sorted(count.items(), key=lambda kv: -kv[1])
     ]
     return md_table(["query model vs gallery model", "runs missing"], rows)
+
+
+FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                 "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+"""Fashion-MNIST's class names by label, for the tables a person reads."""
+
+
+def _class_name(c: int) -> str:
+    return f"{c} {FASHION_NAMES[c]}" if 0 <= c < len(FASHION_NAMES) else str(c)
+
+
+def pair_records(cells, both, method: str = "hoc") -> list[dict[str, Any]]:
+    """One record per (run, model pair j < i): the gap C[i][j] - C[j][j] (pp), whether the pair
+    meets the criterion, the classes the two tasks teach, and how the pair sits against the
+    replacement schedule (``reps``: zero-based tasks that start from a new provider)."""
+    out = []
+    for order, part in both:
+        for r in cells[(method, order, part)]:
+            m, tasks, reps = r["matrix"], r["tasks"], set(r["reps"])
+            for i in range(1, len(m)):
+                for j in range(i):
+                    crosses = any(j < t <= i for t in reps)
+                    out.append({
+                        "order": order, "part": part, "seed": r["seed"], "i": i, "j": j,
+                        "gap": m[i][j] - m[j][j], "ok": m[i][j] > m[j][j],
+                        "query_class": tasks[i][-1], "gallery_class": tasks[j][-1],
+                        "span": "across a replacement" if crosses else "within one provider",
+                        "query_replaced": i in reps,
+                    })  # fmt: skip
+    return out
+
+
+def why_tables(records: list[dict[str, Any]]) -> str:
+    """Failure rate and mean gap of the pairs grouped by what the protocol makes of them: the
+    replacement schedule, the class the query model's task taught (its last task's class, for
+    the first task the second of its two), and the class the gallery model's task taught."""
+
+    def table(key, label) -> str:
+        groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        for rec in records:
+            groups[key(rec)].append(rec)
+        rows = []
+        for g, recs in sorted(
+            groups.items(), key=lambda kv: -np.mean([not r["ok"] for r in kv[1]])
+        ):
+            gaps = np.asarray([r["gap"] for r in recs])
+            fail = np.mean([not r["ok"] for r in recs])
+            rows.append([g, len(recs), f"{100 * fail:.0f} %", f"{gaps.mean():+.1f}",
+                         f"{np.percentile(gaps, 10):+.1f}"])  # fmt: skip
+        return md_table([label, "pairs", "fail", "mean gap (pp)", "10th pct. gap (pp)"], rows)
+
+    return "\n\n".join([
+        table(lambda r: r["span"], "the pair"),
+        table(lambda r: ("query model is a replacement" if r["query_replaced"]
+                         else "query model fine-tuned") + f", {r['span']}", "the pair, finer"),
+        table(lambda r: _class_name(r["query_class"]), "class taught by the query model's task"),
+        table(lambda r: _class_name(r["gallery_class"]),
+              "class taught by the gallery model's task"),
+    ])  # fmt: skip
 
 
 def _plot(cells, both, var_cells, path: Path) -> None:

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"errors", "runtime", "__init__"},
     {"simplex", "heads", "backbones", "losses", "metrics", "data", "retrieval"},
     {"model", "checkpoint", "report"},
-    {"methods"},
+    {"methods", "tracking"},
     {"config"},
     {"protocol"},
     {"analysis", "interop"},

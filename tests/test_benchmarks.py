@@ -341,6 +341,41 @@ def test_bench_metrics_quick(tmp_path: Path) -> None:
     _check_provenance(_section(res, "bench_metrics"), "bench_metrics.py", tmp_path)
 
 
+# ----------------------------------------------------------------------------- robustness grid
+
+
+def test_robustness_orders_are_permutations_with_the_default_first() -> None:
+    rg = _bench("robustness_grid")
+    orders = rg.draw_orders([1, 3, 4, 5, 6, 8], 8, 2024)
+    assert orders[0] == [1, 3, 4, 5, 6, 8]
+    assert len({tuple(o) for o in orders}) == 8
+    assert all(sorted(o) == [1, 3, 4, 5, 6, 8] for o in orders)
+    assert rg.draw_orders([1, 3, 4, 5, 6, 8], 8, 2024) == orders  # the seed fixes the grid
+
+
+def test_robustness_pair_records_by_hand() -> None:
+    """Three models, replacement at zero-based task 1: C = [[80], [75, 90], [85, 91, 88]].
+    Pairs: (1,0) gap -5 fails across the replacement, (2,0) +5 passes across it, (2,1) +1
+    passes within provider 1."""
+    rg = _bench("robustness_grid")
+    run = {"seed": 42, "matrix": [[80.0], [75.0, 90.0], [85.0, 91.0, 88.0]],
+           "tasks": [[1, 3], [4], [5]], "reps": [1]}  # fmt: skip
+    cells = {("hoc", (1, 3, 4, 5), 0): [run]}
+    recs = {(r["i"], r["j"]): r for r in rg.pair_records(cells, [((1, 3, 4, 5), 0)])}
+    assert set(recs) == {(1, 0), (2, 0), (2, 1)}
+    assert recs[(1, 0)]["gap"] == -5.0 and not recs[(1, 0)]["ok"]
+    assert recs[(1, 0)]["span"] == "across a replacement" and recs[(1, 0)]["query_replaced"]
+    assert recs[(2, 0)]["ok"] and recs[(2, 0)]["span"] == "across a replacement"
+    assert recs[(2, 1)]["ok"] and recs[(2, 1)]["span"] == "within one provider"
+    assert (recs[(2, 1)]["query_class"], recs[(2, 1)]["gallery_class"]) == (5, 4)
+    assert recs[(1, 0)]["gallery_class"] == 3  # the first task's second class
+    text = rg.why_tables(list(recs.values()))
+    # across a replacement: 1 of 2 fail, mean gap 0.0; within: 0 of 1
+    assert "| across a replacement | 2 | 50 % | +0.0 |" in text
+    assert "| within one provider | 1 | 0 % | +1.0 |" in text
+    assert "| 4 Coat | 1 | 100 % | -5.0 |" in text
+
+
 @pytest.mark.slow
 def test_bench_stream_train_quick(tmp_path: Path) -> None:
     res = tmp_path / "R.md"

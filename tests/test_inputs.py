@@ -15,14 +15,16 @@ import pytest
 
 from compatkit.config import (
     MAX_CLASSES,
-    MAX_THREADS,
+    MAX_EPOCHS,
     ConfigError,
     load_config,
+    max_threads,
 )
 from compatkit.errors import CompatkitError
 from compatkit.protocol.plan import make_plan
 
 from .commands.cli import TINY, run_cli
+from .conftest import write_fake_fashion
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +134,10 @@ def test_diverging_loss_stops_the_run_in_one_line(fake_fashion, tmp_path):
         ("device='cuda:'", "device must be"),
         ("device=cuda:-1", "device must be"),
         ("num_workers_threads=-1", "num_workers_threads must lie in"),
-        (f"num_workers_threads={MAX_THREADS + 1}", "num_workers_threads must lie in"),
+        (f"num_workers_threads={max_threads() + 1}", "num_workers_threads must lie in"),
+        (f"train.epochs={MAX_EPOCHS + 1}", "train.epochs=10001 is more than 10,000 epochs"),
+        ("providers.1.epochs=1000000000", "providers[1].epochs=1000000000 is more than"),
+        ("eval.query.classes=[0, 1]", "eval.query.classes [0, 1]: none of them is in"),
         (f"model.num_classes={MAX_CLASSES + 1}", "model.num_classes (K) must lie in"),
         ("model.num_classes=1000000000", "model.num_classes (K) must lie in"),
         ("model.feat_dim=100000", "model.feat_dim must be <="),
@@ -153,6 +158,42 @@ def test_ranges_refused_up_front_naming_the_key(override, needle):
         load_config(TINY, [override])
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_thread_limit_follows_the_machine(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert max_threads() == 64
+    assert load_config(TINY, ["num_workers_threads=64"]).num_workers_threads == 64
+    with pytest.raises(ConfigError, match=r"0\.\.64 .*16 hardware threads.*got 65"):
+        load_config(TINY, ["num_workers_threads=65"])
+    assert load_config(TINY, [f"train.epochs={MAX_EPOCHS}"]).train.epochs == MAX_EPOCHS
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("num_workers_threads=1000", "num_workers_threads must lie in 0.."),
+        ("train.epochs=1000000000", "train.epochs=1000000000 is more than 10,000 epochs"),
+        ("eval.query.classes=[0, 1]", "eval.query.classes [0, 1]: none of them is in"),
+    ],
+)
+def test_issue_inputs_are_one_line_refusals(override, needle, tmp_path, fake_fashion):
+    out = tmp_path / "run"
+    r = run_cli(["run", str(TINY), "--set", override, "--out", str(out)], fake_fashion, False)
+    _one_line_refusal(r, needle)
+    assert not out.exists()
+
+
+def test_query_classes_absent_from_a_whole_gallery_are_refused(tmp_path, fake_fashion):
+    """The gallery of all its dataset's classes (no class list): known only from the data."""
+    four = write_fake_fashion(tmp_path / "four", n_classes=4)  # classes 0..3
+    cfg = load_config(
+        TINY, ["eval.gallery.classes=null", f"eval.gallery.root={four}", "eval.query.classes=[5]"]
+    )
+    with pytest.raises(ConfigError, match=r"eval.query: none of its classes \[5\] is in"):
+        make_plan(cfg)
 
 
 def test_zero_threads_keeps_meaning_torch_default():

@@ -146,10 +146,23 @@ def assert_png(path: Path) -> np.ndarray:
     return img
 
 
-def light_red_pixels(img: np.ndarray) -> int:
-    """Pixels of the violation background colour (#ffb8b8), up to antialiasing."""
-    target = np.array([0xFF, 0xB8, 0xB8]) / 255.0
-    return int((np.abs(img[..., :3] - target).max(axis=-1) < 0.03).sum())
+def dark_red_pixels(img: np.ndarray) -> int:
+    """Pixels of the violation outline and hatching (#c00000), up to antialiasing."""
+    target = np.array([0xC0, 0x00, 0x00]) / 255.0
+    return int((np.abs(img[..., :3] - target).max(axis=-1) < 0.06).sum())
+
+
+def keep_figures(monkeypatch, *modules) -> list:
+    """Make ``save`` of the plot modules keep each figure (and write nothing)."""
+    figs: list = []
+
+    def keep(fig, path):
+        figs.append(fig)
+        return Path(path)
+
+    for mod in modules:
+        monkeypatch.setattr(mod, "save", keep)
+    return figs
 
 
 # --------------------------------------------------------------------------- hand values
@@ -284,6 +297,32 @@ def test_comparison_table_plasticity_against_hand_computation() -> None:
     assert report.chance_levels(m) == pytest.approx([50.0, 100 / 3, 25.0, 20.0])
 
 
+def test_plasticity_plot_draws_chance_and_the_task_start(tmp_path: Path, monkeypatch) -> None:
+    from compatkit.report import plots
+
+    figs = keep_figures(monkeypatch, plots)
+    aa = {"hoc": [50.0, 52.0, 55.0, 56.0], "er": [40.0, 30, 20, 18]}
+    local = {"hoc": [80.0, 60.0, 50.0, 45.0], "er": [90.0, 55.0, 40.0, 30.0]}
+    starts = {"hoc": ([50.0, 40.0, 30.0, 35.0], None)}
+    report.plot_plasticity(aa, local, [0, 2], tmp_path / "p.png", aa_chance=25.0, starts=starts)
+    report.plot_aa(aa, [0, 2], tmp_path / "aa.png", chance=25.0)
+    (fig, fig_aa) = figs
+    left, right = fig.axes
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in right.lines}
+    assert lines["hoc: at the task's start"] == [50.0, 40.0, 30.0, 35.0]
+    assert "er: at the task's start" not in lines  # a learnable head has no defined start
+    for ax in (left, fig_aa.axes[0]):
+        (chance,) = [ln for ln in ax.lines if ln.get_label() == report.plots.AA_CHANCE_LABEL]
+        assert list(chance.get_ydata()) == [25.0, 25.0]
+
+
+def test_gallery_chance() -> None:
+    assert report.gallery_chance({"gallery_classes": 4}) == 25.0
+    assert (
+        report.gallery_chance({}) is None and report.gallery_chance({"gallery_classes": 0}) is None
+    )
+
+
 def test_plasticity_plot_holds_the_given_curves(tmp_path: Path, monkeypatch) -> None:
     from compatkit.report import plots
 
@@ -374,7 +413,11 @@ def test_render_markdown_contents(tmp_path: Path) -> None:
     assert "# compatkit run report: run" in text
     assert "- Dataset: fashion-mnist" in text
     assert "- Seeds: 42, 43" in text
-    assert "- Replacement tasks: 1, 3 (zero-based task ids 0, 2)" in text
+    # _meta lists [0, 2] (task 0 starts from a provider): one replacement, at task 3 of 1..T
+    assert (
+        "- Replacements: the model is replaced by a new provider at task 3 "
+        "(config `replacement_tasks: [2]`, zero-based)" in text
+    )
     assert "- Wall time: 2 min 03 s" in text
     rows = {r["method"]: r for r in report.comparison_table(make_metrics())}
     assert report.table_columns(list(rows.values())) == report.TABLE_COLUMNS
@@ -420,12 +463,38 @@ def test_plot_matrix_marks_violations(tmp_path: Path) -> None:
     report.plot_matrix(HOC_42, None, "hoc", tmp_path / "hoc.png", replacement_tasks=[0, 2])
     report.plot_matrix(ER_42, None, "er", tmp_path / "er.png", replacement_tasks=[0, 2])
     report.plot_matrix(HOC_43, [], "clean", tmp_path / "clean.png", replacement_tasks=[0, 2])
-    hoc = light_red_pixels(assert_png(tmp_path / "hoc.png"))
-    er = light_red_pixels(assert_png(tmp_path / "er.png"))
-    clean = light_red_pixels(assert_png(tmp_path / "clean.png"))
-    # One violating cell adds a block of light red over the legend's swatch; six add more.
-    assert hoc > clean + 200
-    assert er > hoc + 4 * (hoc - clean)
+    hoc = dark_red_pixels(assert_png(tmp_path / "hoc.png"))
+    er = dark_red_pixels(assert_png(tmp_path / "er.png"))
+    clean = dark_red_pixels(assert_png(tmp_path / "clean.png"))
+    # One violating cell adds an outline and hatching over the legend's swatch; six add more.
+    assert hoc > clean + 100
+    assert er > hoc + 3 * (hoc - clean)
+
+
+def test_matrix_colours_are_gaps_on_a_scale_centred_at_zero() -> None:
+    fig = report.matrix_figure(HOC_42, None, "hoc", [0, 2])
+    (im,) = fig.axes[0].images
+    # HOC_42's largest |C[i][j] - C[j][j]| is C[3][0] - C[0][0] = 57 - 50 = 7 pp
+    assert (im.norm.vmin, im.norm.vmax) == (-7.0, 7.0)
+    gaps = im.get_array()
+    assert gaps[2, 1] == -1.0 and gaps[3, 0] == 7.0 and gaps[1, 1] == 0.0
+    assert bool(gaps.mask[0, 1])  # the upper triangle is blank
+    red, blue, white = (im.cmap(im.norm(v)) for v in (-1.0, 7.0, 0.0))
+    assert red[0] > red[2] and blue[2] > blue[0]  # a violation is red, a compatible pair blue
+    assert min(white[:3]) > 0.9  # the diagonal (gap 0) is white
+    fig2 = report.matrix_figure(HOC_42, None, "hoc", [0, 2], limit=20.0)
+    assert fig2.axes[0].images[0].norm.vmax == 20.0
+    assert report.gap_limit([HOC_42, ER_42]) == 32.0  # ER_42: C[1][0] - C[0][0] = -30 ... -32
+
+
+def test_report_figures_share_one_colour_scale(tmp_path: Path, monkeypatch) -> None:
+    from compatkit.report import matrix_plots, plots
+
+    figs = keep_figures(monkeypatch, matrix_plots, plots)
+    report.write_report(write_run(tmp_path, make_metrics()))
+    norms = {(im.norm.vmin, im.norm.vmax) for f in figs for ax in f.axes for im in ax.images}
+    assert norms == {(-32.0, 32.0)}  # hoc and er, alone and side by side: one scale
+    assert sum(len(ax.images) for f in figs for ax in f.axes) == 4
 
 
 def test_plot_large_matrix_and_grid(tmp_path: Path) -> None:
@@ -548,15 +617,9 @@ def test_replacement_boundaries_stay_visible_over_violation_boxes(tmp_path: Path
 
 
 def test_no_legend_covers_a_curve_or_a_cell(tmp_path: Path, monkeypatch) -> None:
-    from compatkit.report import plots
+    from compatkit.report import matrix_plots, plots
 
-    figs = []
-
-    def keep(fig, path):
-        figs.append(fig)
-        return Path(path)
-
-    monkeypatch.setattr(plots, "save", keep)
+    figs = keep_figures(monkeypatch, matrix_plots, plots)
     curves = {"hoc": ([50.0, 52.0, 55.0, 56.0], [0.5, 0.7, 0.2, 0.3]), "er": [40.0, 30, 20, 18]}
     report.plot_aa(curves, [0, 2], tmp_path / "aa.png")
     report.plot_aa(curves, [0, 2], tmp_path / "aa2.png", no_replacement=curves)
@@ -566,3 +629,56 @@ def test_no_legend_covers_a_curve_or_a_cell(tmp_path: Path, monkeypatch) -> None
         {f"m{k}": HOC_42 for k in range(5)}, tmp_path / "grid.png", [0, 2]
     )  # two rows of panels: a key under the first would cover the second row
     assert sum(assert_legends_outside(f) for f in figs) >= 7
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def test_t_quantile_against_scipy() -> None:
+    from scipy import stats
+
+    for df in (1, 2, 3, 5, 10, 29, 30, 31, 50, 200, 10_000):
+        assert report.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-4)
+    with pytest.raises(ValueError):
+        report.t_quantile_975(0)
+
+
+def test_interval_by_hand() -> None:
+    s = report.interval([0.6, 0.6, 0.3, None])
+    mean, sd = 0.5, math.sqrt(((0.1**2) * 2 + 0.2**2) / 2)
+    assert s["n"] == 3 and s["mean"] == pytest.approx(mean) and s["std"] == pytest.approx(sd)
+    half = 4.3027 * sd / math.sqrt(3)
+    assert (s["lo"], s["hi"]) == pytest.approx((mean - half, mean + half))
+    one = report.interval([0.9])
+    assert one["n"] == 1 and one["lo"] is None and one["std"] is None
+    assert report.interval([None]) is None
+
+
+def test_paired_differences_per_seed() -> None:
+    m = make_metrics()
+    d = report.paired_differences(m, "hoc", "er", ("AM", "local_final"))
+    assert d["seeds"] == [42, 43]
+    am = [
+        slow_metrics(h)["AM"] - slow_metrics(e)["AM"] for h, e in ((HOC_42, ER_42), (HOC_43, ER_43))
+    ]
+    assert d["per_seed"]["AM"] == pytest.approx(am)
+    assert d["per_seed"]["local_final"] == pytest.approx([45.0 - 30.0, 47.0 - 32.0])
+    assert d["stats"]["local_final"]["half"] == pytest.approx(0.0)
+    assert report.paired_differences(m, "hoc", "nosuch") is None
+    m["er"]["runs"][0]["seed"], m["er"]["runs"][1]["seed"] = 1, 2
+    assert report.paired_differences(m, "hoc", "er") is None  # no seed in common
+
+
+def test_report_gives_intervals_and_marks_single_seeds(tmp_path: Path) -> None:
+    text = report.render_markdown(make_metrics(), tmp_path)
+    assert "## Seeds: 95 % intervals" in text and "### hoc minus er, per seed pair" in text
+    lo = report.interval([LOCAL[("hoc", 42)][-1], LOCAL[("hoc", 43)][-1]])
+    assert f"{lo['mean']:.2f} [{lo['lo']:.2f}, {lo['hi']:.2f}]" in text
+    assert "| mean [95 %], n=2 | " in text
+    assert "(seed 42, a single seed of 2: the means are in the comparison table)" in text
+    single = make_metrics()
+    for m in ("hoc", "er"):
+        single[m]["runs"] = single[m]["runs"][:1]
+    single["_meta"]["seeds"] = [42]
+    one = report.render_markdown(single, tmp_path)
+    assert "**single seed (42)**" in one and "## Seeds" not in one

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from compatkit.analysis import run as ra
+from compatkit.analysis.models import eval_vertices
 from compatkit.analysis.stats import definition1_pairs, stationarity_stats
 from compatkit.checkpoint import load_checkpoint
 from compatkit.cli import main as cli_main
@@ -303,20 +304,20 @@ def test_eval_vertices_choice():
     simplex.add_classes([2, 3], "local")
     w = simplex.head.weight
     # provider classes, eval dataset = the provider's: rows from the top
-    v, space, _ = ra.eval_vertices(simplex, torch.tensor([0, 1, 1]), 1, _cfg())
+    v, space, _ = eval_vertices(simplex, torch.tensor([0, 1, 1]), 1, _cfg())
     assert space == "provider" and torch.equal(v, w[[0, 1, 1]])
     # the same labels but this model descends from a cifar10 provider: not its classes
-    v, space, why = ra.eval_vertices(simplex, torch.tensor([0, 1]), 0, _cfg())
+    v, space, why = eval_vertices(simplex, torch.tensor([0, 1]), 0, _cfg())
     assert v is None and space is None and "no vertex" in why
     # local classes of the local dataset: rows from the bottom (K-1-y)
-    v, space, _ = ra.eval_vertices(simplex, torch.tensor([2, 3]), 0, _cfg())
+    v, space, _ = eval_vertices(simplex, torch.tensor([2, 3]), 0, _cfg())
     assert space == "local" and torch.equal(v, w[[7, 6]])
     # a class the model never saw
-    v, _, _ = ra.eval_vertices(simplex, torch.tensor([2, 5]), 1, _cfg())
+    v, _, _ = eval_vertices(simplex, torch.tensor([2, 5]), 1, _cfg())
     assert v is None
     learn = build_model(ModelSpec("smallcnn", 1, 9, "learnable", 10))
     learn.add_classes([0, 1], "provider")
-    v, space, why = ra.eval_vertices(learn, torch.tensor([0, 1]), 1, _cfg())
+    v, space, why = eval_vertices(learn, torch.tensor([0, 1]), 1, _cfg())
     assert v is None and space is None and "learnable" in why
 
 

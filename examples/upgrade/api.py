@@ -26,11 +26,13 @@ import numpy as np
 from PIL import Image
 
 from compatkit.upgrade.backfill import backfill
+from compatkit.upgrade.build import build_index
 from compatkit.upgrade.data import open_items
 from compatkit.upgrade.embed import load_embedder
 from compatkit.upgrade.export import export_checkpoint
 from compatkit.upgrade.gate import render, run_check
-from compatkit.upgrade.index import build_index, record_check, search_index
+from compatkit.upgrade.index import record_check
+from compatkit.upgrade.search import search_index
 from compatkit.upgrade.train import TrainOptions, train_model
 
 CLASSES = ("red", "green", "blue", "grey")

@@ -49,7 +49,7 @@ step "v1: the deployed model, 5 classes"
 "$CK" train "$D/v1" --out "$M/v1.pt" --epochs "$EPOCHS1" --val-fraction 0.1 \
   --threads "$THREADS" --quiet --force
 
-step "the service embeds its gallery with v1"
+step "the service embeds its gallery with v1 (a LanceDB database, the default engine)"
 rm -rf "$WORK/index"
 "$CK" index build "$M/v1.pt" "$D/gallery" --out "$WORK/index" --device cpu
 

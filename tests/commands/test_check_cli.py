@@ -120,8 +120,10 @@ def test_record_into_an_index(models, fake_fashion, tmp_path) -> None:
     r = _check(models, "old", "new", fake_fashion, "--record", str(idx), "--quiet")
     assert r.returncode == 0, r.stderr
     from compatkit.checkpoint import read_contract
+    from compatkit.upgrade.index import Gallery, load_checks
 
     new_sha = read_contract(models["new"])["sha256"]
-    assert new_sha in (idx / "checks.json").read_text()
+    with Gallery.open(idx) as g:
+        assert [c["new"]["fingerprint"] for c in load_checks(g)] == [new_sha]
     r = _check(models, "old", "new", fake_fashion, "--record", str(tmp_path / "no-index"))
-    assert r.returncode == 2 and "no-index" in r.stderr
+    assert r.returncode == 2 and "no-index" in r.stderr and r.stdout == ""  # before the run

@@ -1,6 +1,6 @@
-"""Backfill policies against slow obvious loops, and the backfill itself on real checkpoints:
-a target fraction, no-op re-runs, a pending plan that only its own command may finish, and
-source data that must still be the gallery's."""
+"""Backfill policies against slow obvious loops, and the backfill itself on real checkpoints
+and both engines: a target fraction, no-op re-runs, a pending plan that only its own command
+may finish, and source data that must still be the gallery's (refused before any write)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from compatkit.errors import DataError, IncompatibleModels, InputError
-from compatkit.upgrade.backfill import backfill, class_drift, margins, priority
+from compatkit.upgrade.backfill import backfill
+from compatkit.upgrade.build import build_index
 from compatkit.upgrade.data import load_user_data
 from compatkit.upgrade.embed import load_embedder
-from compatkit.upgrade.index import build_index
-from compatkit.upgrade.index_store import PLAN, Gallery, IndexWriter
+from compatkit.upgrade.index import Gallery
+from compatkit.upgrade.policies import VectorSource, class_drift, margins, priority
 
-from .index_helpers import trained_models
-from .test_index_store import unit_rows
+from .index_helpers import ENGINES, gallery_uri, trained_models, unit_rows, wide_model
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def models(tmp_path_factory, tiny) -> dict[str, Path]:
 def test_margins_by_a_slow_loop() -> None:
     x = unit_rows(30, 6, 0)
     labels = np.array([i % 3 for i in range(30)])
-    got = margins(lambda p: x[p], labels, rows=7)
+    got = margins(VectorSource.of_array(x, rows=7), labels)
     x = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     tmpl = [x[labels == c].mean(axis=0) for c in range(3)]
     tmpl = [t / np.linalg.norm(t) for t in tmpl]
@@ -48,8 +48,8 @@ def test_uncertainty_puts_the_least_confident_first() -> None:
     x = unit_rows(40, 6, 1)
     labels = np.array([i % 4 for i in range(40)])
     eligible = np.arange(3, 40, 2)
-    order, why = priority("uncertainty", eligible, 0, 40, labels, stored=lambda p: x[p])
-    m = margins(lambda p: x[p], labels)
+    order, why = priority("uncertainty", eligible, 0, 40, labels, stored=VectorSource.of_array(x))
+    m = margins(VectorSource.of_array(x), labels)
     assert sorted(order.tolist()) == eligible.tolist()
     assert np.all(np.diff(m[order]) >= 0)
     assert why["margin_quantiles"]["min"] == pytest.approx(m[eligible].min())
@@ -62,19 +62,16 @@ def test_class_policy_takes_whole_classes_that_moved_most_first() -> None:
     new[labels == 2] = unit_rows(20, 6, 3)  # class 2 moves far
     new[labels == 0] = old[labels == 0] + 0.05 * unit_rows(20, 6, 4)  # class 0 a little
     eligible = np.arange(60)
-    order, why = priority(
-        "class", eligible, 7, 60, labels, stored=lambda p: old[p], new=lambda p: new[p]
-    )
+    stored = VectorSource.of_array(old)
+    order, why = priority("class", eligible, 7, 60, labels, stored=stored, new=lambda p: new[p])
     assert why["class_order"] == [2, 0, 1]  # class 1 did not move at all
     assert [set(labels[order[a : a + 20]].tolist()) for a in (0, 20, 40)] == [{2}, {0}, {1}]
-    drift = class_drift(lambda p: old[p], lambda p: new[p], labels, eligible, 7, sample=5)
+    drift = class_drift(stored, lambda p: new[p], labels, eligible, 7, sample=5)
     for c in range(3):  # 5 sampled items per class: their mean 1 - cos lies in the class's range
         full = 1 - np.sum(old[labels == c] * new[labels == c], axis=1)
         assert full.min() - 1e-9 <= drift[c] <= full.max() + 1e-9
     assert drift[1] == pytest.approx(0.0, abs=1e-6)
-    again, _ = priority(
-        "class", eligible, 7, 60, labels, stored=lambda p: old[p], new=lambda p: new[p]
-    )
+    again, _ = priority("class", eligible, 7, 60, labels, stored=stored, new=lambda p: new[p])
     np.testing.assert_array_equal(order, again)  # seeded
 
 
@@ -100,70 +97,79 @@ def test_label_policies_need_labels() -> None:
 # ----------------------------------------------------------------------------- backfill
 
 
-@pytest.fixture
-def index(models, tiny, tmp_path: Path) -> Path:
-    root = tmp_path / "idx"
-    build_index(models["v1"], str(tiny["gallery"]), root, shard_rows=32)
-    return root
+@pytest.fixture(params=ENGINES)
+def index(request, models, tiny, tmp_path: Path) -> str:
+    uri = gallery_uri(tmp_path, request.param)
+    build_index(models["v1"], str(tiny["gallery"]), uri)
+    return uri
 
 
-def test_backfill_reaches_the_target_and_embeds_with_new(index: Path, models, tiny) -> None:
-    before = Gallery.open(index)
-    m = margins(before.vectors, before.labels)
+def _state(uri: str) -> tuple[list[str], np.ndarray]:
+    with Gallery.open(uri) as g:
+        return g.column("version"), g.vectors(np.arange(g.count))
+
+
+def test_backfill_reaches_the_target_and_embeds_with_new(index: str, models, tiny) -> None:
+    v1, v2 = (load_embedder(models[k]).fingerprint for k in ("v1", "v2"))
+    with Gallery.open(index) as g:
+        before = g.vectors(np.arange(72))
+        m = margins(VectorSource.of_array(before), g.column("label"))
     least_confident = np.sort(np.lexsort((np.arange(72), m))[:18])
     rep = backfill(index, models["v2"], 0.25, policy="uncertainty", chunk=5)
-    g = Gallery.open(index)
+    versions, after = _state(index)
     assert (rep.target, rep.embedded, rep.chunks) == (18, 18, 4)  # 25% of 72 items
-    assert g.counts_by_version() == {0: 54, 1: 18}
-    new = np.flatnonzero(g.version_of == 1)
+    new = np.flatnonzero(np.array(versions) == v2)
     np.testing.assert_array_equal(new, least_confident)
-    # The stored vectors are v2's embeddings of those images, rounded to float16.
+    # The stored vectors are v2's embeddings of those images, as the gallery stores them.
     data = load_user_data(str(tiny["gallery"]))
     want = load_embedder(models["v2"]).embed(data.subset(torch.from_numpy(new))).numpy()
-    np.testing.assert_allclose(g.vectors(new), want, atol=1e-3)
-    np.testing.assert_array_equal(
-        g.vectors(np.flatnonzero(g.version_of == 0)),
-        before.vectors(np.flatnonzero(g.version_of == 0)),
-    )
+    np.testing.assert_allclose(after[new], want, atol=1e-3)
+    old = np.flatnonzero(np.array(versions) == v1)
+    np.testing.assert_array_equal(after[old], before[old])
     # A re-run is a no-op; a larger target adds only the difference.
     assert backfill(index, models["v2"], 0.25, policy="uncertainty", chunk=5).embedded == 0
     rep = backfill(index, models["v2"], 0.5, policy="random", chunk=50)
-    assert rep.embedded == 18 and Gallery.open(index).counts_by_version() == {0: 36, 1: 36}
-    assert not (index / PLAN).exists()
+    with Gallery.open(index) as g:
+        assert rep.embedded == 18 and g.counts == {v1: 36, v2: 36}
+        assert g.store.get_record("plan") is None
 
 
-def test_full_backfill_leaves_only_new_shards(index: Path, models) -> None:
-    backfill(index, models["v2"], 1.0, policy="class", chunk=64)
-    g = Gallery.open(index)
-    assert g.counts_by_version() == {1: 72} and all(sh["version"] == 1 for sh in g.shards)
-    assert sorted(p.name for p in (index / "shards").iterdir()) == sorted(
-        Path(sh[k]).name for sh in g.shards for k in ("file", "items")
-    )
-
-
-def test_a_pending_plan_is_finished_only_by_its_own_command(index: Path, models) -> None:
+def test_a_pending_plan_is_finished_only_by_its_own_command(index: str, models) -> None:
     backfill(index, models["v2"], 0.5, policy="random", seed=1, chunk=9)
-    # Simulate a kill: the plan of a second backfill is written, nothing committed yet.
-    plan_args = dict(policy="random", seed=1, chunk=9)
-    with IndexWriter(index) as w:
+    other = load_embedder(models["other"])
+    with Gallery.open(index) as g:  # a plan of another backfill, nothing committed yet
+        from compatkit.upgrade.ledger import version_record
+
+        had = g.counts.get(other.fingerprint, 0)
         pending = {
             "format": "compatkit-backfill-plan",
-            "new": load_embedder(models["other"]).fingerprint,
+            "new": other.fingerprint,
             "fraction": 0.75,
-            **plan_args,
-            "order": [0, 1, 2],
+            "policy": "random",
+            "seed": 1,
+            "chunk": 9,
+            "had": had,
+            "model": "other.pt",
+            "decided": {},
+            "order": list(range(54)),
         }
-        w.write_side(PLAN, pending)
+        g.store.put_records(
+            {"plan": pending, f"version/{other.fingerprint}": version_record(other, "other.pt")}
+        )
     with pytest.raises(InputError, match=r"unfinished backfill .* policy random, fraction 0.75"):
-        backfill(index, models["v2"], 0.75, **plan_args)
-    rep = backfill(index, models["v2"], 0.75, replan=True, **plan_args)
-    assert rep.embedded == 18 and not (index / PLAN).exists()
+        backfill(index, models["v2"], 0.75, policy="random", seed=1, chunk=9)
+    rep = backfill(index, models["v2"], 0.75, replan=True, policy="random", seed=1, chunk=9)
+    with Gallery.open(index) as g:
+        assert rep.embedded == 18 and g.store.get_record("plan") is None
 
 
-def test_the_source_must_still_be_the_gallery(index: Path, models, tiny, tmp_path: Path) -> None:
+def test_the_source_must_still_be_the_gallery(models, tiny, tmp_path: Path) -> None:
+    index = gallery_uri(tmp_path, "lancedb")
+    build_index(models["v1"], str(tiny["gallery"]), index)
     moved = tmp_path / "moved"
     shutil.copytree(tiny["gallery"], moved)
     (moved / "ant" / "000.png").unlink()
+    before = _state(index)
     with pytest.raises(DataError, match=r"71 images but index .* holds 72 items"):
         backfill(index, models["v2"], 0.1, data=str(moved))
     shutil.copy(moved / "ant" / "001.png", moved / "ant" / "000.png")
@@ -172,24 +178,26 @@ def test_the_source_must_still_be_the_gallery(index: Path, models, tiny, tmp_pat
         DataError, match=r"item 27 is 'bee/004\.png' but the index has 'bee/003\.png'"
     ):
         backfill(index, models["v2"], 0.1, data=str(moved))
-    assert Gallery.open(index).counts_by_version() == {0: 72}  # nothing written
+    after = _state(index)  # refused: nothing written, no plan left behind
+    assert after[0] == before[0] and np.array_equal(after[1], before[1])
+    with Gallery.open(index) as g:
+        assert g.store.get_record("plan") is None and len(g.versions) == 1
     (moved / "bee" / "999.png").rename(moved / "bee" / "003.png")
     assert backfill(index, models["v2"], 0.1, data=str(moved)).embedded == 7
 
 
-def test_other_feature_sizes_are_refused(index: Path, models, tiny, tmp_path: Path) -> None:
-    from compatkit.runtime.log import RunLog
-    from compatkit.upgrade.train import TrainOptions, train_model
-
-    wide = tmp_path / "k32.pt"
-    train_model(
-        str(tiny["v1"]),
-        wide,
-        TrainOptions(epochs=1, num_classes=32, device="cpu"),
-        log=RunLog(None, quiet=True),
-    )
+def test_other_feature_sizes_and_bad_arguments_are_refused(models, tiny, tmp_path: Path) -> None:
+    index = gallery_uri(tmp_path, "lancedb")
+    build_index(models["v1"], str(tiny["gallery"]), index)
+    wide = wide_model(tiny, tmp_path / "k32.pt")
     with pytest.raises(IncompatibleModels, match="31-dimensional features but index"):
         backfill(index, wide, 0.5)
-    for bad, msg in ((1.5, "must lie in"), (-0.1, "must lie in")):
+    for kw, msg in (
+        ({"fraction": 1.5}, "must lie in"),
+        ({"fraction": float("nan")}, "must lie in"),
+        ({"fraction": 0.5, "chunk": 0}, "--chunk 0"),
+        ({"fraction": 0.5, "chunk": 10**30}, "--chunk"),
+        ({"fraction": 0.5, "policy": "fifo"}, "--policy 'fifo'"),
+    ):
         with pytest.raises(InputError, match=msg):
-            backfill(index, models["v2"], bad)
+            backfill(index, models["v2"], **kw)

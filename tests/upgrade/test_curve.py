@@ -13,10 +13,10 @@ import torch
 from compatkit.errors import InputError
 from compatkit.retrieval import recall_at_k, template_accuracy
 from compatkit.upgrade.backfill import backfill
+from compatkit.upgrade.build import build_index
 from compatkit.upgrade.curve import backfill_curve, render_table, write_curve
 from compatkit.upgrade.embed import load_embedder
-from compatkit.upgrade.index import build_index, class_lookup, load_for_model
-from compatkit.upgrade.index_store import Gallery
+from compatkit.upgrade.index import Gallery, class_lookup, load_for_model
 
 from .index_helpers import trained_models
 
@@ -29,7 +29,7 @@ def models(tmp_path_factory, tiny) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def index(models, tiny, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("curve") / "idx"
-    build_index(models["v1"], str(tiny["gallery"]), root, shard_rows=40)
+    build_index(models["v1"], str(tiny["gallery"]), root)
     return root
 
 
@@ -40,12 +40,15 @@ def curve(index, models, tiny) -> dict:
 
 def _served(root: Path, model: Path, query: Path) -> dict[str, float]:
     """recall@1 and template accuracy of ``model``'s queries on the index as it is on disk."""
-    g = Gallery.open(root)
     emb = load_embedder(model)
     data, _ = load_for_model(emb, str(query))
     q = emb.embed(data)
-    qy = torch.from_numpy(class_lookup(g, [data.classes[int(y)] for y in data.labels]))
-    gv, gy = torch.from_numpy(g.vectors()), torch.from_numpy(g.labels)
+    with Gallery.open(root) as g:
+        qy = torch.from_numpy(class_lookup(g, [data.classes[int(y)] for y in data.labels]))
+        gv, gy = (
+            torch.from_numpy(g.vectors(np.arange(g.count))),
+            torch.from_numpy(g.column("label")),
+        )
     return {
         "recall@1": recall_at_k(q, qy, gv, gy, ks=(1,))[1],
         "template": template_accuracy(q, qy, gv, gy),
@@ -80,7 +83,8 @@ def test_the_ends_are_the_cross_tests(curve, index, models, tiny) -> None:
 
 def test_the_index_is_untouched_and_the_outputs_are_written(curve, index, tmp_path) -> None:
     files = sorted(p.relative_to(index) for p in index.rglob("*"))
-    assert Gallery.open(index).counts_by_version() == {0: 72}
+    with Gallery.open(index) as g:
+        assert list(g.counts.values()) == [72] and g.store.table_version() == 2
     out = write_curve(curve, tmp_path / "out")
     assert out["plot"].read_bytes()[:4] == b"\x89PNG"
     table = out["table"].read_text()

@@ -40,14 +40,20 @@ def test_peak_rss_sees_an_allocation() -> None:
 @pytest.mark.slow
 def test_bench_index_quick(bench, tmp_path: Path) -> None:
     pytest.importorskip("faiss")
+    pytest.importorskip("lancedb")
+    pytest.importorskip("milvus_lite")
     res = tmp_path / "R.md"
     figures = bench.main(["--quick", "--results", str(res), "--tmp", str(tmp_path)])
-    row = figures["sizes"][3000]
-    assert row["compare"]["identical"] is True
-    assert row["build"]["disk_bytes"] > 3000 * 64 * 2  # float16 vectors, plus headers and ids
-    assert all(row[b]["peak_rss"] >= row[b]["import_rss"] > 0 for b in ("torch", "faiss"))
+    rows = {r["name"]: r for r in figures["runs"][0]["rows"]}
+    assert {"faiss", "lancedb-exact", "milvus-exact"} <= set(rows)
+    assert any(n.startswith("lancedb-IVF_HNSW_SQ") for n in rows)
+    assert any(n.startswith("milvus-HNSW") for n in rows)
+    for name in ("lancedb-exact", "milvus-exact"):  # exact search finds FAISS's top 10
+        assert rows[name]["recall"] == 1.0
+    assert all(0.0 <= r["recall"] <= 1.0 for r in rows.values())
+    assert all(r["search"]["peak_rss"] >= r["search"]["import_rss"] > 0 for r in rows.values())
     text = res.read_text()
     assert "Command: `python benchmarks/bench_index.py --quick`" in text
     assert str(tmp_path) not in text  # no path of this machine in the results
-    assert f"Date: {datetime.date.today().isoformat()}" in text and "| 3,000 |" in text
-    assert [p.name for p in tmp_path.iterdir()] == ["R.md"]  # the temporary index is gone
+    assert f"Date: {datetime.date.today().isoformat()}" in text and "| 3,000 x 64 |" in text
+    assert [p.name for p in tmp_path.iterdir()] == ["R.md"]  # the temporary data is gone

@@ -351,16 +351,12 @@ def plot_theory(results: Sequence[TheoryResult], path: str | Path) -> Path:
     in expectation, signed so that > 0 means it holds (same: E_old - E_new,
     different: E_new - E_old), with 95 % intervals.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = _new_figure(11, 4.2)
+    ax1, ax2 = fig.subplots(1, 2)
     shifts = sorted({r.shift for r in results})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _cycle_colors()
     for n, sh in enumerate(shifts):
         rs = sorted(
             (r for r in results if r.shift == sh), key=lambda r: r.r_new / max(r.r_old, 1e-12)
@@ -397,9 +393,7 @@ def plot_theory(results: Sequence[TheoryResult], path: str | Path) -> Path:
             fontsize=10,
         )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_theory_2d(
@@ -412,16 +406,12 @@ def plot_theory_2d(
     seed: int = 0,
 ) -> Path:
     """K=3, d=2: old and new samples around the simplex vertices, stationary vs shifted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     check_setting(3, 2, r_old, r_new, region, "euclidean", "independent")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = _new_figure(10, 5)
+    axes = fig.subplots(1, 2)
+    colors = _cycle_colors()
     for ax, sh in zip(axes, (0.0, shift), strict=True):
         gen = torch.Generator().manual_seed(int(seed))
         model = RegionModel(3, 2, r_old, r_new, sh, region, "independent", gen)
@@ -446,6 +436,11 @@ def plot_theory_2d(
     axes[0].legend(loc="lower left", fontsize=8)
     fig.suptitle(f"Theorem 1 model, K=3, d=2, {region}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def _cycle_colors() -> list[str]:
+    """Matplotlib's default colour cycle (read from its settings, no pyplot import)."""
+    import matplotlib as mpl
+
+    return mpl.rcParams["axes.prop_cycle"].by_key()["color"]

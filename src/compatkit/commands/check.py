@@ -51,7 +51,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument(
-        "--record", metavar="IDX", help="record the verdict in this index (compatkit index)"
+        "--record",
+        metavar="IDX",
+        help="record the verdict with this gallery (compatkit index; checked before the run)",
+    )
+    p.add_argument(
+        "--collection", metavar="NAME", help="with --record: the Milvus collection of IDX"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="with --record: seconds a Milvus server may take to answer (default 10)",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
@@ -79,6 +91,11 @@ def main(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    if args.record:  # a damaged, foreign or unreachable gallery is refused before the run
+        from ..upgrade.index import Gallery, load_checks
+
+        with Gallery.open(args.record, args.collection, args.timeout) as g:
+            load_checks(g)
     verdict = run_check(
         args.old,
         args.new,
@@ -95,15 +112,9 @@ def main(args: argparse.Namespace) -> int:
         strict=args.strict,
     )
     if args.record:
-        try:
-            from ..upgrade.index import record_check
-        except ModuleNotFoundError as e:
-            if e.name != "compatkit.upgrade.index":
-                raise
-            raise InputError(
-                "--record needs the versioned index (compatkit.upgrade.index)"
-            ) from None
-        record_check(args.record, verdict)
+        from ..upgrade.index import record_check
+
+        record_check(args.record, verdict, args.collection, args.timeout)
         say(f"recorded the verdict in {args.record}")
     if args.json:
         print(json.dumps(verdict, indent=1))

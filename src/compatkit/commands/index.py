@@ -1,16 +1,22 @@
-"""``compatkit index build|search|backfill|curve|info``: the versioned gallery of a retrieval
-service (see docs/upgrade-index.md).
+"""``compatkit index build|search|backfill|curve|info|optimize``: the versioned gallery of a
+retrieval service in a vector database (see docs/upgrade-index.md).
 
-- ``build MODEL DATA --out IDX``: embed a gallery and store it (float16 ``.npy`` shards
-  and a JSON manifest that records which model made each vector);
-- ``search IDX --model M QUERY``: the nearest gallery items of each query image, after
+``IDX`` picks the engine: a folder (or object-store URI) is a LanceDB database, the
+default; a path ending in ``.db`` is a Milvus Lite file; ``http://HOST:19530`` with
+``--collection NAME`` is a Milvus server or cluster.
+
+- ``build MODEL DATA --out IDX``: embed a gallery and store it, each vector with the
+  fingerprint of the model that made it;
+- ``search IDX QUERY --model M``: the nearest gallery items of each query image, after
   the compatibility gate (refused, unless ``--force``, when M's contract differs from the
-  index's versions or no recorded ``compatkit check`` found M compatible with them);
+  gallery's versions or no recorded ``compatkit check`` found M compatible with them);
 - ``backfill IDX --model NEW --fraction F --policy random|class|uncertainty``: re-embed
-  items with NEW until a fraction F of the gallery is NEW's; atomic and resumable;
+  items with NEW until a fraction F of the gallery is NEW's; atomic per chunk, resumable;
 - ``curve IDX --old OLD --new NEW QUERY``: retrieval accuracy against the backfilled
-  fraction for each policy, without touching the index;
-- ``info IDX``: versions, counts, pending backfill, recorded checks.
+  fraction for each policy, without touching the gallery;
+- ``info IDX``: versions, counts, vector index, pending backfill, recorded checks
+  (``--recall QUERY --model M``: recall@10 of the approximate index against exact);
+- ``optimize IDX --index-type TYPE``: build the approximate vector index.
 """
 
 from __future__ import annotations
@@ -21,10 +27,22 @@ import sys
 
 HELP = "build, search, backfill and plan a versioned gallery (index) of embeddings"
 
-_SUBCOMMANDS = ("build", "search", "backfill", "curve", "info")
+_SUBCOMMANDS = ("build", "search", "backfill", "curve", "info", "optimize")
 
 
 def _common(p: argparse.ArgumentParser, embeds: bool = True) -> None:
+    p.add_argument(
+        "--collection",
+        metavar="NAME",
+        help="Milvus collection (required for a server; default 'gallery' in a .db file)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a Milvus server may take to answer (default 10)",
+    )
     if embeds:
         p.add_argument(
             "--batch-size", type=int, default=256, help="images per forward pass (default 256)"
@@ -56,32 +74,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="gallery images: an image folder (one sub-folder per class) or a dataset "
         "name with optional split (fashion-mnist:test)",
     )
-    b.add_argument("--out", required=True, metavar="IDX", help="index folder to create (new)")
     b.add_argument(
-        "--dtype",
-        default="float16",
-        choices=("float16", "float32"),
-        help="storage precision (default float16: half the disk and memory)",
+        "--out",
+        required=True,
+        metavar="IDX",
+        help="the gallery to create: a folder (LanceDB), a .db file (Milvus Lite) or "
+        "http://HOST:19530 with --collection (Milvus)",
     )
     b.add_argument(
-        "--shard-rows",
-        type=int,
-        default=None,
-        help="vectors per shard file (default 65536: 128 MiB at d = 1023 in float16)",
+        "--dtype",
+        default="auto",
+        choices=("auto", "float16", "float32"),
+        help="vector precision (auto: float16, float32 on Milvus Lite which has no float16)",
+    )
+    b.add_argument(
+        "--index-type",
+        metavar="TYPE",
+        help="also build an approximate vector index (LanceDB: IVF_PQ, IVF_HNSW_SQ, ...; "
+        "Milvus: IVF_FLAT, HNSW, ...); search stays exact unless asked with --approx",
     )
     _common(b)
 
     s = sub.add_parser("search", help="nearest gallery items of query images (gated)")
-    s.add_argument("index", metavar="IDX", help="index folder (written by index build)")
+    s.add_argument("index", metavar="IDX", help="the gallery (written by index build)")
     s.add_argument("query", metavar="QUERY", help="query images (folder or dataset[:split])")
     s.add_argument("--model", required=True, metavar="M", help="checkpoint that embeds queries")
     s.add_argument("-k", "--top-k", type=int, default=5, help="neighbours per query (default 5)")
-    s.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "faiss", "torch"),
-        help="search kernel (auto: faiss when installed); both give identical results",
-    )
+    _approx(s)
     s.add_argument(
         "--force",
         action="store_true",
@@ -109,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(s)
 
     f = sub.add_parser("backfill", help="re-embed part of the gallery with a new model, in place")
-    f.add_argument("index", metavar="IDX", help="index folder (written by index build)")
+    f.add_argument("index", metavar="IDX", help="the gallery (written by index build)")
     f.add_argument("--model", required=True, metavar="NEW", help="checkpoint of the new model")
     f.add_argument(
         "--fraction",
@@ -142,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(f)
 
     c = sub.add_parser("curve", help="accuracy against the backfilled fraction, per policy")
-    c.add_argument("index", metavar="IDX", help="index folder (written by index build)")
+    c.add_argument("index", metavar="IDX", help="the gallery (written by index build)")
     c.add_argument("query", metavar="QUERY", help="labelled query images")
     c.add_argument(
         "--old", required=True, help="checkpoint of the model the gallery was built with"
@@ -168,10 +187,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(c)
 
     i = sub.add_parser("info", help="versions, counts, pending backfill and recorded checks")
-    i.add_argument("index", metavar="IDX", help="index folder (written by index build)")
-    i.add_argument("--verify", action="store_true", help="re-hash every shard file")
+    i.add_argument("index", metavar="IDX", help="the gallery (written by index build)")
+    i.add_argument(
+        "--verify", action="store_true", help="scan every entity and check it against the records"
+    )
+    i.add_argument(
+        "--recall",
+        metavar="QUERY",
+        help="measure recall@k of the approximate index against exact search on these images",
+    )
+    i.add_argument("--model", help="the model that embeds the --recall queries")
+    i.add_argument("-k", "--top-k", type=int, default=10, help="k of --recall (default 10)")
+    _approx(i, flag=False)
     i.add_argument("--json", action="store_true")
-    _common(i, embeds=False)
+    _common(i)
+
+    o = sub.add_parser("optimize", help="build the approximate vector index, or update it")
+    o.add_argument("index", metavar="IDX", help="the gallery (written by index build)")
+    o.add_argument(
+        "--index-type",
+        metavar="TYPE",
+        help="index to build (replaces the current one); without it, bring the index up to "
+        "date with vectors written since it was built (LanceDB)",
+    )
+    o.add_argument("--partitions", type=int, help="IVF partitions (default about sqrt(N))")
+    o.add_argument("--sub-vectors", type=int, help="PQ sub-vectors (must divide the dimension)")
+    _common(o, embeds=False)
+
+
+def _approx(p: argparse.ArgumentParser, flag: bool = True) -> None:
+    if flag:
+        p.add_argument(
+            "--approx",
+            action="store_true",
+            help="search with the gallery's approximate vector index (default: exact)",
+        )
+    p.add_argument("--nprobes", type=int, help="IVF partitions probed per query (approximate)")
+    p.add_argument("--ef", type=int, help="HNSW candidate list size per query (approximate)")
+    p.add_argument(
+        "--refine", type=int, help="LanceDB refine factor: rerank refine x k with full vectors"
+    )
+
+
+def _params(args: argparse.Namespace) -> dict:
+    return {"nprobes": args.nprobes, "ef": args.ef, "refine": args.refine}
+
+
+def _where(args: argparse.Namespace) -> dict:
+    return {"collection": args.collection, "timeout": args.timeout}
 
 
 def _log(msg: str) -> None:
@@ -184,44 +247,42 @@ def _warn(problems: list[str]) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..upgrade.index import build_index, short
+    from ..upgrade.build import build_index
 
-    g = build_index(
+    info = build_index(
         args.model,
         args.data,
         args.out,
         dtype=args.dtype,
         batch_size=args.batch_size,
         device=args.device,
-        shard_rows=args.shard_rows,
+        index_type=args.index_type,
         log=_log,
+        **_where(args),
     )
-    v = g.versions[0]
-    classes = f", {len(g.classes)} classes" if g.classes else ""
+    v = info["versions"][0]
     print(
-        f"index {args.out}: {g.count} items{classes}, {g.dim}-d {g.dtype}, "
-        f"{len(g.shards)} shard(s), model {short(v['fingerprint'])}"
+        f"index {args.out}: {info['count']} items, {info['dim']}-d {info['dtype']} "
+        f"({info['engine']}), model {v['fingerprint'][:12]}"
     )
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..upgrade.index import search_index
+    from ..upgrade.search import search_index
 
-    if args.top_k < 1:
-        from ..errors import InputError
-
-        raise InputError(f"--top-k {args.top_k}: must be at least 1")
     res = search_index(
         args.index,
         args.model,
         args.query,
         k=args.top_k,
-        backend=args.backend,
         force=args.force,
         batch_size=args.batch_size,
         device=args.device,
         with_map=args.with_map,
+        approx=args.approx,
+        params=_params(args),
+        **_where(args),
     )
     _warn([f"--force: {p}" for p in res["warnings"]])
     if args.json:
@@ -229,13 +290,10 @@ def _search(args: argparse.Namespace) -> int:
         if args.json == "-":
             print(text)
             return 0
-        from pathlib import Path
+        from ..runtime.files import atomic_write_json
 
-        from ..upgrade.index_store import write_json
-
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(args.json), res)
-    print(f"{len(res['results'])} queries, top {res['k']} by cosine ({res['backend']})")
+        atomic_write_json(args.json, res)
+    print(f"{len(res['results'])} queries, top {res['k']} by cosine ({res['search']} search)")
     shown = res["results"] if args.show < 0 else res["results"][: args.show]
     for r in shown:
         print(f"query {r['id']}" + (f" [{r['class']}]" if r["class"] else ""))
@@ -271,6 +329,7 @@ def _backfill(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         log=_log,
+        **_where(args),
     )
     _warn(
         [
@@ -310,6 +369,7 @@ def _curve(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         log=_log,
+        **_where(args),
     )
     files = write_curve(curve, args.out)
     if args.json:
@@ -321,14 +381,52 @@ def _curve(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ..upgrade.index import describe
+    from ..errors import InputError
+    from ..upgrade.info import describe
 
-    info = describe(args.index, verify=args.verify)
+    if args.recall and not args.model:
+        raise InputError("--recall QUERY needs --model M (the model that embeds the queries)")
+    info = describe(args.index, verify_all=args.verify, **_where(args))
+    if args.recall:
+        from ..upgrade.search import measure_recall
+
+        info["recall"] = measure_recall(
+            args.index,
+            args.model,
+            args.recall,
+            k=args.top_k,
+            params=_params(args),
+            batch_size=args.batch_size,
+            device=args.device,
+            **_where(args),
+        )
     if args.json:
         print(json.dumps(info, indent=1))
     else:
         print(info["text"])
-    return 1 if args.verify and info["corrupt"] else 0
+        r = info.get("recall")
+        if r:
+            print(
+                f"recall@{r['k']} of {r['index_type']} against exact search: {r['recall']:.4f} "
+                f"over {r['queries']} queries (exact {r['exact_s']:.2f} s, approximate "
+                f"{r['approx_s']:.2f} s)"
+            )
+    return 1 if args.verify and info["problems"] else 0
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from ..upgrade.build import optimize_index
+
+    params = {"partitions": args.partitions, "sub_vectors": args.sub_vectors}
+    got = optimize_index(args.index, args.index_type, params, **_where(args))
+    if got is None:
+        print(f"index {args.index}: no approximate vector index (exact search only)")
+    else:
+        print(
+            f"index {args.index}: {got['type']} vector index, {got['indexed']} vectors indexed, "
+            f"{got['unindexed']} not yet"
+        )
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -338,4 +436,5 @@ def main(args: argparse.Namespace) -> int:
         "backfill": _backfill,
         "curve": _curve,
         "info": _info,
+        "optimize": _optimize,
     }[args.index_command](args)

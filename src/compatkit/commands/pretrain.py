@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_log_argument
+
 HELP = "train the replacement models (providers) of a config, in every head version it needs"
 
 
@@ -26,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where to put providers (default: the config's providers_dir, else the providers "
         "cache that `compatkit run` reads: $COMPATKIT_CACHE/providers, ~/.cache/compatkit/...)",
     )
+    add_log_argument(p)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -34,7 +37,9 @@ def main(args: argparse.Namespace) -> int:
     from ..config.shipped import resolve_config
     from ..protocol.experiment import Experiment
     from ..runtime.log import RunLog
+    from ..tracking import backends_from_env, check_backends
 
+    track = check_backends(args.log) if args.log else backends_from_env()
     cfg = load_config(resolve_config(args.config), args.overrides)
     if args.out:
         cfg.providers_dir = args.out
@@ -43,7 +48,14 @@ def main(args: argparse.Namespace) -> int:
         exp = Experiment(cfg, Path("."), log)  # no run folder: providers only
         exp.providers.check(args.heads)  # refuse a bad file before writing anything
         log.attach(exp.providers.folder / "pretrain.log")
-        paths = exp.providers.ensure(args.heads)
+        # one logged run per provider trained, grouped as "pretrain-<config name>"
+        exp.start_tracking(track, group=f"pretrain-{cfg.name}", root=exp.providers.folder)
+        failed = True
+        try:
+            paths = exp.providers.ensure(args.heads)
+            failed = False
+        finally:
+            exp.tracking.close(failed)
         for (i, h), p in sorted(paths.items()):
             print(f"provider {i} {h:9s} {p}")
     finally:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..runtime.layout import RunDir
-from . import add_set_argument
+from . import add_log_argument, add_set_argument
 
 HELP = "run the IAM-CL2R scenario: providers, task sequence per method and seed, evaluation, report"
 
@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print the resolved config and the plan (tasks, roles, providers, steps); "
         "train nothing, create nothing",
     )
+    add_log_argument(p)
     p.add_argument("--quiet", action="store_true", help="log to RUN_DIR/log.txt only")
 
 
@@ -124,7 +125,9 @@ def main(args: argparse.Namespace) -> int:
     from ..config import to_dict
     from ..protocol.experiment import Experiment, run_experiment
     from ..runtime.log import RunLog
+    from ..tracking import check_backends
 
+    track = check_backends(args.log) if args.log else None  # None: $COMPATKIT_LOG
     cfg, run_dir, resume = resolve_run(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if args.dry_run:
@@ -138,26 +141,44 @@ def main(args: argparse.Namespace) -> int:
     log = RunLog(None, quiet=args.quiet or not main_rank)
     t0 = time.perf_counter()
     try:
-        results = run_experiment(cfg, run_dir, log=log, resume=resume)
+        results = run_experiment(cfg, run_dir, log=log, resume=resume, track=track)
         if not main_rank:
             return 0
         dirs = RunDir(run_dir)
         log.info(f"done in {time.perf_counter() - t0:.0f}s: {dirs.metrics}, {dirs.report}")
         for m in cfg.methods:
-            s = results[m]["summary"]
-            local = s.get("local_final") or {}
-            plasticity = (
-                f"   final local acc. {local['mean']:.2f} ± {local['std']:.2f}"
-                if local.get("mean") is not None
-                else ""
-            )
-            log.info(
-                f"  {m:12s} AC {s['AC']['mean']:.2f} ± {s['AC']['std']:.2f}   "
-                f"AM {s['AM']['mean']:.2f} ± {s['AM']['std']:.2f}{plasticity}"
-            )
+            log.info(f"  {m:12s} {summary_line(results[m])}")
     finally:
         log.close()
     return 0
+
+
+def summary_line(entry: dict) -> str:
+    """AC, AM and final local accuracy of one method: with several seeds the mean ± std and
+    the 95 % interval, with one the values marked as a single seed's."""
+    from ..report.seeds import interval
+    from ..report.table import run_value
+
+    runs = entry.get("runs") or [entry]
+    parts = []
+    for key, label, digits in (
+        ("AC", "AC", 2),
+        ("AM", "AM", 2),
+        ("local_final", "final local acc.", 2),
+    ):
+        st = interval([run_value(r, key) for r in runs])
+        if st is None:
+            continue
+        if st["n"] == 1:
+            parts.append(f"{label} {st['mean']:.{digits}f}")
+        else:
+            parts.append(
+                f"{label} {st['mean']:.{digits}f} ± {st['std']:.{digits}f} "
+                f"[95 %: {st['lo']:.{digits}f}, {st['hi']:.{digits}f}]"
+            )
+    seeds = [r.get("seed") for r in runs]
+    note = f"(single seed {seeds[0]})" if len(runs) == 1 else f"(mean over {len(runs)} seeds)"
+    return "   ".join(parts) + f"   {note}"
 
 
 def plan_lines(exp, resume: bool = False) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import add_set_argument
+from . import add_log_argument, add_set_argument
 
 HELP = "run a grid of settings (resumable, on every GPU or a cluster) and plot the front"
 
@@ -68,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the grid, the jobs left to run and the providers to train; write nothing",
     )
+    add_log_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     c = p.add_argument_group(
@@ -168,6 +169,26 @@ def _launcher(args, sweep, settings, say):
 
 
 def main(args: argparse.Namespace) -> int:
+    """The sweep; ``--log`` reaches every job (in this process or a worker) through
+    ``$COMPATKIT_LOG``, set for the sweep's duration only."""
+    import os
+
+    from ..tracking import ENV_VAR, check_backends
+
+    if not args.log:
+        return _sweep(args)
+    before = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = ",".join(check_backends(args.log))
+    try:
+        return _sweep(args)
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
+
+
+def _sweep(args: argparse.Namespace) -> int:
     _check_flags(args)
 
     from ..config import resolve_config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_log_argument
+
 HELP = "train a model on your images, or its compatible successor against an old model (--old)"
 
 # Flags that map one to one onto TrainOptions fields (None = not given on the command line).
@@ -94,6 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="any option, or a method option as METHOD.KEY (e.g. --set hoc.lam=0.3); repeatable",
     )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    add_log_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -146,6 +149,7 @@ def main(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
     from ..runtime.log import RunLog
+    from ..tracking.train import track_train
     from ..upgrade.train import train_model
 
     opts = resolve_options(args)
@@ -156,7 +160,9 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--out must differ from --old (the old model is what the gallery holds)")
     log = RunLog(None, quiet=args.quiet)
     try:
-        res = train_model(args.data, out, opts, old=args.old, log=log)
+        with track_train(args.log, out, opts) as tracked:
+            res = train_model(args.data, out, opts, old=args.old, log=log)
+            tracked(res.extra)
     finally:
         log.close()
     x = res.extra

@@ -8,8 +8,8 @@ from ..errors import ConfigError
 from .parse import ConfigFileNotFound, build, coerce, load_config, parse_overrides, read_config_file
 from .schema import (
     MAX_CLASSES,
+    MAX_EPOCHS,
     MAX_FEAT_DIM,
-    MAX_THREADS,
     DataSource,
     EvalConfig,
     LocalConfig,
@@ -17,6 +17,7 @@ from .schema import (
     OptimConfig,
     ProviderConfig,
     RunConfig,
+    max_threads,
     to_dict,
 )
 from .shipped import DEFAULT_CONFIG, config_dir, describe, resolve_config, shipped_configs
@@ -25,8 +26,8 @@ from .validate import validate
 __all__ = [
     "DEFAULT_CONFIG",
     "MAX_CLASSES",
+    "MAX_EPOCHS",
     "MAX_FEAT_DIM",
-    "MAX_THREADS",
     "ConfigError",
     "ConfigFileNotFound",
     "DataSource",
@@ -41,6 +42,7 @@ __all__ = [
     "config_dir",
     "describe",
     "load_config",
+    "max_threads",
     "parse_overrides",
     "read_config_file",
     "resolve_config",

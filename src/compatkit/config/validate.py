@@ -10,6 +10,7 @@ that need the data run when the plan is made (:func:`compatkit.protocol.plan.mak
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from typing import Any
@@ -22,7 +23,7 @@ from ..data.sampler import SAMPLERS
 from ..errors import ConfigError
 from ..methods import METHODS, build_method, load_plugins
 from .parse import coerce
-from .schema import MAX_CLASSES, MAX_FEAT_DIM, MAX_THREADS, DataSource, RunConfig
+from .schema import MAX_CLASSES, MAX_EPOCHS, MAX_FEAT_DIM, DataSource, RunConfig, max_threads
 
 __all__ = ["check_name", "validate"]
 
@@ -108,6 +109,26 @@ def _check_method_options(cfg: RunConfig) -> None:
             raise ConfigError(f"method_options.{m}: {e}") from None
 
 
+def _at_most_epochs(key: str, epochs: int) -> None:
+    if epochs > MAX_EPOCHS:
+        raise ConfigError(
+            f"{key}={epochs} is more than {MAX_EPOCHS:,} epochs: such a run would not end "
+            "(the paper trains 70); a typo?"
+        )
+
+
+def _check_query_classes(cfg: RunConfig) -> None:
+    """Queries are searched against per-class templates of the gallery: a query set whose
+    classes are all absent from the gallery can never be answered (the data-dependent case,
+    a gallery of all its classes, is checked when the plan is made)."""
+    q, g = cfg.eval.query.classes, cfg.eval.gallery.classes
+    if q is not None and g is not None and not set(q) & set(g):
+        raise ConfigError(
+            f"eval.query.classes {q}: none of them is in eval.gallery.classes {g}; every query "
+            "searches the gallery for its own class, so they must share classes"
+        )
+
+
 def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
@@ -141,10 +162,12 @@ def validate(cfg: RunConfig) -> None:
     if cfg.old_model not in ("reference", "previous"):
         raise ConfigError(f"old_model must be 'reference' or 'previous', got {cfg.old_model!r}")
     _check_device(cfg.device)
-    if not 0 <= cfg.num_workers_threads <= MAX_THREADS:
+    limit = max_threads()
+    if not 0 <= cfg.num_workers_threads <= limit:
         raise ConfigError(
-            f"num_workers_threads must lie in 0..{MAX_THREADS} (0 = torch's default), "
-            f"got {cfg.num_workers_threads}"
+            f"num_workers_threads must lie in 0..{limit} (0 = torch's default; this machine has "
+            f"{os.cpu_count()} hardware threads, and torch gains nothing from more), got "
+            f"{cfg.num_workers_threads}"
         )
     k = cfg.model.num_classes
     if not 2 <= k <= MAX_CLASSES:
@@ -165,6 +188,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"model.feat_dim={cfg.model.feat_dim} < K-1={k - 1} for the ETF head")
     for key, opt in (("train", cfg.train),):
         _positive(f"{key}.epochs", opt.epochs)
+        _at_most_epochs(f"{key}.epochs", opt.epochs)
         _positive(f"{key}.lr", opt.lr)
         _positive(f"{key}.min_lr", opt.min_lr, allow_zero=True)
         _positive(f"{key}.weight_decay", opt.weight_decay, allow_zero=True)
@@ -201,6 +225,7 @@ def validate(cfg: RunConfig) -> None:
         if p.backbone is not None:
             check_backbone_name(f"providers[{i}].backbone", p.backbone)
         _positive(f"providers[{i}].epochs", p.epochs)
+        _at_most_epochs(f"providers[{i}].epochs", p.epochs)
         _positive(f"providers[{i}].lr", p.lr)
         if p.batch_size < 2:
             raise ConfigError(f"providers[{i}].batch_size must be >= 2, got {p.batch_size}")
@@ -221,3 +246,4 @@ def validate(cfg: RunConfig) -> None:
             f"only {len(cfg.providers)} are configured"
         )
     _positive("eval.batch_size", cfg.eval.batch_size)
+    _check_query_classes(cfg)

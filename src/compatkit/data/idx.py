@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..runtime.files import atomic_write_bytes
 
 __all__ = ["IDX_DTYPES", "IdxFormatError", "read_idx", "write_idx"]
 
@@ -100,4 +101,4 @@ def write_idx(
     payload += np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
     if compress is None:
         compress = path.suffix == ".gz"
-    path.write_bytes(gzip.compress(payload) if compress else payload)
+    atomic_write_bytes(path, gzip.compress(payload) if compress else payload)

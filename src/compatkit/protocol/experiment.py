@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ from ..report import write_report  # the report renders the results: it comes la
 from ..runtime.device import Runtime, resolve_device, resolve_precision
 from ..runtime.distributed import Dist
 from ..runtime.distributed import init as init_distributed
+from ..runtime.environment import describe_environment
 from ..runtime.files import atomic_write_json
 from ..runtime.layout import RunDir
 from ..runtime.log import RunLog
+from ..tracking import Tracking, backends_from_env, check_backends, log_results
 from .evaluate import evaluate_experiment
 from .plan import Plan, make_plan
 from .providers import Providers
@@ -45,8 +48,16 @@ __all__ = ["Experiment", "run_experiment", "write_metrics"]
 class Experiment:
     """A configuration bound to a run directory, with everything its steps share."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike[str], log: RunLog | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | os.PathLike[str],
+        log: RunLog | None = None,
+        tracking: Tracking | None = None,
+    ):
         self.cfg = cfg
+        self.tracking = tracking or Tracking.off()
+        """Where training steps and results are tracked (nothing by default)."""
         self.dirs = RunDir(run_dir)
         self.dist: Dist = init_distributed(cfg.device)
         if log is None:
@@ -145,6 +156,24 @@ class Experiment:
     def evaluate(self, methods: list[str] | None = None) -> dict:
         return evaluate_experiment(self, methods)
 
+    def start_tracking(
+        self, backends: Sequence[str], group: str | None = None, root: Path | None = None
+    ) -> None:
+        """Track this experiment in ``backends`` (main process only), local files under
+        ``root`` (default: the run directory): every logged run gets the resolved config and
+        the environment, measured when the first one opens."""
+        if not backends or not self.dist.main:
+            return
+        from ..config import to_dict
+
+        self.tracking = Tracking(
+            backends,
+            root or self.run_dir,
+            group or self.run_dir.resolve().name,
+            to_dict(self.cfg),
+            lambda: describe_environment(self.device, self.precision),
+        )
+
 
 def write_metrics(run_dir: str | os.PathLike[str], results: dict) -> Path:
     """``metrics.json`` of a run, atomically."""
@@ -162,6 +191,7 @@ def run_experiment(
     records: bool | None = None,
     write: bool = True,
     meta: dict[str, Any] | None = None,
+    track: Sequence[str] | None = None,
 ) -> dict:
     """Run the pipeline on ``run_dir``; return the results (``metrics.json``'s content).
 
@@ -176,6 +206,10 @@ def run_experiment(
     - ``write``: ``metrics.json`` (with ``meta`` added to its ``_meta``) and the report are
       written, by the main process only.
 
+    With ``train``, the training and the results are tracked in the backends ``track``
+    names (default: ``$COMPATKIT_LOG``, how the jobs of a sweep inherit ``--log``), one
+    logged run per (method, seed) and per provider trained, grouped by the run.
+
     A failure after the run started is recorded at the end of its ``log.txt``. A ``log``
     given by the caller is attached to the run's ``log.txt`` when it has no file yet, and
     left open (the caller may log more); a log made here is closed.
@@ -186,6 +220,9 @@ def run_experiment(
     if log is None:  # nothing is written before every check passed: the file comes later
         log = RunLog(None, quiet=int(os.environ.get("RANK", "0")) != 0)
     records = train if records is None else records
+    backends = (
+        (check_backends(track) if track is not None else backends_from_env()) if train else []
+    )
     exp = Experiment(cfg, run_dir, log)
     log = exp.log
     try:
@@ -204,7 +241,9 @@ def run_experiment(
         if owns_log:
             log.close()
         raise
+    failed = True
     try:
+        exp.start_tracking(backends)
         if train:
             log.info(
                 f"{'resume' if resume else 'run'} {exp.run_dir}: {plan.num_tasks} tasks "
@@ -217,6 +256,8 @@ def run_experiment(
                 for m in methods or cfg.methods:
                     exp.run_sequence(m, seed, resume=True)
         results = exp.evaluate(methods)
+        results["_meta"]["gallery_classes"] = len(set(plan.gallery.labels.tolist()))
+        log_results(exp.tracking, results)
         if train:
             results["_meta"]["wall_time_s"] = round(time.perf_counter() - t0, 1)
             results["_meta"]["processes"] = exp.dist.world
@@ -224,6 +265,7 @@ def run_experiment(
         if write and exp.dist.main:
             write_metrics(exp.run_dir, results)
             write_report(exp.run_dir)
+        failed = False
     except KeyboardInterrupt:
         if train:
             log.info(f"interrupted; continue with: compatkit run --out {exp.run_dir} --resume")
@@ -232,6 +274,7 @@ def run_experiment(
         log.info(f"run failed: {type(e).__name__}: {' '.join(str(e).split())}")
         raise
     finally:
+        exp.tracking.close(failed)
         if owns_log:
             log.close()
     return results

@@ -202,6 +202,13 @@ def make_plan(cfg: RunConfig, with_training_data: bool = True) -> Plan:
             )
     gallery = pool(cfg.eval.gallery, "eval.gallery").draw(cfg.eval.gallery, gen, "eval.gallery")
     query = pool(cfg.eval.query, "eval.query").draw(cfg.eval.query, gen, "eval.query")
+    shared = set(query.labels.tolist()) & set(gallery.labels.tolist())
+    if not shared:  # each query is searched for among its own class's gallery images
+        raise ConfigError(
+            f"eval.query: none of its classes {sorted(set(query.labels.tolist()))} is in the "
+            f"gallery (eval.gallery: classes {sorted(set(gallery.labels.tolist()))}); they must "
+            "share classes"
+        )
     local_test = None
     test_src = DataSource(loc.data.dataset, "test", loc.data.root, sorted(order))
     try:  # whatever test images of the local classes no other role took

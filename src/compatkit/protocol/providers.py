@@ -241,19 +241,22 @@ class Providers:
         model.to(rt.device)
         ctx = TaskContext(model, None, -1, [], [], device=rt.device, normalize=rt.normalize)
         label = f"provider {index} ({head}, {len(data)} images, {pc.epochs} epochs)"
-        res = fit(
-            model,
-            _Supervised(),
-            ctx,
-            data.to(rt.device),
-            None,
-            self.optim(index),
-            rt,
-            exp.log,
-            label,
-            seed,
-            space="provider",
-        )
+        tracked = f"providers/{pc.name or f'provider{index}'}-{head}"
+        with exp.tracking.training(tracked, "provider", provider=index, head=head) as steps:
+            res = fit(
+                model,
+                _Supervised(),
+                ctx,
+                data.to(rt.device),
+                None,
+                self.optim(index),
+                rt,
+                exp.log,
+                label,
+                seed,
+                space="provider",
+            )
+            steps.task_done(1, res)
         save_on_main(
             rt.dist,
             path,

@@ -103,6 +103,8 @@ def run_sequence(exp: Experiment, method_name: str, seed: int, resume: bool = Tr
     start = 0
     n_tasks = plan.num_tasks
     paths = runs.tasks(method_name, seed, n_tasks)
+    # Tracked steps count through the whole sequence: task t starts after the earlier tasks'.
+    task_steps = [cfg.train.epochs * n for n in plan.epoch_steps(cfg, method.uses_memory)]
     if resume:
         start, prev, state = completed_tasks(exp, method_name, seed)
         if prev is not None:
@@ -161,18 +163,26 @@ def run_sequence(exp: Experiment, method_name: str, seed: int, resume: bool = Tr
         label = f"{method_name} seed {seed} task {t + 1}/{n_tasks}" + (
             " (replacement)" if replaced and t else ""
         )
-        res = fit(
-            model,
-            method,
-            ctx,
-            task.data.to(rt.device),
-            mem.to(rt.device) if mem is not None else None,
-            cfg.train,
-            rt,
-            log,
-            label,
-            task_seed(seed, t, 2),
-        )
+        with exp.tracking.training(
+            f"{method_name}/seed_{seed}",
+            "sequence",
+            step0=sum(task_steps[:t]),
+            method=method_name,
+            seed=seed,
+        ) as steps:
+            res = fit(
+                model,
+                method,
+                ctx,
+                task.data.to(rt.device),
+                mem.to(rt.device) if mem is not None else None,
+                cfg.train,
+                rt,
+                log,
+                label,
+                task_seed(seed, t, 2),
+            )
+            steps.task_done(t + 1, res)
         parts = " ".join(f"{k} {v:.3f}" for k, v in res.parts[-1].items())
         log.info(
             f"{label}: classes {task.classes}, provider {segments[t]}, "

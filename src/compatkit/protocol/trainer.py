@@ -32,6 +32,7 @@ from ..model import CompatModel, ModelOutput
 from ..runtime.device import Runtime, autocast
 from ..runtime.distributed import Dist, gather_rows, shard_slice
 from ..runtime.log import RunLog
+from ..runtime.steps import observe_steps, step_observers
 
 __all__ = [
     "FINITE_CHECK_EVERY",
@@ -39,6 +40,7 @@ __all__ = [
     "TrainingDiverged",
     "fit",
     "make_optimizer",
+    "observe_steps",
     "save_on_main",
     "task_seed",
     "train_task",
@@ -112,7 +114,8 @@ def train_task(
     and the outputs are gathered so that the loss is the global batch's
     (:mod:`compatkit.runtime.distributed`). ``on_step`` receives, after every step, the
     epoch, step, total steps, loss and its parts (tensors), images seen and learning rate;
-    ``on_epoch`` the epoch and its mean loss after each epoch.
+    so does every observer registered with :func:`~compatkit.runtime.steps.observe_steps`.
+    ``on_epoch`` receives the epoch and its mean loss after each epoch.
     """
     d = rt.dist
     normalize, precision = rt.normalize, rt.precision
@@ -120,6 +123,7 @@ def train_task(
     epochs = epochs or opt_cfg.epochs
     base_lr = lr or opt_cfg.lr
     net = ddp_model or model
+    observers = (*((on_step,) if on_step is not None else ()), *step_observers())
     old = ctx.old_model
     method.begin_task(ctx)
     decay_all = opt_cfg.weight_decay_on == "all"
@@ -184,19 +188,18 @@ def train_task(
             _watch(loss.detach(), step, bad_step, last_finite)
             if step % FINITE_CHECK_EVERY == 0:
                 _stop_if_diverged(bad_step, last_finite, total)
-            if on_step is not None:
-                lr_now = opt.param_groups[0]["lr"]
-                on_step(
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        "total": total,
-                        "loss": loss,
-                        "parts": parts,
-                        "seen": seen,
-                        "lr": lr_now,
-                    }
-                )
+            if observers:
+                state = {
+                    "epoch": epoch,
+                    "step": step,
+                    "total": total,
+                    "loss": loss,
+                    "parts": parts,
+                    "seen": seen,
+                    "lr": opt.param_groups[0]["lr"],
+                }
+                for observe in observers:
+                    observe(state)
         _stop_if_diverged(bad_step, last_finite, total)
         losses.append(float(ep_loss) / max(1, n_batches))
         parts_hist.append({k: float(v) / max(1, n_batches) for k, v in ep_parts.items()})

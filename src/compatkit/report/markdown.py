@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.files import atomic_write_text
+from ..runtime.files import atomic_write_text, read_json
 from ..runtime.layout import RunDir
 from .metrics_file import (
     Matrix,
@@ -25,14 +25,23 @@ from .metrics_file import (
     lower_triangle,
     method_names,
     method_runs,
-    read_json,
     replacement_tasks,
     resolve_violations,
 )
-from .plots import MAX_CELL_TEXT_T, plot_aa, plot_matrices_grid, plot_matrix, plot_plasticity
+from .plots import (
+    MAX_CELL_TEXT_T,
+    gap_limit,
+    plot_aa,
+    plot_matrices_grid,
+    plot_matrix,
+    plot_plasticity,
+)
+from .seeds import seeds_section
 from .table import (
     chance_levels,
     comparison_table,
+    gallery_chance,
+    md_table,
     method_aa,
     method_local,
     run_value,
@@ -44,13 +53,6 @@ from .table import (
 def _md_escape(text: Any) -> str:
     """Method names and other free text inside a markdown table cell."""
     return str(text).replace("|", "\\|")
-
-
-def _md_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(str(h) for h in header) + " |"]
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _model_label(k: int, reps: Sequence[int]) -> str:
@@ -78,7 +80,7 @@ def markdown_matrix(
             else:
                 cells.append(f"{c[i, j]:.{digits}f}")
         rows.append([_model_label(i, reps), *cells])
-    return _md_table(header, rows)
+    return md_table(header, rows)
 
 
 MAX_LISTED_VIOLATIONS = 12
@@ -121,7 +123,10 @@ a replacement model: at that task a provider's model, trained elsewhere, took ov
 was fine-tuned on the task.
 - **Compatibility criterion** (BCT, strict): model i is compatible with the older model j \
 when C[i][j] > C[j][j], i.e. searching the old gallery with the new model beats the old \
-model. A cell where this fails is a **violation** (⚠ in the tables, red hatching in the plots).
+model. A cell where this fails is a **violation** (⚠ in the tables, red hatching in the plots). \
+The plots colour each cell by C[i][j] − C[j][j] on one scale centred at zero for every figure \
+of the report: blue where the newer model beats the old gallery's own (compatible), red where \
+it does not, white on the diagonal; the printed numbers are the accuracies C[i][j].
 - **AC** (average compatibility) = the fraction of the T(T-1)/2 pairs j < i with \
 C[i][j] > C[j][j]; 1.0 means every update was compatible with every older model.
 - **AM** (average multi-model accuracy) = the mean of the lower triangle of C, diagonal \
@@ -144,8 +149,9 @@ the model the task began from (the provider at a replacement, else the previous 
 heads only, as a learnable head begins a new class with random rows), and "gain over start" \
 the mean over tasks of the difference: what the local learner itself added. A replacement \
 model includes whatever its provider already knew about the local classes.
-- Values are mean ± sample standard deviation over seeds where there is more than one seed; \
-matrices and violation lists are shown for the first seed."""
+- Values are mean ± sample standard deviation over seeds where there is more than one seed, \
+with 95 % intervals in *Seeds*; matrices and violation lists are shown for the first seed and \
+marked so: a single seed's numbers, which another seed, thread count or CPU changes."""
 
 
 def _per_task_section(
@@ -190,7 +196,7 @@ def _per_task_section(
         if local
         else "## AA_t per task"
     )
-    return [title, "", _md_table(header, rows), ""]
+    return [title, "", md_table(header, rows), ""]
 
 
 def render_markdown(
@@ -227,11 +233,12 @@ def render_markdown(
     out.append(f"- Tasks (T): {meta.get('num_tasks', t)}")
     if meta.get("no_replacement"):
         out.append("- Replacements: none (no-replacement run; the first model is the provider's)")
-    if reps:
+    later = [r for r in reps if r > 0]
+    if later:  # task 1 always starts from the first provider; the replacements come after
         out.append(
-            "- Replacement tasks: "
-            + ", ".join(str(r + 1) for r in reps)
-            + f" (zero-based task ids {', '.join(str(r) for r in reps)})"
+            "- Replacements: the model is replaced by a new provider at task "
+            + ", ".join(str(r + 1) for r in later)
+            + f" (config `replacement_tasks: [{', '.join(str(r) for r in later)}]`, zero-based)"
         )
     if is_number(meta.get("query_images")) and is_number(meta.get("gallery_images")):
         out.append(
@@ -253,7 +260,7 @@ def render_markdown(
     columns = table_columns(table)
     out += ["## Comparison", ""]
     out.append(
-        _md_table(
+        md_table(
             [table_header(k) for k in columns],
             [[_md_escape(row[k]) for k in columns] for row in table],
         )
@@ -265,7 +272,13 @@ def render_markdown(
         "AC is a fraction of pairs; AM"
         + (", the local-class accuracies" if has_local else "")
         + " and the self-test are in %, BC and FC in percentage points"
-        + (f"; mean ± sample std over {n_seeds} seeds." if n_seeds > 1 else "; one seed."),
+        + (
+            f"; mean ± sample std over {n_seeds} seeds."
+            if n_seeds > 1
+            else f"; **single seed{_seed_ids(seeds)}**: no spread is known, and another seed, "
+            "thread count or CPU gives other numbers; run several seeds "
+            "(`--set 'seeds=[42,43,44]'`) for means with 95 % intervals."
+        ),
         "",
     ]
     if has_local:
@@ -285,6 +298,7 @@ def render_markdown(
         if link:
             out += [link, ""]
 
+    out += seeds_section(metrics)
     out += _per_task_section(metrics, methods, reps, t, has_local)
 
     out += ["## How to read this", "", HOW_TO_READ, ""]
@@ -295,6 +309,11 @@ def render_markdown(
         c = lower_triangle(run0["matrix"])
         viol = resolve_violations(c, run0.get("violations"))
         seed_note = f" (seed {run0['seed']})" if run0.get("seed") is not None else ""
+        if len(runs) > 1:
+            seed_note = (
+                f" (seed {run0.get('seed', '?')}, a single seed of {len(runs)}: the means are "
+                "in the comparison table)"
+            )
         out += [f"## Method: {m}", "", f"### Compatibility matrix{seed_note}", ""]
         link = img(f"matrix_{safe_name(m)}.png", f"{m} compatibility matrix")
         if link:
@@ -320,13 +339,17 @@ def render_markdown(
                     ]
                 )
             out += [
-                _md_table(["seed", *(table_header(k) for k in keys), "violations"], seed_rows),
+                md_table(["seed", *(table_header(k) for k in keys), "violations"], seed_rows),
                 "",
             ]
 
     for title, body in extra_sections:
         out += [f"## {title}", "", body.strip(), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _seed_ids(seeds: Sequence[Any]) -> str:
+    return f" ({', '.join(str(s) for s in seeds)})" if seeds else ""
 
 
 # --------------------------------------------------------------------------- the report
@@ -366,8 +389,9 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     methods = method_names(metrics)
     reps = replacement_tasks(metrics)
     plots = RunDir(run_dir).plots
-    for m in methods:
-        run0 = method_runs(metrics[m])[0]
+    first = {m: method_runs(metrics[m])[0] for m in methods}
+    limit = gap_limit(r["matrix"] for r in first.values())  # one colour scale for every figure
+    for m, run0 in first.items():
         seed = f" (seed {run0['seed']})" if run0.get("seed") is not None else ""
         plot_matrix(
             run0["matrix"],
@@ -375,16 +399,16 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
             f"{m}{seed}",
             plots / f"matrix_{safe_name(m)}.png",
             reps,
+            limit,
         )
-    plot_matrices_grid(
-        {m: method_runs(metrics[m])[0] for m in methods}, plots / "matrices.png", reps
-    )
+    plot_matrices_grid(first, plots / "matrices.png", reps, limit)
     curves = {}
     for m in methods:
         mean, std, _ = method_aa(metrics[m])
         curves[m] = (mean, std)
     meta = metrics.get("_meta") if isinstance(metrics.get("_meta"), Mapping) else {}
     spread = any(std is not None for _, std in curves.values())
+    aa_chance = gallery_chance(meta)
     local = {m: c for m in methods if (c := method_local(metrics[m])) is not None}
     if local:
         # Compatibility and plasticity in one figure; AA_t alone would repeat its left panel.
@@ -396,13 +420,20 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
             plots / "plasticity.png",
             chance=chance_levels(metrics),
             seeds_note=note + (", mean ± std over seeds" if spread else ""),
+            aa_chance=aa_chance,
+            starts={
+                m: (mean, std)
+                for m in local
+                if (c := method_local(metrics[m], "local_start")) is not None
+                for mean, std, _ in [c]
+            },
         )
         (plots / "aa.png").unlink(missing_ok=True)
     else:
         title = "AA$_t$" + (" (no replacements)" if meta.get("no_replacement") else "")
         if spread:
             title += ", mean ± std over seeds"
-        plot_aa(curves, reps, plots / "aa.png", title=title)
+        plot_aa(curves, reps, plots / "aa.png", title=title, chance=aa_chance)
     path = RunDir(run_dir).report
     atomic_write_text(path, render_markdown(metrics, run_dir, extra))
     return path

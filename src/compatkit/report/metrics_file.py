@@ -7,7 +7,6 @@ report can be regenerated long after the models are gone. Matrices are stored ze
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..runtime.files import read_json
 
 METRIC_KEYS = ("AC", "AM", "BC", "FC", "final_self")
 """Scalar compatibility metrics of one run. AC is a fraction; the others are percent."""
@@ -238,17 +238,3 @@ def load_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 class RunFileNotFound(InputError, FileNotFoundError):
     """A run directory, or a file a run should hold, is not there."""
-
-
-def read_json(p: Path) -> Any:
-    """A JSON file's content; one InputError line naming the file when it is not JSON."""
-    try:
-        return json.loads(p.read_bytes().decode("utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-    except RecursionError:
-        raise InputError(f"{p}: not valid JSON (nested too deeply)") from None
-    except OSError as e:
-        raise InputError(f"{p}: cannot be read ({e.strerror or e})") from None

@@ -7,27 +7,29 @@ Legends of line plots go outside the axes, so they never cover a curve.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..runtime.files import atomic_write_bytes
 
 __all__ = [
     "DPI",
     "REPLACEMENT_COLOR",
     "REPLACEMENT_STAR",
     "VIOLATION_EDGE",
-    "VIOLATION_FACE",
     "legend_outside",
     "model_labels",
     "new_figure",
+    "png_bytes",
     "save",
 ]
 
 DPI = 120
 LEGEND_GAP_PT = 34.0
 """Points between the bottom of an axes and a legend under it: tick labels and x label."""
-VIOLATION_FACE = "#ffb8b8"  # light red, opaque so the printed value stays legible (paper Fig. 5)
-VIOLATION_EDGE = "#c00000"
+VIOLATION_EDGE = "#c00000"  # dark red: the outline and hatching of a violating cell
 REPLACEMENT_COLOR = "#b8860b"  # dark goldenrod: the paper's yellow markers, readable on white
 REPLACEMENT_STAR = {
     "s": 90,
@@ -49,13 +51,19 @@ def new_figure(width: float, height: float):
     return fig
 
 
+def png_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes, as :func:`save` would write it, and free its artists."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.clear()
+    return buf.getvalue()
+
+
 def save(fig, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as PNG (white background, tight box) and free its artists."""
+    """Write ``fig`` as PNG (white background, tight box), atomically, and free its artists."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=DPI, bbox_inches="tight", facecolor="white")
-    fig.clear()  # free the artists now; nothing else holds the figure
-    return p
+    return atomic_write_bytes(p, png_bytes(fig))  # a reader never sees half a PNG
 
 
 def legend_outside(ax, fontsize: float = 8, **kw) -> None:

@@ -30,7 +30,9 @@ __all__ = [
     "chance_levels",
     "comparison_table",
     "fmt_stat",
+    "gallery_chance",
     "local_curve",
+    "md_table",
     "method_aa",
     "method_local",
     "run_value",
@@ -54,6 +56,14 @@ TABLE_COLUMNS = ("method", "AC", "AM", *PLASTICITY_KEYS, "BC", "FC", "final_self
 """Every column of the comparison table, in display order (markdown, terminal, sweeps).
 Compatibility first, then plasticity beside it; the plasticity columns are shown only for runs
 that recorded local-class accuracy (see :func:`table_columns`)."""
+
+
+def md_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table (cells as given: escape ``|`` in free text first)."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def stat(values: Sequence[float | None]) -> dict[str, Any] | None:
@@ -217,3 +227,10 @@ def chance_levels(metrics: Mapping[str, Any]) -> list[float] | None:
         seen += len(classes)
         out.append(100.0 / seen if seen else float("nan"))
     return out
+
+
+def gallery_chance(meta: Mapping[str, Any]) -> float | None:
+    """Chance accuracy (%) of the 1:N search: one of the gallery's class templates drawn at
+    random, 100 / (gallery classes); None when the run did not record the count."""
+    g = meta.get("gallery_classes") if isinstance(meta, Mapping) else None
+    return 100.0 / g if isinstance(g, int) and not isinstance(g, bool) and g > 0 else None

@@ -4,7 +4,7 @@ another)."""
 
 from .matrix import cross_model_matrix
 from .measures import class_templates, mean_average_precision, recall_at_k, template_accuracy
-from .neighbours import BACKENDS, faiss_available, top_k
+from .neighbours import BACKENDS, faiss_available, stable_topk, top_k
 
 __all__ = [
     "BACKENDS",
@@ -13,6 +13,7 @@ __all__ = [
     "faiss_available",
     "mean_average_precision",
     "recall_at_k",
+    "stable_topk",
     "template_accuracy",
     "top_k",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "normalize_rows",
     "percent",
     "resolve_backend",
+    "stable_topk",
     "top_k",
 ]
 
@@ -173,8 +174,9 @@ def faiss_neighbours(flat: FlatIndex, q: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(ids).to(q.device)
 
 
-def _stable_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Column indices of each row's k best scores, in the one order (score desc, index asc)."""
+def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``(rows, k)`` column indices of each row's k best scores, in the one order (score
+    descending, index ascending): among scores equal at the cut, the lower indices."""
     vals, idx = torch.topk(scores, k, dim=1)
     # torch.topk picks arbitrarily among values tied at the cut: rows with such a tie are
     # ranked by a full stable sort (rare with real features, so the fast path stays fast).
@@ -221,7 +223,7 @@ def top_k(
         if index is not None:
             out.append(faiss_neighbours(index, qc, k))
         else:
-            out.append(_stable_top_k(qc @ g.t(), k))
+            out.append(stable_topk(qc @ g.t(), k))
     idx = torch.cat(out)
     scores = (q[:, None, :] * g[idx]).sum(dim=2)
     return scores, idx

@@ -13,7 +13,9 @@ The workflow of a retrieval service, on top of the library (one sub-package for 
   knows kept on its vertex by name;
 - ``gate``: ``compatkit check``, the upgrade gate that says whether the new
   model may query a gallery embedded by the old one;
-- ``index`` and friends: the versioned gallery with partial backfill.
+- ``index`` and friends: the versioned gallery in a vector database (``store``:
+  LanceDB, Milvus), the compatibility records kept with it (``ledger``), build,
+  gated search, partial backfill (``policies``, ``backfill``) and its curve.
 
 Submodules are imported on use, so ``import compatkit.upgrade`` stays cheap.
 """

@@ -31,11 +31,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import IncompatibleModels, InputError
+from ..errors import InputError
 from ..retrieval import recall_at_k, template_accuracy
-from .backfill import POLICIES, priority, source_images
-from .index import class_lookup, embed_all, embed_in_chunks, load_for_model, short
-from .index_store import Gallery, write_json
+from ..runtime.files import atomic_write_json, atomic_write_text
+from .backfill import source_images
+from .index import (
+    Gallery,
+    class_lookup,
+    embed_all,
+    embed_in_chunks,
+    load_for_model,
+    require_dim,
+    short,
+)
+from .policies import POLICIES, VectorSource, priority
+from .store import DEFAULT_TIMEOUT
 
 __all__ = ["backfill_curve", "plot_curve", "render_table"]
 
@@ -58,22 +68,22 @@ def _metrics(q: torch.Tensor, qy: torch.Tensor, g: torch.Tensor, gy: torch.Tenso
 
 def _model_vectors(
     gallery: Gallery,
+    versions: list[str],
     emb,
     images: Callable[[], Any],
     batch_size: int,
     device: str | None,
 ) -> np.ndarray:
-    """The model's vectors of every item, rounded to the index dtype: stored where the
-    index holds this model's vectors, embedded from the source images elsewhere."""
-    vi = gallery.version_index(emb.fingerprint)
+    """The model's vectors of every item, rounded to the gallery's dtype: stored where the
+    gallery holds this model's vectors, embedded from the source images elsewhere."""
     out = np.empty((gallery.count, gallery.dim), dtype=np.float32)
-    stored = np.zeros(gallery.count, dtype=bool) if vi is None else gallery.version_of == vi
+    stored = np.array([v == emb.fingerprint for v in versions], dtype=bool)
     if stored.any():
         out[stored] = gallery.vectors(np.flatnonzero(stored))
     missing = np.flatnonzero(~stored)
     if missing.size:
         for p, v in embed_in_chunks(emb, images(), missing, batch_size=batch_size, device=device):
-            out[p] = v.astype(gallery.dtype)
+            out[p] = v.astype(gallery.store.dtype)
     return out
 
 
@@ -104,7 +114,7 @@ def _policy_curve(
                 seed,
                 n,
                 labels,
-                stored=lambda p: mixed[p],
+                stored=VectorSource.of_array(mixed),
                 new=lambda p: vec["new"][p],
             )
             take = order[:need]
@@ -128,6 +138,8 @@ def backfill_curve(
     data: str | None = None,
     batch_size: int = 256,
     device: str | None = "cpu",
+    collection: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure the curve (see the module docstring); a JSON-able dict."""
@@ -138,38 +150,36 @@ def backfill_curve(
     for p in policies:
         if p not in POLICIES:
             raise InputError(f"--policies: unknown policy {p!r}; use any of {list(POLICIES)}")
-    gallery = Gallery.open(index)
-    if gallery.labels is None:
-        raise InputError(f"index {index} has no class labels: the curve needs them to score")
     embs = {"old": load_embedder(old), "new": load_embedder(new)}
-    for role, e in embs.items():
-        if e.feat_dim != gallery.dim:
-            raise IncompatibleModels(
-                f"{role} model {e.path} makes {e.feat_dim}-dimensional features but index "
-                f"{index} holds {gallery.dim}-dimensional vectors"
-            )
-    cache: dict[str, Any] = {}
+    with Gallery.open(index, collection, timeout) as gallery:
+        for role, e in embs.items():
+            require_dim(gallery, e.feat_dim, f"{role} model {e.path}")
+        labels = gallery.column("label")
+        versions = gallery.column("version")
+        cache: dict[str, Any] = {}
 
-    def images_for(role: str) -> Callable[[], Any]:
-        def get():
-            if role not in cache:
-                say(f"reading the gallery's images for the {role} model")
-                cache[role] = source_images(gallery, embs[role], data)
-            return cache[role]
+        def images_for(role: str) -> Callable[[], Any]:
+            def get():
+                if role not in cache:
+                    say(f"reading the gallery's images for the {role} model")
+                    cache[role] = source_images(gallery, embs[role], data)
+                return cache[role]
 
-        return get
+            return get
 
-    say("embedding the gallery")
-    vec = {
-        r: _model_vectors(gallery, e, images_for(r), batch_size, device) for r, e in embs.items()
-    }
-    gy = torch.from_numpy(gallery.labels)
-    q, qy = {}, None
-    for role, e in embs.items():
-        qdata, _ = load_for_model(e, query, split)
-        names = [qdata.classes[int(y)] for y in qdata.labels]
-        qy = torch.from_numpy(class_lookup(gallery, names))
-        q[role] = torch.from_numpy(embed_all(e, qdata, batch_size, device))
+        say("embedding the gallery")
+        vec = {
+            r: _model_vectors(gallery, versions, e, images_for(r), batch_size, device)
+            for r, e in embs.items()
+        }
+        gy = torch.from_numpy(labels)
+        q, qy = {}, None
+        for role, e in embs.items():
+            qdata, _ = load_for_model(e, query, split)
+            names = [qdata.classes[int(y)] for y in qdata.labels]
+            qy = torch.from_numpy(class_lookup(gallery, names))
+            q[role] = torch.from_numpy(embed_all(e, qdata, batch_size, device))
+        count = gallery.count
     if not bool((qy >= 0).any()):
         raise InputError(f"query {query}: none of its classes is in index {index}")
     ref = {
@@ -180,9 +190,7 @@ def backfill_curve(
     curves: dict[str, dict] = {}
     for policy in policies:
         say(f"policy {policy}")
-        curves[policy] = _policy_curve(
-            policy, fractions, seed, gallery.labels, vec, q["new"], qy, gy
-        )
+        curves[policy] = _policy_curve(policy, fractions, seed, labels, vec, q["new"], qy, gy)
     return {
         "format": "compatkit-backfill-curve",
         "format_version": 1,
@@ -190,7 +198,7 @@ def backfill_curve(
         "old": {"path": str(old), "fingerprint": embs["old"].fingerprint},
         "new": {"path": str(new), "fingerprint": embs["new"].fingerprint},
         "query": query,
-        "items": gallery.count,
+        "items": count,
         "queries": int((qy >= 0).sum()),
         "seed": int(seed),
         "fractions": fractions,
@@ -252,8 +260,8 @@ def write_curve(curve: dict, out: str | os.PathLike) -> dict[str, Path]:
     """``curve.json``, ``curve.md`` and ``curve.png`` in the folder ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "curve.json", curve)
-    (out / "curve.md").write_text(render_table(curve) + "\n", encoding="utf-8")
+    atomic_write_json(out / "curve.json", curve)
+    atomic_write_text(out / "curve.md", render_table(curve) + "\n")
     return {
         "json": out / "curve.json",
         "table": out / "curve.md",
