@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{args.batch_size}, one torch thread, every row a fresh process, the two modes of "
         f"a size one after the other.\n\n{table}\n"
     )
+    given = list(argv if argv is not None else sys.argv[1:])
+    shown = ["DIR" if i and given[i - 1] == "--images" else a for i, a in enumerate(given)]
     text = render_section(
-        NAME, TITLE, command_line(__file__, argv if argv is not None else sys.argv[1:]),
-        machine("cpu"), body,
+        NAME, TITLE, command_line(__file__, shown), machine("cpu"), body
     )  # fmt: skip
     print(text)
     write_section(args.results, NAME, text)
