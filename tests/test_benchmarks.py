@@ -374,3 +374,20 @@ def test_robustness_pair_records_by_hand() -> None:
     assert "| across a replacement | 2 | 50 % | +0.0 |" in text
     assert "| within one provider | 1 | 0 % | +1.0 |" in text
     assert "| 4 Coat | 1 | 100 % | -5.0 |" in text
+
+
+@pytest.mark.slow
+def test_bench_stream_train_quick(tmp_path: Path) -> None:
+    res = tmp_path / "R.md"
+    rows = _bench("bench_stream_train").main(["--quick", "--results", str(res)])
+    assert [(r["size"], r["mode"]) for r in rows] == [
+        (30, "memory"),
+        (30, "stream"),
+        (60, "memory"),
+        (60, "stream"),
+    ]
+    for mem, st in (rows[:2], rows[2:]):
+        assert mem["loss"] == st["loss"]  # the same training either way
+        assert mem["images"] == st["images"] == mem["size"]
+    assert all(r["rate"] > 0 and r["rss_main_mib"] > 10 for r in rows)
+    _check_provenance(_section(res, "bench_stream_train"), "bench_stream_train.py", tmp_path)

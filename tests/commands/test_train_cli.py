@@ -24,7 +24,7 @@ def test_first_model_then_successor(folders, fake_fashion, tmp_path) -> None:
     v1 = tmp_path / "v1.pt"
     args = ["train", str(folders["v1"]), "--out", str(v1), "--config", str(cfg)]
     r = run_cli([*args, "--set", "epochs=2", "--epochs", "1", "--device", "cpu"], fake_fashion)
-    assert r.stdout.startswith(f"wrote {v1}: 3 classes, 72 images, cores")
+    assert r.stdout.startswith(f"wrote {v1}: 3 classes, 72 images (in memory), cores")
     meta = load_checkpoint(v1)[1]
     opts = meta["extra"]["options"]
     assert opts["epochs"] == 1 and opts["batch_size"] == 32  # flag > --set > file

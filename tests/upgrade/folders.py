@@ -53,3 +53,22 @@ def tiny_folders(base: Path) -> dict[str, Path]:
         "query": write_folder(base / "query", dict.fromkeys(SPOTS, 10), 4),
         "gallery": write_folder(base / "gallery", dict.fromkeys(SPOTS, 12), 5),
     }
+
+
+def write_varied_folder(root: Path, classes: dict[str, int], seed: int) -> Path:
+    """Like :func:`write_folder`, but each image scaled to its own size (28 to 44 pixels a
+    side) and saved as a grayscale PNG or an RGB JPEG in turn: files as they come, which a
+    model reads resized and cropped to its input."""
+    rng = np.random.default_rng(seed)
+    for name, n in classes.items():
+        write_class_images(root, name, n, rng)
+        for i in range(n):
+            png = root / name / f"{i:03d}.png"
+            h, w = (int(v) for v in rng.integers(28, 45, size=2))
+            img = Image.open(png).resize((w, h), Image.BILINEAR)
+            if i % 2:
+                png.unlink()
+                img.convert("RGB").save(png.with_suffix(".jpg"), quality=95)
+            else:
+                img.save(png)
+    return root

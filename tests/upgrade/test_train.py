@@ -13,13 +13,8 @@ from compatkit.errors import CheckpointError, ConfigError
 from compatkit.model import ModelSpec, build_model
 from compatkit.upgrade.data import load_user_data
 from compatkit.upgrade.gate import run_check
-from compatkit.upgrade.train import (
-    TrainOptions,
-    _build_successor,
-    plan_classes,
-    stratified_split,
-    train_model,
-)
+from compatkit.upgrade.successor import build_successor
+from compatkit.upgrade.train import TrainOptions, plan_classes, stratified_split, train_model
 
 FAST = {"epochs": 1, "batch_size": 32, "device": "cpu"}
 
@@ -53,7 +48,13 @@ def test_first_model_contract_and_metadata(v1: Path, tiny) -> None:
     assert x["normalize"]["mean"] == pytest.approx(mean) and x["normalize"]["std"] == pytest.approx(
         std
     )
-    assert x["data"] == {"spec": str(tiny["v1"]), "images": 54, "held_out": 18}
+    assert x["data"] == {
+        "spec": str(tiny["v1"]),
+        "images": 54,
+        "held_out": 18,
+        "loading": "memory",
+        "skipped": 0,
+    }
     assert len(x["val_accuracy"]) == 1 and 0 <= x["val_accuracy"][0] <= 100
     assert x["options"]["lr"] == 0.05 and x["options"]["pad"] == 3  # scratch rate; 28 px // 8
 
@@ -124,7 +125,7 @@ def test_any_registered_method_trains_a_successor(method: str, v1: Path, tiny, t
 def test_learnable_successor_starts_from_the_old_vertices(v1: Path) -> None:
     old, _ = load_checkpoint(v1)
     ids = {0: "ant", 1: "bee", 2: "cat", 3: "dog"}
-    new = _build_successor(old, "learnable", "smallcnn", ids, "old")
+    new = build_successor(old, "learnable", "smallcnn", ids, "old")
     assert new.spec.head == "learnable" and new.class_map.names == ids
     for c in range(3):  # each known class starts on its old vertex
         assert torch.equal(
@@ -133,7 +134,7 @@ def test_learnable_successor_starts_from_the_old_vertices(v1: Path) -> None:
     for name, p in old.backbone.state_dict().items():
         assert torch.equal(new.backbone.state_dict()[name], p)
     with pytest.raises(ConfigError, match="fixed simplex head and the method needs a fixed etf"):
-        _build_successor(old, "etf", "smallcnn", ids, "old")
+        build_successor(old, "etf", "smallcnn", ids, "old")
 
 
 def test_successor_of_a_checkpoint_without_names_is_refused(tiny, tmp_path) -> None:

@@ -31,6 +31,12 @@ _FLAGS = (
     ("--anchor-weight", float, "weight of the anchor term (default 1)"),
     ("--anchor-term", str, "fd (1 - cos to OLD's feature, default) or method (its own term)"),
     ("--workers", int, "processes decoding image files (default 0)"),
+    (
+        "--memory-budget",
+        str,
+        "bytes the decoded images may take in memory before they stream, e.g. 512M, 2G "
+        "(default: a quarter of the available memory)",
+    ),
     ("--threads", int, "CPU threads for torch (default: torch's choice)"),
 )
 
@@ -60,6 +66,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="stop at an unreadable image instead of skipping it",
+    )
+    loading = p.add_mutually_exclusive_group()
+    loading.add_argument(
+        "--in-memory",
+        dest="loading",
+        action="store_const",
+        const="memory",
+        default=None,
+        help="decode every image once and train from memory (default: when it fits the budget)",
+    )
+    loading.add_argument(
+        "--stream",
+        dest="loading",
+        action="store_const",
+        const="stream",
+        help="read the image files every epoch with --workers processes (default: when the "
+        "decoded images exceed the budget)",
     )
     for flag, tp, text in _FLAGS:
         p.add_argument(flag, type=tp, default=None, help=text)
@@ -113,7 +136,7 @@ def resolve_options(args: argparse.Namespace):
             )
         else:
             data[key] = value
-    for flag in (*(f for f, _, _ in _FLAGS), "--pretrained", "--strict"):
+    for flag in (*(f for f, _, _ in _FLAGS), "--pretrained", "--strict", "--loading"):
         dest = flag[2:].replace("-", "_")
         if getattr(args, dest) is not None:
             data[dest] = getattr(args, dest)
@@ -147,7 +170,11 @@ def main(args: argparse.Namespace) -> int:
     from ..checkpoint import read_contract
 
     sha = read_contract(out)["sha256"]
-    line = f"wrote {out}: {len(names)} classes, {x['data']['images']} images, {x['method']}"
+    d = x["data"]
+    how = {"memory": "in memory", "stream": "streamed"}[d["loading"]]
+    line = f"wrote {out}: {len(names)} classes, {d['images']} images ({how}"
+    line += f", {d['skipped']} unreadable skipped), " if d["skipped"] else "), "
+    line += x["method"]
     if x["old"]:
         line += f", successor of {x['old']['path']} ({x['old']['fingerprint'][:12]})"
     if x["val_accuracy"]:

@@ -18,8 +18,11 @@ every batch is half new-task data, half memory. Two samplers, chosen with
 :func:`steps_per_epoch` is the one place that says how many batches an epoch
 has; the trainer, progress bars and planners all ask it.
 
-Batches are gathered with one index tensor each, on the device where the data
-lives: no per-sample Python and no DataLoader workers.
+Each sampler is a *plan* (:func:`epoch_plan`: per batch, the positions of its new and its
+memory items) and a gather. Batches of an in-memory set are gathered with one index tensor
+each, on the device where the data lives: no per-sample Python and no DataLoader workers. A
+set read from files (:class:`compatkit.data.sources.Streamed`) reads the same plan's
+positions, so with the same generator both give the same batches.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ from .imageset import ImageSet
 __all__ = [
     "SAMPLERS",
     "balanced_batches",
+    "balanced_plan",
     "epoch_batches",
+    "epoch_plan",
     "half_and_half_batches",
+    "half_and_half_plan",
     "randperm_on",
     "steps_per_epoch",
 ]
@@ -91,6 +97,125 @@ def randperm_on(n: int, generator: torch.Generator | None, device: torch.device)
     return torch.randperm(n, generator=generator, device=gen_device).to(device)
 
 
+def _empty_epoch(n: int, batch_size: int) -> bool:
+    """True for no new items; a batch size BatchNorm cannot train on is a ``ValueError``."""
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (BatchNorm needs two samples), got {batch_size}")
+    return n == 0
+
+
+def half_and_half_plan(
+    n: int,
+    m: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The ``shuffle`` sampler's epoch as ``(new positions, memory positions or None)`` per
+    batch, for ``n`` new items and ``m`` memory items; see :func:`half_and_half_batches`."""
+    if _empty_epoch(n, batch_size):
+        return
+    perm = randperm_on(n, generator, device)
+    if m == 0:
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            if idx.numel() == 1:
+                break  # a lone final sample: BatchNorm cannot train on a batch of one
+            yield idx, None
+        return
+    half = batch_size // 2
+    extra = batch_size - 2 * half  # 1 for an odd batch size: the memory half gets it
+    sizes = [min(half, n - s) for s in range(0, n, half)]
+    mem_total = sum(r + extra for r in sizes)
+    cycles = -(-mem_total // m)  # ceil
+    mem_stream = torch.cat([randperm_on(m, generator, device) for _ in range(cycles)])
+    new_pos = mem_pos = 0
+    for r in sizes:
+        yield perm[new_pos : new_pos + r], mem_stream[mem_pos : mem_pos + r + extra]
+        new_pos += r
+        mem_pos += r + extra
+
+
+def _draw(n: int, size: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """``size`` indices of ``range(n)``, as ``np.random.choice(n, size, replace=n <= size)``:
+    distinct when the pool is larger than the draw, with repeats otherwise."""
+    if n <= size:
+        gen_device = generator.device if generator is not None else device
+        return torch.randint(n, (size,), generator=generator, device=gen_device).to(device)
+    return randperm_on(n, generator, device)[:size]
+
+
+def balanced_plan(
+    n: int,
+    m: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The ``balanced`` sampler's epoch as ``(new positions, memory positions or None)`` per
+    batch, for ``n`` new items and ``m`` memory items; see :func:`balanced_batches`."""
+    if _empty_epoch(n, batch_size):
+        return
+    if m == 0:
+        perm = randperm_on(n, generator, device)
+        if n < batch_size:
+            if n > 1:
+                yield perm, None
+            return
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield perm[start : start + batch_size], None
+        return
+    steps = steps_per_epoch(n, m, batch_size, "balanced")
+    size = batch_size // 2 if (n + m) >= batch_size else (n + m) // 2
+    for _ in range(steps):
+        idx_mem = _draw(m, size, generator, device)
+        idx_new = _draw(n, size, generator, device)
+        yield idx_new, idx_mem
+
+
+def epoch_plan(
+    n: int,
+    m: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    sampler: str = "shuffle",
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """One epoch of the named sampler as positions: per batch the new items' positions in
+    ``range(n)`` and the memory items' in ``range(m)`` (None without memory), on ``device``.
+
+    The draws are those of :func:`epoch_batches` in the same order, so a source that reads
+    the positions from files trains on the batches an in-memory set would give.
+    """
+    plan = {"shuffle": half_and_half_plan, "balanced": balanced_plan}.get(sampler)
+    if plan is None:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    return plan(n, m, batch_size, generator, torch.device(device))
+
+
+def _gather(
+    new: ImageSet, memory: ImageSet | None, plan: Iterator[tuple[torch.Tensor, torch.Tensor | None]]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The images and labels at each batch's positions (new first, then memory)."""
+    for idx_new, idx_mem in plan:
+        if idx_mem is None:
+            yield new.images[idx_new], new.labels[idx_new]
+        else:
+            yield (
+                torch.cat([new.images[idx_new], memory.images[idx_mem]]),
+                torch.cat([new.labels[idx_new], memory.labels[idx_mem]]),
+            )
+
+
+def _memory_on(memory: ImageSet | None, device: torch.device) -> tuple[ImageSet | None, int]:
+    """The memory on ``device`` and its size (0 for none). E.g. a memory restored from a
+    checkpoint on the CPU while the task data is on the GPU: the memory is small (per_class x
+    classes images), so move it rather than fail."""
+    if memory is None or len(memory) == 0:
+        return None, 0
+    return (memory if memory.device == device else memory.to(device)), len(memory)
+
+
 def half_and_half_batches(
     new: ImageSet,
     memory: ImageSet | None,
@@ -109,52 +234,10 @@ def half_and_half_batches(
     partial batch of ``r`` new samples keeps the same balance:
     ``r + (batch_size - 2 * (batch_size // 2))`` memory samples.
     """
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2 (BatchNorm needs two samples), got {batch_size}")
-    device = new.device
-    n = len(new)
-    if n == 0:
-        return
-    perm = randperm_on(n, generator, device)
-
-    if memory is None or len(memory) == 0:
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            if idx.numel() == 1:
-                break  # a lone final sample: BatchNorm cannot train on a batch of one
-            yield new.images[idx], new.labels[idx]
-        return
-
-    if memory.device != device:
-        # E.g. a memory restored from a checkpoint on the CPU while the task data is on the
-        # GPU: the memory is small (per_class x classes images), so move it rather than fail.
-        memory = memory.to(device)
-    half = batch_size // 2
-    extra = batch_size - 2 * half  # 1 for an odd batch size: the memory half gets it
-    sizes = [min(half, n - s) for s in range(0, n, half)]
-    mem_total = sum(r + extra for r in sizes)
-    m = len(memory)
-    cycles = -(-mem_total // m)  # ceil
-    mem_stream = torch.cat([randperm_on(m, generator, device) for _ in range(cycles)])
-    new_pos = mem_pos = 0
-    for r in sizes:
-        idx_new = perm[new_pos : new_pos + r]
-        idx_mem = mem_stream[mem_pos : mem_pos + r + extra]
-        new_pos += r
-        mem_pos += r + extra
-        yield (
-            torch.cat([new.images[idx_new], memory.images[idx_mem]]),
-            torch.cat([new.labels[idx_new], memory.labels[idx_mem]]),
-        )
-
-
-def _draw(n: int, size: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    """``size`` indices of ``range(n)``, as ``np.random.choice(n, size, replace=n <= size)``:
-    distinct when the pool is larger than the draw, with repeats otherwise."""
-    if n <= size:
-        gen_device = generator.device if generator is not None else device
-        return torch.randint(n, (size,), generator=generator, device=gen_device).to(device)
-    return randperm_on(n, generator, device)[:size]
+    memory, m = _memory_on(memory, new.device)
+    yield from _gather(
+        new, memory, half_and_half_plan(len(new), m, batch_size, generator, new.device)
+    )
 
 
 def balanced_batches(
@@ -177,31 +260,5 @@ def balanced_batches(
     :func:`half_and_half_batches` (the released batch puts memory first; every loss here is
     invariant to the order within a batch).
     """
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2 (BatchNorm needs two samples), got {batch_size}")
-    device = new.device
-    n = len(new)
-    if n == 0:
-        return
-    if memory is None or len(memory) == 0:
-        perm = randperm_on(n, generator, device)
-        if n < batch_size:
-            if n > 1:
-                yield new.images[perm], new.labels[perm]
-            return
-        for start in range(0, n - batch_size + 1, batch_size):
-            idx = perm[start : start + batch_size]
-            yield new.images[idx], new.labels[idx]
-        return
-    if memory.device != device:
-        memory = memory.to(device)
-    m = len(memory)
-    steps = steps_per_epoch(n, m, batch_size, "balanced")
-    size = batch_size // 2 if (n + m) >= batch_size else (n + m) // 2
-    for _ in range(steps):
-        idx_mem = _draw(m, size, generator, device)
-        idx_new = _draw(n, size, generator, device)
-        yield (
-            torch.cat([new.images[idx_new], memory.images[idx_mem]]),
-            torch.cat([new.labels[idx_new], memory.labels[idx_mem]]),
-        )
+    memory, m = _memory_on(memory, new.device)
+    yield from _gather(new, memory, balanced_plan(len(new), m, batch_size, generator, new.device))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from ..errors import DataError
 from .collection import Collection
 from .preprocess import Preprocess
 
-__all__ = ["ReadReport", "decode_image", "iter_batches", "probe_image", "read_all"]
+__all__ = ["ReadReport", "batch_loader", "decode_image", "iter_batches", "probe_image", "read_all"]
 
 _SHOWN = 20  # unreadable files named in the report (all are counted)
 
@@ -111,6 +111,40 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple
     return pos, (torch.stack([x for _, x in good]) if good else None), bad
 
 
+def batch_loader(
+    coll: Collection,
+    pre: Preprocess,
+    positions: np.ndarray,
+    batch_size: int = 64,
+    workers: int = 0,
+    plan: Sequence[Sequence[int]] | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The DataLoader under :func:`iter_batches`: one ``(positions read, uint8 images (B, C, H,
+    W) or None when none could be read, [(position, error)])`` per batch, every batch
+    delivered even when all its files failed.
+
+    ``positions``: the collection's items this loader reads; ``plan``: the batches as lists
+    of indices into ``positions`` (a sampler's epoch), default ``positions`` in order in
+    batches of ``batch_size``. ``pin_memory``: page-locked batches, for a copy to a GPU that
+    overlaps the next batch's reading.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise DataError(f"--workers must be >= 0, got {workers}")
+    batching = {"batch_size": batch_size} if plan is None else {"batch_sampler": plan}
+    return DataLoader(
+        _Reader(coll, pre, np.asarray(positions, dtype=np.int64)),
+        **batching,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None,
+    )
+
+
 def iter_batches(
     coll: Collection,
     pre: Preprocess,
@@ -126,21 +160,9 @@ def iter_batches(
     ``positions``: the items to read (default all). Unreadable files are skipped, counted
     in ``report`` and passed to ``on_skip``; with ``strict`` the first one raises.
     """
-    if batch_size < 1:
-        raise DataError(f"batch size must be >= 1, got {batch_size}")
-    if workers < 0:
-        raise DataError(f"--workers must be >= 0, got {workers}")
     pos = np.arange(len(coll)) if positions is None else np.asarray(positions, dtype=np.int64)
     rep = report if report is not None else ReadReport()
-    loader = DataLoader(
-        _Reader(coll, pre, pos),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        prefetch_factor=2 if workers else None,
-    )
-    for p, images, bad in loader:
+    for p, images, bad in batch_loader(coll, pre, pos, batch_size, workers):
         for _, msg in bad:
             if strict:
                 raise DataError(msg)

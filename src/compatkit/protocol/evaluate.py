@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EvalSet",
+    "batches_accuracy",
     "cached_local_accuracy",
     "evaluate_experiment",
     "evaluate_sequence",
@@ -169,21 +170,38 @@ def local_accuracy(
     classifier over every class learned so far): how much the local learner learned,
     the plasticity side of the compatibility/plasticity trade-off.
     """
-    model.eval()
-    device = next(model.parameters()).device
     keep = torch.isin(data.labels, torch.tensor(seen, dtype=data.labels.dtype))
     if not bool(keep.any()):
+        model.eval()
         return None
     sub = data.subset(torch.nonzero(keep).flatten())
+    chunks = (
+        (sub.images[i : i + batch_size], sub.labels[i : i + batch_size])
+        for i in range(0, len(sub), batch_size)
+    )
+    return batches_accuracy(model, chunks, seen, rt)
+
+
+def batches_accuracy(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    seen: list[int],
+    rt: Runtime,
+) -> float | None:
+    """:func:`local_accuracy` over ``(uint8 images, labels)`` batches whose labels are all in
+    ``seen`` (images read from files as well as held in memory); None for no image."""
+    model.eval()
+    device = next(model.parameters()).device
     rows = model.targets(torch.tensor(sorted(seen))).to(device)
-    correct = 0
-    for i in range(0, len(sub), batch_size):
-        x = rt.normalize(sub.images[i : i + batch_size].to(device))
+    correct = total = 0
+    for images, labels in batches:
+        x = rt.normalize(images.to(device))
         with rt.autocast():
             logits = model(x).logits.float()
         pred = rows[logits[:, rows].argmax(dim=1)]
-        correct += int((pred == model.targets(sub.labels[i : i + batch_size]).to(device)).sum())
-    return 100.0 * correct / len(sub)
+        correct += int((pred == model.targets(labels).to(device)).sum())
+        total += len(labels)
+    return 100.0 * correct / total if total else None
 
 
 def cached_local_accuracy(

@@ -1,4 +1,4 @@
-"""One task's training loop: data on the device, batch augmentation, AMP, one screen long.
+"""One task's training loop: uint8 batches on the device, batch augmentation, AMP, one screen.
 
 The loop knows nothing about methods: it asks the method for its loss
 (``Method.loss``) and, when the method needs it, runs the frozen old model on
@@ -6,7 +6,8 @@ the same augmented batch. Optimisation follows docs/method.md §4: SGD with
 momentum, weight decay on conv/linear weights (``train.weight_decay_on``),
 cosine decay to a floor updated every step or, as released, once per epoch
 (``train.lr_update``), optional linear warm-up; batches from the configured
-sampler (``train.sampler``).
+sampler (``train.sampler``), gathered from a set in memory or read from files
+(:mod:`compatkit.data.sources`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import save_checkpoint
 from ..config import OptimConfig
-from ..data import ImageSet, augment, epoch_batches, steps_per_epoch
+from ..data import ImageSet, augment, steps_per_epoch
+from ..data.sources import BatchSource, as_source
 from ..errors import ConfigError
 from ..methods import Method, StepInputs, TaskContext
 from ..model import CompatModel, ModelOutput
@@ -89,7 +91,7 @@ def train_task(
     model: CompatModel,
     method: Method,
     ctx: TaskContext,
-    data: ImageSet,
+    data: ImageSet | BatchSource,
     memory: ImageSet | None,
     opt_cfg: OptimConfig,
     rt: Runtime,
@@ -99,11 +101,13 @@ def train_task(
     epochs: int | None = None,
     lr: float | None = None,
     on_step: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
     ddp_model: nn.Module | None = None,
 ) -> TaskResult:
     """Train ``model`` on one task's ``data`` (+ ``memory``) with ``method``'s loss.
 
-    ``data`` and ``memory`` must already be on the training device (uint8); ``rt`` gives
+    ``data``: an :class:`ImageSet` or a batch source (images read from files) giving uint8
+    batches on the training device; ``memory`` must be there already. ``rt`` gives
     the input scaling, the autocast precision and the process group. ``ddp_model`` is the
     DistributedDataParallel wrapper of ``model`` when training on several processes: every
     rank draws and augments the same global batch, keeps its own shard for the forward pass,
@@ -111,6 +115,7 @@ def train_task(
     (:mod:`compatkit.runtime.distributed`). ``on_step`` receives, after every step, the
     epoch, step, total steps, loss and its parts (tensors), images seen and learning rate;
     so does every observer registered with :func:`~compatkit.runtime.steps.observe_steps`.
+    ``on_epoch`` receives the epoch and its mean loss after each epoch.
     """
     d = rt.dist
     normalize, precision = rt.normalize, rt.precision
@@ -126,7 +131,8 @@ def train_task(
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
     bs, sampler = opt_cfg.batch_size, opt_cfg.sampler
     n_mem = len(memory) if memory is not None else 0
-    per_epoch = steps_per_epoch(len(data), n_mem, bs, sampler)
+    source = as_source(data)
+    per_epoch = steps_per_epoch(len(source), n_mem, bs, sampler)
     total = epochs * per_epoch
     # Per epoch: the released CosineAnnealingLR(T_max=epochs, eta_min), stepped after each epoch.
     by_epoch = opt_cfg.lr_update == "epoch"
@@ -147,7 +153,7 @@ def train_task(
         ep_loss = torch.zeros((), device=device)
         ep_parts: dict[str, torch.Tensor] = {}
         n_batches = 0
-        for images, labels in epoch_batches(data, memory, bs, generator, sampler):
+        for images, labels in source.batches(memory, bs, generator, sampler):
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(
                     epoch if by_epoch else step, span, base_lr, opt_cfg.min_lr, warm
@@ -197,6 +203,8 @@ def train_task(
         _stop_if_diverged(bad_step, last_finite, total)
         losses.append(float(ep_loss) / max(1, n_batches))
         parts_hist.append({k: float(v) / max(1, n_batches) for k, v in ep_parts.items()})
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
     # The last update can turn the weights non-finite after a finite loss: such a model must
     # not be saved as the task's result (one host sync per task).
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
@@ -251,7 +259,7 @@ def fit(
     model: CompatModel,
     method: Method,
     ctx: TaskContext,
-    data: ImageSet,
+    data: ImageSet | BatchSource,
     memory: ImageSet | None,
     opt: OptimConfig,
     rt: Runtime,

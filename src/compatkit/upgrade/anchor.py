@@ -17,19 +17,23 @@ class label needed:
 Measured on the worked example's more-classes update (examples/upgrade/README.md): HOC's
 contrastive term on the anchors moved the features more, not less; distillation kept them.
 
-Each training step draws one anchor batch (the training batch's size, augmented as the
-training images are) and adds ``weight x`` the term to the method's loss. The anchor
-images are in memory at the model's input size (N x C x H x W bytes).
+Each training step takes the next anchor batch (the training batch's size, augmented as the
+training images are) of shuffled passes over the anchors, so every anchor is used once per
+pass, and adds ``weight x`` the term to the method's loss. The anchors are an in-memory set
+or read from their files (:mod:`compatkit.data.sources`); both give the same batches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..data import ImageSet, augment
+from ..data.sources import BatchSource, as_source
+from ..errors import DataError
 from ..losses import hoc_loss
 from ..methods import Method, StepInputs, TaskContext
 
@@ -53,7 +57,9 @@ class AnchoredMethod(Method):
     """``inner``'s loss plus the anchor term (see the module docstring); same head, same
     needs, so the trainer runs it as it runs ``inner``."""
 
-    def __init__(self, inner: Method, anchors: ImageSet, opts: AnchorOptions, seed: int) -> None:
+    def __init__(
+        self, inner: Method, anchors: ImageSet | BatchSource, opts: AnchorOptions, seed: int
+    ) -> None:
         super().__init__(inner.cfg)
         self.inner, self.anchors, self.opts, self.seed = inner, anchors, opts, seed
         self.name = inner.name
@@ -66,19 +72,28 @@ class AnchoredMethod(Method):
     def begin_task(self, ctx: TaskContext) -> None:
         self.ctx = ctx
         self.inner.begin_task(ctx)
-        self._images = self.anchors.images.to(ctx.device)
         self.gen = torch.Generator(device=ctx.device).manual_seed(self.seed)
+        self._batches = self._passes(as_source(self.anchors).to(ctx.device))
+
+    def _passes(self, source: BatchSource) -> Iterator[torch.Tensor]:
+        """Anchor batches of one shuffled pass after another, without end."""
+        while True:
+            got = False
+            for images, _ in source.batches(None, self.opts.batch_size, self.gen):
+                got = True
+                yield images
+            if not got:
+                raise DataError("--anchor: fewer than two anchor images could be read")
 
     def anchor_term(self) -> torch.Tensor:
         ctx, o = self.ctx, self.opts
-        n = len(self._images)
-        idx = torch.randperm(n, generator=self.gen, device=self.gen.device)[: o.batch_size]
-        x = ctx.normalize(augment(self._images[idx], o.pad, o.flip, self.gen))
+        images = next(self._batches)
+        x = ctx.normalize(augment(images, o.pad, o.flip, self.gen))
         new = ctx.model.features(x)
         with torch.no_grad():
             old = ctx.old_model.features(x).float()
         if self.form == "hoc":
-            own = torch.arange(len(idx), device=new.device)  # each anchor its own class
+            own = torch.arange(len(images), device=new.device)  # each anchor its own class
             return hoc_loss(new.float(), own, old, o.mu)
         return (1.0 - (F.normalize(new.float(), dim=1) * F.normalize(old, dim=1)).sum(1)).mean()
 

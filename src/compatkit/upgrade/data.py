@@ -36,6 +36,7 @@ from ..data.collection import LIST_SUFFIXES, Collection, list_file, list_folder
 from ..data.datasets import DATASETS, SPLITS
 from ..data.folder import collection_imageset, folder_preprocess
 from ..data.preprocess import Preprocess
+from ..data.sources import BatchSource
 from ..data.stream import ReadReport
 from ..errors import DataError
 
@@ -44,6 +45,8 @@ __all__ = [
     "convert_channels",
     "given_preprocess",
     "item_ids",
+    "labelled_collection",
+    "load_items",
     "load_user_data",
     "load_user_items",
     "open_items",
@@ -201,6 +204,69 @@ def open_items(spec: str, split: str | None = None, follow_links: bool = False) 
     return Items(spec, collection=coll)
 
 
+def labelled_collection(items: Items, labels: bool = True) -> Collection:
+    """``items``' collection, refused when it has no classes and ``labels`` asks for them;
+    without ``labels`` unlabelled items become one class named ``unlabelled``."""
+    coll = items.collection
+    if not coll.labelled:
+        if labels:
+            raise DataError(
+                f"data {items.spec}: unlabelled (no class sub-folders or labels); this needs "
+                "classes"
+            )
+        coll.labels[:] = 0
+        coll.classes = ["unlabelled"]
+    return coll
+
+
+def load_items(
+    items: Items,
+    image_size: int | None = None,
+    channels: int | None = None,
+    workers: int = 0,
+    strict: bool = True,
+    preprocess: Preprocess | None = None,
+    note: Callable[[str], None] | None = None,
+    labels: bool = True,
+    report: ReadReport | None = None,
+) -> tuple[ImageSet, list[str]]:
+    """:func:`load_user_items` of items already opened (:func:`open_items`); ``report``
+    counts the files read and skipped."""
+    spec = items.spec
+    if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
+        raise DataError(f"data {spec}: image size must be a positive integer, got {image_size!r}")
+    try:
+        if items.collection is not None:
+            coll = labelled_collection(items, labels)
+            pre = preprocess or folder_preprocess(coll, image_size, channels, strict)
+            rep = report if report is not None else ReadReport()
+            data, kept = collection_imageset(coll, pre, workers, strict, rep)
+            if note is not None and rep.skipped:
+                note(f"{spec}: {rep.skipped} unreadable file(s) skipped: " + "; ".join(rep.errors))
+            ids = [coll.id(i) for i in kept]
+        else:
+            data, ids = items.images, list(items.ids)
+            if preprocess is not None:
+                x = convert_channels(data.images, preprocess.channels)
+                data = ImageSet(preprocess.tensor(x), data.labels, data.classes)
+            elif image_size is not None:
+                data = ImageSet(
+                    resize_images(data.images, int(image_size)), data.labels, data.classes
+                )
+    except (FileNotFoundError, ValueError, OSError) as e:  # DataError is a ValueError too
+        msg = " ".join(str(e).split())
+        raise DataError(msg if msg.startswith(f"data {spec}:") else f"data {spec}: {msg}") from None
+    if len(ids) != len(data):  # the folder changed while it was read
+        raise DataError(f"data {spec}: {len(data)} images were read but {len(ids)} files listed")
+    if len(data) == 0:
+        raise DataError(f"data {spec}: no images")
+    if len(set(data.classes)) != len(data.classes):
+        raise DataError(f"data {spec}: class names are not unique: {data.classes}")
+    if channels is not None and channels != data.channels:
+        data = ImageSet(convert_channels(data.images, channels), data.labels, data.classes)
+    return data, ids
+
+
 def load_user_items(
     spec: str,
     split: str | None = None,
@@ -223,48 +289,10 @@ def load_user_items(
     listing left out and one per skipped file. ``labels=False`` also takes unlabelled images
     (one class named ``unlabelled``). The result lives on the CPU.
     """
-    if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
-        raise DataError(f"data {spec}: image size must be a positive integer, got {image_size!r}")
     items = open_items(spec, split)
     if note is not None and items.left_out():
         note(f"{spec}: {items.left_out()}")
-    try:
-        if items.collection is not None:
-            coll = items.collection
-            if not coll.labelled:
-                if labels:
-                    raise DataError(
-                        "unlabelled (no class sub-folders or labels); this needs classes"
-                    )
-                coll.labels[:] = 0
-                coll.classes = ["unlabelled"]
-            pre = preprocess or folder_preprocess(coll, image_size, channels, strict)
-            rep = ReadReport()
-            data, kept = collection_imageset(coll, pre, workers, strict, rep)
-            if note is not None and rep.skipped:
-                note(f"{spec}: {rep.skipped} unreadable file(s) skipped: " + "; ".join(rep.errors))
-            ids = [coll.id(i) for i in kept]
-        else:
-            data, ids = items.images, list(items.ids)
-            if preprocess is not None:
-                x = convert_channels(data.images, preprocess.channels)
-                data = ImageSet(preprocess.tensor(x), data.labels, data.classes)
-            elif image_size is not None:
-                data = ImageSet(
-                    resize_images(data.images, int(image_size)), data.labels, data.classes
-                )
-    except (FileNotFoundError, ValueError, OSError) as e:  # DataError is a ValueError too
-        msg = " ".join(str(e).split())
-        raise DataError(f"data {spec}: {msg}") from None
-    if len(ids) != len(data):  # the folder changed while it was read
-        raise DataError(f"data {spec}: {len(data)} images were read but {len(ids)} files listed")
-    if len(data) == 0:
-        raise DataError(f"data {spec}: no images")
-    if len(set(data.classes)) != len(data.classes):
-        raise DataError(f"data {spec}: class names are not unique: {data.classes}")
-    if channels is not None and channels != data.channels:
-        data = ImageSet(convert_channels(data.images, channels), data.labels, data.classes)
-    return data, ids
+    return load_items(items, image_size, channels, workers, strict, preprocess, note, labels)
 
 
 def load_user_data(
@@ -311,17 +339,20 @@ def given_preprocess(
     return None
 
 
-def relabel(data: ImageSet, names: Sequence[str]) -> ImageSet:
-    """The same images with labels into ``names`` (each of ``data``'s classes must be there).
+def relabel(data: ImageSet | BatchSource, names: Sequence[str]) -> ImageSet | BatchSource:
+    """The same images with labels into ``names`` (each of ``data``'s classes must be there);
+    an :class:`ImageSet` stays one, a batch source (images read from files) stays one.
 
     This is how data meets a model: the model's label ``k`` is the class
     ``names[k]`` whatever position the folder order gave that class.
     """
     index = {n: i for i, n in enumerate(names)}
-    present = [data.classes[k] for k in data.present_classes()]
+    present = [data.classes[k] for k in torch.unique(data.labels).tolist()]
     missing = [c for c in present if c not in index]
     if missing:
         raise DataError(f"classes {missing} are not among {list(names)}")
     # A class without images here (a folder split that lacks it) is never looked up.
     lut = torch.tensor([index.get(c, -1) for c in data.classes], dtype=torch.int64)
-    return ImageSet(data.images, lut.to(data.device)[data.labels], list(names))
+    if isinstance(data, ImageSet):
+        return ImageSet(data.images, lut.to(data.device)[data.labels], list(names))
+    return data.map_labels(lut, list(names))

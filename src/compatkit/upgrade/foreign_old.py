@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageSet
+from ..data.sources import BatchSource, as_source
 from ..errors import ConfigError
 from ..heads import build_head
 from ..model import CompatModel, ModelOutput, ModelSpec, build_model
@@ -72,14 +73,13 @@ class ForeignOld(CompatModel):
 
 
 @torch.no_grad()
-def class_means(fm, data: ImageSet, normalize, batch_size: int = 64) -> torch.Tensor:
-    """``(classes, d)``: the unit mean of V1's unit features of each class of ``data`` (a row
-    of zeros for a class without images)."""
-    k = len(data.classes)
-    sums = torch.zeros(k, fm.feat_dim)
-    for s in range(0, len(data), batch_size):
-        f = F.normalize(fm(normalize(data.images[s : s + batch_size])), dim=1)
-        sums.index_add_(0, data.labels[s : s + batch_size].cpu(), f)
+def class_means(fm, data: ImageSet | BatchSource, normalize, batch_size: int = 64) -> torch.Tensor:
+    """``(classes, d)``: the unit mean of V1's unit features of each class of ``data`` (in
+    memory or read from its files; a row of zeros for a class without images)."""
+    sums = torch.zeros(len(data.classes), fm.feat_dim)
+    for images, labels in as_source(data).ordered(batch_size):
+        f = F.normalize(fm(normalize(images)), dim=1)
+        sums.index_add_(0, labels.cpu(), f.cpu())
     return F.normalize(sums, dim=1)
 
 

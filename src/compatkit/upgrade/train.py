@@ -54,20 +54,28 @@ from .. import __version__
 from ..backbones import load_backbone_weights
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import OptimConfig
-from ..data import ImageSet, Normalize, channel_stats, steps_per_epoch
+from ..data import Normalize, steps_per_epoch
 from ..data.preprocess import Preprocess
+from ..data.sources import STATS_IMAGES, BatchSource, MemoryBudget, Streamed
 from ..errors import CheckpointError, ConfigError
 from ..interop.foreign import foreign_format, load_foreign
-from ..methods import METHODS, TaskContext, build_method
-from ..model import CompatModel, ModelSpec, build_model
-from ..protocol.evaluate import local_accuracy
+from ..methods import TaskContext, build_method
+from ..model import CompatModel, ModelSpec
+from ..protocol.evaluate import batches_accuracy
 from ..protocol.trainer import train_task
 from ..runtime.device import Runtime, resolve_precision
 from ..runtime.log import RunLog
 from .anchor import AnchoredMethod, AnchorOptions
-from .data import given_preprocess, load_user_data, load_user_items, relabel
+from .data import given_preprocess, relabel
 from .foreign_old import ForeignOld, class_means, foreign_successor, named_model
-from .train_options import CE_METHOD, TrainOptions
+from .successor import build_successor, check_room, method_for, plan_classes
+from .train_data import (
+    open_anchors,
+    open_training_data,
+    stratified_split,
+    training_stats,
+)
+from .train_options import CE_METHOD, TrainOptions, budget_bytes
 
 __all__ = [
     "CE_METHOD",
@@ -87,74 +95,10 @@ class TrainResult:
     """The metadata written into the checkpoint (see :func:`train_model`)."""
 
 
-# ----------------------------------------------------------------------------- planning
-
-
-def plan_classes(data_classes: list[str], old_names: dict[int, str] | None) -> dict[int, str]:
-    """Class id -> name for a model trained on ``data_classes`` (after ``old_names``, if any).
-
-    Ids of the old model's classes are kept; the data's new classes follow in folder order.
-    """
-    ids = dict(old_names or {})
-    known = set(ids.values())
-    nxt = max(ids) + 1 if ids else 0
-    for name in data_classes:
-        if name not in known:
-            ids[nxt] = name
-            known.add(name)
-            nxt += 1
-    return ids
-
-
-def stratified_split(
-    data: ImageSet, fraction: float, generator: torch.Generator
-) -> tuple[ImageSet, ImageSet | None]:
-    """``(train, held_out)``: ``fraction`` of each class (rounded, at least one image when the
-    class has two or more) drawn at random; ``held_out`` is None when ``fraction`` is 0."""
-    if fraction <= 0:
-        return data, None
-    keep, held = [], []
-    for c in data.present_classes():
-        idx = torch.nonzero(data.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator)]
-        n = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
-        held.append(idx[:n])
-        keep.append(idx[n:])
-    h = torch.cat(held).sort().values
-    return data.subset(torch.cat(keep).sort().values), (data.subset(h) if len(h) else None)
-
-
-SUCCESSOR_METHOD = {"simplex": "hoc", "etf": "etf-hoc", "learnable": "er"}
-"""Head kind -> the default method of a successor with that head."""
-
-
-def _method_for(opts: TrainOptions, successor: bool) -> tuple[str, str]:
-    """``(method name, head kind)``: a first model is always trained with cross-entropy
-    through the head of ``--head`` or of ``--method`` (a compatibility term needs an old model)."""
-    if successor:
-        if opts.method is not None:
-            return opts.method, METHODS[opts.method].head
-        head = opts.head or "simplex"
-        return SUCCESSOR_METHOD[head], head
-    head = opts.head or (METHODS[opts.method].head if opts.method else "simplex")
-    return CE_METHOD[head], head
-
-
-def _room(k: int, ids: dict[int, str], old_ids: set[int], what: str) -> None:
-    if max(ids) + 1 <= k:
-        return
-    new = [ids[i] for i in sorted(ids) if i not in old_ids]
-    need = max(ids) + 1
-    if old_ids:
-        raise ConfigError(
-            f"K={k} vertices cannot hold {need} classes ({len(old_ids)} the old model knows + "
-            f"{len(new)} new: {', '.join(new[:5])}{', ...' if len(new) > 5 else ''}); a "
-            f"successor keeps K, so train a new lineage with --num-classes >= {need} (and "
-            f"re-embed the gallery), or leave classes out of {what}"
-        )
-    raise ConfigError(
-        f"K={k} vertices cannot hold the {need} classes of {what}; pass --num-classes >= {need}"
-    )
+def _unreadable(data: BatchSource | None) -> int:
+    """Items of ``data`` found unreadable while training (only a streamed set has any: an
+    in-memory one left them out when it was read)."""
+    return data.unreadable() if isinstance(data, Streamed) else 0
 
 
 def _reset_modes(model: nn.Module, freeze_bn: bool) -> Callable[[], None]:
@@ -168,43 +112,6 @@ def _reset_modes(model: nn.Module, freeze_bn: bool) -> Callable[[], None]:
                     m.eval()
 
     return restore
-
-
-def _build_successor(
-    old: CompatModel, head: str, backbone: str, ids: dict[int, str], init: str
-) -> CompatModel:
-    """The successor model: OLD's contract kept, new classes on free rows, weights per ``init``."""
-    o = old.spec
-    same_head = head == o.head
-    if init == "old" and backbone != o.backbone:
-        raise ConfigError(
-            f"backbone: --init old needs the old model's backbone ({o.backbone}); pass "
-            f"--init scratch to train a {backbone} successor"
-        )
-    if not same_head and head != "learnable" and o.head != "learnable":
-        raise ConfigError(
-            f"head: the old model has a fixed {o.head} head and the method needs a fixed {head} "
-            "head; their vertices differ, so no gallery can be shared (pick a method with the "
-            f"{o.head} head or a learnable one)"
-        )
-    if same_head and init == "old":
-        model = copy.deepcopy(old)
-    else:
-        k = o.num_classes if head != "learnable" else len(ids)
-        spec = ModelSpec(backbone, o.in_channels, o.feat_dim, head, k, o.etf_seed, o.junction)
-        model = build_model(spec, old.class_map.copy() if same_head else None)
-        if init == "old":
-            model.backbone.load_state_dict(old.backbone.state_dict())
-            if old.junction is not None:
-                model.junction.load_state_dict(old.junction.state_dict())
-    model.add_classes(sorted(ids), "local")
-    model.class_map.set_names(ids)
-    if not same_head and head == "learnable" and init == "old":
-        with torch.no_grad():  # each known class starts from the old head's row of it
-            for c in old.class_map.local:
-                new_row = model.class_map.local[c]
-                model.head.w[new_row] = old.head.weight[old.class_map.local[c]].to(model.head.w)
-    return model
 
 
 # ----------------------------------------------------------------------------- training
@@ -263,7 +170,7 @@ def train_model(
                     f"num_classes: the old model has K={old_model.spec.num_classes}; a successor "
                     f"keeps K (asked for {opts.num_classes})"
                 )
-    method_name, head = _method_for(opts, old is not None)
+    method_name, head = method_for(opts, old is not None)
 
     # Data: the old model's input size and channels unless told otherwise.
     old_extra = old_meta["extra"] if old_meta else {}
@@ -275,13 +182,16 @@ def train_model(
             size = int(old_extra["input_size"][1])
     backbone = opts.backbone or (old_model.spec.backbone if old_model else "smallcnn")
     pre = given_preprocess(opts, old_extra, foreign, backbone, channels)
-    data = load_user_data(
-        data_spec, image_size=size, channels=channels, workers=opts.workers, strict=opts.strict,
-        preprocess=pre, note=log.info,
-    )  # fmt: skip
-    ids = plan_classes(data.classes, old_model.class_map.names if old_model else None)
+    given = budget_bytes(opts.memory_budget)
+    budget = MemoryBudget.of(device) if given is None else MemoryBudget(given)
+    tdata = open_training_data(
+        data_spec, size, channels, pre, opts.loading, budget, opts.workers, opts.strict, log.info
+    )
+    log.info(f"{data_spec}: {len(tdata.source)} images, {tdata.reason}")
+    ids = plan_classes(tdata.source.classes, old_model.class_map.names if old_model else None)
     names = [ids.get(i, f"<unused {i}>") for i in range(max(ids) + 1)]
-    data = relabel(data, names)
+    data = relabel(tdata.source, names)
+    c_in, height, width = data.input_size
     torch.manual_seed(opts.seed)
     init = opts.init or ("old" if old_model is not None else "scratch")
 
@@ -297,19 +207,19 @@ def train_model(
             raise ConfigError("init: --init applies to a successor (pass --old)")
         k = opts.num_classes or max(16, 2 * len(ids))
         if head != "learnable":
-            _room(k, ids, set(), data_spec)
-        spec = ModelSpec(
-            backbone, data.channels, k - 1, head, k if head != "learnable" else len(ids)
-        )
+            check_room(k, ids, set(), data_spec)
+        spec = ModelSpec(backbone, c_in, k - 1, head, k if head != "learnable" else len(ids))
         model = named_model(spec, ids)
-        mean, std = (pre.mean, pre.std) if pre is not None else channel_stats(data.images)
+        if pre is None and tdata.streamed:
+            log.info(f"{data_spec}: channel statistics of {min(len(data), STATS_IMAGES)} images")
+        mean, std = (pre.mean, pre.std) if pre is not None else training_stats(tdata, opts.seed)
         method = build_method(method_name)
         frozen = None
     else:
         if head != "learnable":
-            _room(old_model.spec.num_classes, ids, set(old_model.class_map.local), data_spec)
+            check_room(old_model.spec.num_classes, ids, set(old_model.class_map.local), data_spec)
         try:
-            model = _build_successor(old_model, head, backbone, ids, init)
+            model = build_successor(old_model, head, backbone, ids, init)
         except (ImportError, ValueError) as e:
             if isinstance(e, ConfigError):
                 raise
@@ -325,20 +235,16 @@ def train_model(
             for p in frozen.parameters():
                 p.requires_grad_(False)
     if init == "scratch":
-        load_backbone_weights(
-            model.backbone, backbone, data.channels, opts.pretrained, opts.weights
-        )
+        load_backbone_weights(model.backbone, backbone, c_in, opts.pretrained, opts.weights)
     elif opts.pretrained or opts.weights:
         raise ConfigError("--pretrained/--weights: the successor starts from the old weights")
-    pre = pre or Preprocess.square(data.channels, data.height, mean, std)
-    if data.height != data.width:
-        pre = Preprocess.from_dict(
-            {"input_size": [data.channels, data.height, data.width], "mean": mean, "std": std}
-        )
+    pre = pre or Preprocess.square(c_in, height, mean, std)
+    if height != width:
+        pre = Preprocess.from_dict({"input_size": [c_in, height, width], "mean": mean, "std": std})
 
     gen = torch.Generator().manual_seed(opts.seed)
     train_set, val_set = stratified_split(data, opts.val_fraction, gen)
-    side = data.height
+    side = height
     lr = opts.lr or (0.001 if (old_model is not None and init == "old") else 0.05)
     freeze_bn = (
         opts.freeze_bn if opts.freeze_bn is not None else (old_model is not None and init == "old")
@@ -359,18 +265,19 @@ def train_model(
     if opts.anchor:
         if frozen is None:
             raise ConfigError("--anchor: anchors keep an old model's features; pass --old")
-        anchors = load_user_items(
-            opts.anchor, preprocess=pre, workers=opts.workers, strict=opts.strict,
-            note=log.info, labels=False,
-        )[0]  # fmt: skip
+        anchors, why = open_anchors(
+            opts.anchor, pre, opts.loading, budget, opts.workers, opts.strict, log.info
+        )
         a_opts = AnchorOptions(
             opts.anchor_weight, optim.batch_size, optim.pad, optim.flip, term=opts.anchor_term
         )
         method = AnchoredMethod(method, anchors, a_opts, opts.seed + 1)
-        log.info(f"anchors: {len(anchors)} images of {opts.anchor}, weight {opts.anchor_weight:g}")
+        log.info(
+            f"anchors: {len(anchors)} images of {opts.anchor}, {why}, weight {opts.anchor_weight:g}"
+        )
 
     model.to(device)
-    present = train_set.present_classes()
+    present = torch.unique(train_set.labels).tolist()
     ctx = TaskContext(
         model=model,
         old_model=frozen,
@@ -385,29 +292,31 @@ def train_model(
     what = f"{'successor' if old_model else 'model'} ({method_name}, {len(train_set)} images)"
     log.info(
         f"train {what}: {len(ids)} classes on a {head} head (K={model.spec.num_classes}), "
-        f"{backbone}, {data.channels}x{data.height}x{data.width}, {optim.epochs} epochs x "
+        f"{backbone}, {c_in}x{height}x{width}, {optim.epochs} epochs x "
         f"{steps} steps, lr {lr:g}, device {device}"
     )
     val_seen = sorted(ids)
     val_hist: list[float | None] = []
     restore = _reset_modes(model, freeze_bn)
-    state = {"t": time.perf_counter(), "loss": 0.0, "n": 0}
+    t0 = time.perf_counter()
     val_dev = val_set.to(device) if val_set is not None else None
 
     def on_step(s: dict) -> None:
-        state["loss"] += float(s["loss"].detach())
-        state["n"] += 1
-        rate = s["seen"] / max(1e-9, time.perf_counter() - state["t"])
+        rate = s["seen"] / max(1e-9, time.perf_counter() - t0)
         log.advance(f"ep {s['epoch'] + 1} loss {float(s['loss'].detach()):.3f} {rate:.0f} img/s")
-        if s["step"] % steps == 0:
-            msg = f"epoch {s['epoch'] + 1}/{optim.epochs}: loss {state['loss'] / state['n']:.4f}"
-            if val_dev is not None:
-                acc = local_accuracy(model, val_dev, val_seen, rt, 512)
-                restore()
-                val_hist.append(acc)
-                msg += f", validation accuracy {acc:.2f} %"
-            log.info(msg)
-            state["loss"], state["n"] = 0.0, 0
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        msg = f"epoch {epoch + 1}/{optim.epochs}: loss {loss:.4f}"
+        if val_dev is not None:
+            acc = batches_accuracy(model, val_dev.ordered(optim.batch_size), val_seen, rt)
+            restore()
+            val_hist.append(acc)
+            msg += (
+                ", no validation image readable"
+                if acc is None
+                else f", validation accuracy {acc:.2f} %"
+            )
+        log.info(msg)
 
     hook = None
     if opts.ce_rows == "seen" and model.head.fixed:
@@ -430,6 +339,7 @@ def train_model(
             rt,
             torch.Generator(device=device).manual_seed(opts.seed),
             on_step=on_step,
+            on_epoch=on_epoch,
         )
     finally:
         log.finish()
@@ -445,7 +355,7 @@ def train_model(
         "head": head,
         "backbone": backbone,
         "num_classes": model.spec.num_classes,
-        "image_size": data.height,
+        "image_size": height,
         "init": init if old is not None else None,
         "lr": lr,
         "min_lr": optim.min_lr,
@@ -467,11 +377,17 @@ def train_model(
         "anchor": {"data": opts.anchor, "weight": opts.anchor_weight, "term": opts.anchor_term}
         if opts.anchor
         else None,
-        "data": {"spec": data_spec, "images": len(train_set), "held_out": len(val_set or [])},
+        "data": {
+            "spec": data_spec,
+            "images": len(train_set) - _unreadable(train_set),
+            "held_out": len(val_set or []) - _unreadable(val_set),
+            "loading": "stream" if tdata.streamed else "memory",
+            "skipped": tdata.report.skipped,
+        },
         "class_names": {str(k): v for k, v in sorted(ids.items())},
         "classes_trained": [ids[c] for c in present],
         "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        "input_size": [data.channels, data.height, data.width],
+        "input_size": [c_in, height, width],
         "options": resolved,
         "losses": res.losses,
         "loss_parts": res.parts,

@@ -10,13 +10,16 @@ from typing import Any
 from ..errors import ConfigError
 from ..methods import METHODS, build_method, load_all
 
-__all__ = ["CE_METHOD", "HEAD_KINDS", "TrainOptions", "option_fields"]
+__all__ = ["CE_METHOD", "HEAD_KINDS", "LOADINGS", "TrainOptions", "budget_bytes", "option_fields"]
 
 CE_METHOD = {"simplex": "cores", "learnable": "er", "etf": "etf"}
 """Head kind -> the registered method that is plain cross-entropy through it: how a first
 model is trained (the compatibility terms of the other methods need an old model)."""
 
 HEAD_KINDS = tuple(CE_METHOD)
+
+LOADINGS = ("auto", "memory", "stream")
+"""How ``compatkit train`` reads image files (``--in-memory``, ``--stream``; auto decides)."""
 
 
 @dataclass
@@ -54,6 +57,14 @@ class TrainOptions:
     """Processes decoding image files."""
     strict: bool = False
     """Stop at an unreadable image instead of skipping it."""
+    loading: str = "auto"
+    """How image files are read: ``memory`` (decoded once, then batches gathered in memory),
+    ``stream`` (decoded every epoch by the workers), or ``auto``: in memory when the decoded
+    set fits the budget (:mod:`compatkit.upgrade.train_data`), streamed otherwise."""
+    memory_budget: int | str | None = None
+    """Bytes the decoded images may take in memory before ``auto`` streams them: a number,
+    or one with a unit (``512M``, ``2G``, ``1.5GiB``; powers of 1024). None: a quarter of
+    the memory available (:data:`compatkit.data.sources.IN_MEMORY_SHARE`)."""
     epochs: int = 10
     """Passes over the data."""
     batch_size: int = 128
@@ -115,6 +126,9 @@ class TrainOptions:
                 raise ConfigError(f"method_options.{m}: {e}") from None
         if self.ce_rows not in ("all", "seen"):
             raise ConfigError(f"ce_rows must be 'all' or 'seen', got {self.ce_rows!r}")
+        if self.loading not in LOADINGS:
+            raise ConfigError(f"loading must be one of {list(LOADINGS)}, got {self.loading!r}")
+        budget_bytes(self.memory_budget)
         if self.anchor_term not in ("method", "fd"):
             raise ConfigError(f"anchor_term must be 'method' or 'fd', got {self.anchor_term!r}")
         if self.init not in (None, "old", "scratch"):
@@ -155,6 +169,26 @@ class TrainOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def budget_bytes(value: int | str | None) -> int | None:
+    """``memory_budget`` in bytes (None stays None); a bad value is a ``ConfigError``."""
+    if value is None:
+        return None
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    try:
+        number = float(text[: len(text) - len(unit)])
+    except ValueError:
+        number = -1.0
+    if not (math.isfinite(number) and number >= 0):
+        raise ConfigError(
+            f"memory_budget must be a size in bytes such as 500000000, 512M or 2G, got {value!r}"
+        )
+    return int(number * _UNITS[unit])
 
 
 def option_fields() -> list[str]:
