@@ -90,6 +90,20 @@ def test_the_top_level_is_a_short_list() -> None:
     assert len(flat) <= 10, f"{len(flat)} modules at the top of compatkit: {flat}"
 
 
+MAX_LINES = 460
+"""About 450 lines: a module a reader takes in at one sitting (a few lines of slack so that a
+docstring edit does not force a split)."""
+
+
+def test_every_module_is_short() -> None:
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
+
+
 def test_nothing_points_outside_the_repository() -> None:
     texts = [*SRC.rglob("*.py"), *(REPO / "docs").rglob("*.md"), REPO / "README.md"]
     texts += [*(REPO / "configs").glob("*.yaml"), *(REPO / "examples").rglob("*.md")]
