@@ -652,6 +652,11 @@ def test_interval_by_hand() -> None:
     one = report.interval([0.9])
     assert one["n"] == 1 and one["lo"] is None and one["std"] is None
     assert report.interval([None]) is None
+    # AC of 0.6, 0.6, 0.1 (the default's seeds): the t interval runs past 0 and 1; cut to 0..1
+    raw = report.interval([0.6, 0.6, 0.1])
+    assert raw["lo"] < 0 and raw["hi"] > 1
+    cut = report.interval([0.6, 0.6, 0.1], bounds=(0.0, 1.0))
+    assert (cut["lo"], cut["hi"]) == (0.0, 1.0) and cut["half"] == raw["half"]
 
 
 def test_paired_differences_per_seed() -> None:

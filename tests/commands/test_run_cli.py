@@ -148,3 +148,21 @@ def test_keep_provider_rows_and_the_gain_over_each_tasks_start(tmp_path, fake_fa
     )
     want = local_accuracy(prev, plan.local_test, seen, rt, 64)
     assert start[1] == pytest.approx(want, abs=1e-3)
+
+
+def test_summary_line_intervals_stay_within_what_a_metric_can_take() -> None:
+    from compatkit.commands.run import summary_line
+
+    runs = [
+        {"seed": s, "AC": ac, "AM": am, "local_final": loc}
+        for s, ac, am, loc in (
+            (42, 0.6, 89.75, 63.5),
+            (43, 0.6, 89.73, 56.2),
+            (44, 0.1, 86.21, 99.0),
+        )
+    ]
+    line = summary_line({"runs": runs})
+    assert "AC 0.43 ± 0.29 [95 %: 0.00, 1.00]" in line
+    assert "final local acc. 72.90" in line and ", 100.00]" in line  # cut at 100 %
+    assert line.endswith("(mean over 3 seeds)")
+    assert summary_line({"runs": runs[:1]}).endswith("(single seed 42)")

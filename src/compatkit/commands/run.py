@@ -161,12 +161,12 @@ def summary_line(entry: dict) -> str:
 
     runs = entry.get("runs") or [entry]
     parts = []
-    for key, label, digits in (
-        ("AC", "AC", 2),
-        ("AM", "AM", 2),
-        ("local_final", "final local acc.", 2),
+    for key, label, digits, top in (
+        ("AC", "AC", 2, 1.0),
+        ("AM", "AM", 2, 100.0),
+        ("local_final", "final local acc.", 2, 100.0),
     ):
-        st = interval([run_value(r, key) for r in runs])
+        st = interval([run_value(r, key) for r in runs], bounds=(0.0, top))
         if st is None:
             continue
         if st["n"] == 1:

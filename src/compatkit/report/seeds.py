@@ -51,8 +51,13 @@ def t_quantile_975(df: int) -> float:
     )
 
 
-def interval(values: Sequence[float | None]) -> dict[str, Any] | None:
-    """Mean, sample std and 95 % interval of the non-null values (no interval with one)."""
+def interval(
+    values: Sequence[float | None], bounds: tuple[float, float] | None = None
+) -> dict[str, Any] | None:
+    """Mean, sample std and 95 % interval of the non-null values (no interval with one).
+
+    ``bounds``: the values the metric can take (AC 0..1, accuracies 0..100); the interval is
+    cut to them, since a t interval of three seeds of AC can reach past 1."""
     vals = [float(v) for v in values if v is not None]
     if not vals:
         return None
@@ -62,7 +67,10 @@ def interval(values: Sequence[float | None]) -> dict[str, Any] | None:
         return {"n": 1, "mean": mean, "std": None, "half": None, "lo": None, "hi": None}
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1))
     half = t_quantile_975(n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "half": half, "lo": mean - half, "hi": mean + half}
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"n": n, "mean": mean, "std": std, "half": half, "lo": lo, "hi": hi}
 
 
 def paired_differences(
