@@ -23,7 +23,7 @@ import numpy as np
 from _common import base_parser, finish
 from _results import md_table
 from compatkit.commands.metrics import render_text
-from compatkit.metrics import _check, aa_curve, average_multimodel_accuracy, compatibility_report
+from compatkit.metrics import aa_curve, as_matrix, average_multimodel_accuracy, compatibility_report
 
 NAME = "bench_metrics"
 TITLE = "bench_metrics: AA_t and the metrics report on large compatibility matrices"
@@ -33,7 +33,7 @@ __all__ = ["aa_curve_before", "main"]
 
 def aa_curve_before(c) -> list[float]:
     """The implementation before this change, verbatim: one AM per top-left block."""
-    a = _check(c)
+    a = as_matrix(c)
     return [average_multimodel_accuracy(a, t) for t in range(1, a.shape[0] + 1)]
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         before_s, before = (None, None) if args.no_before else _time(aa_curve_before, c)
         diff = None if before is None else float(np.max(np.abs(np.subtract(before, after))))
         report_s, rep = _time(compatibility_report, c)
-        text_s, _ = _time(render_text, _check(c), rep)
+        text_s, _ = _time(render_text, as_matrix(c), rep)
         figures[t] = {
             "before_s": before_s,
             "after_s": after_s,
