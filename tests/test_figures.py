@@ -128,6 +128,7 @@ def test_stationarity_plot_lines(captured, tmp_path):
     assert drift["er: from previous"] == [30.0, 80.0]
 
 
+@pytest.mark.slow
 def test_simplex_demo_on_separable_data(tmp_path, fake_fashion, monkeypatch):
     monkeypatch.setenv("COMPATKIT_FASHION_MNIST", str(fake_fashion))
     cfg = simplex_demo.DemoConfig(

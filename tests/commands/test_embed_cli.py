@@ -83,6 +83,7 @@ def test_foreign_v1_successor_gate_embed_export(tmp_path: Path) -> None:
     assert v2["contract"]["ok"]
 
 
+@pytest.mark.slow
 def test_embed_files_skips_broken_files_or_refuses_them(tmp_path: Path) -> None:
     from compatkit.checkpoint import save_checkpoint
     from compatkit.model import ModelSpec, build_model

@@ -300,6 +300,7 @@ def test_a_search_in_another_process_sees_every_item_once_during_a_backfill(
     assert _gallery_state(idx)[0] == [v2] * 72
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line_with_exit_2(built, models, tiny, tmp_path, fake_fashion) -> None:
     wide = wide_model(tiny, tmp_path / "k32.pt")
     search = ["index", "search", built, str(tiny["query"]), "--no-map"]
@@ -343,6 +344,7 @@ def test_refusals_are_one_line_with_exit_2(built, models, tiny, tmp_path, fake_f
     )
 
 
+@pytest.mark.slow
 def test_damaged_galleries_refuse_before_anything_runs(idx, models, tiny, fake_fashion) -> None:
     from compatkit.upgrade.store import open_store
 

@@ -66,6 +66,7 @@ def test_metrics_schema(run_dir):
     assert m["_meta"]["replacement_tasks"] == [0, 2] and m["_meta"]["num_tasks"] == 3
 
 
+@pytest.mark.slow
 def test_eval_reproduces_metrics_from_checkpoints(run_dir, fake_fashion):
     before = json.loads((run_dir / "metrics.json").read_text())
     for f in run_dir.glob("*/seed_*/features/*.pt"):

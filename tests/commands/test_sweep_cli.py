@@ -267,6 +267,7 @@ def test_sweep_over_three_seeds_aggregates_and_reports(tmp_path, fake_fashion):
     assert dry.stdout.count(": finished") == 3
 
 
+@pytest.mark.slow
 def test_sweep_cli_refusals(tmp_path, fake_fashion):
     for extra, msg in (
         (["--vary", "train.lr=0.1,[1"], "unbalanced"),

@@ -18,6 +18,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return tiny_folders(tmp_path_factory.mktemp("train-cli"))
 
 
+@pytest.mark.slow
 def test_first_model_then_successor(folders, fake_fashion, tmp_path) -> None:
     cfg = tmp_path / "train.yaml"
     cfg.write_text("epochs: 3\nbatch_size: 32\nnum_classes: 8\nmethod_options: {}\n")
@@ -63,6 +64,7 @@ def test_first_model_then_successor(folders, fake_fashion, tmp_path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line(folders, fake_fashion, tmp_path) -> None:
     base = ["train", str(folders["v1"]), "--out", str(tmp_path / "x.pt")]
     for extra, why in (

@@ -127,6 +127,7 @@ def test_a_launcher_record_cannot_name_a_path(tmp_path):
     assert launcher._load()["jobs"]["abc:7"]["job_id"] == "123_4"
 
 
+@pytest.mark.slow
 def test_providers_dir_that_cannot_hold_files(tmp_path, fake_fashion):
     """A providers_dir under a file (or, for a user who is not root, a read-only folder): one
     line naming it, before any provider is trained; a dry run says so too, writing nothing."""

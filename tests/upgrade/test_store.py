@@ -246,6 +246,7 @@ def test_a_milvus_server_that_does_not_answer_is_one_line(tmp_path: Path) -> Non
         open_store("http://127.0.0.1:1")
 
 
+@pytest.mark.slow
 def test_milvus_lite_serves_one_process_at_a_time(tmp_path: Path) -> None:
     uri = gallery_uri(tmp_path, "milvus-lite")
     s, _ = fill(uri, unit_rows(5, 8, 10))
