@@ -155,7 +155,11 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
     cell_ac = np.asarray(hoc_ac_cells)
     lo_ac, hi_ac = _boot(cell_ac, np.median)
     lo_gap, hi_gap = _boot(gap_a, np.median)
+    planned = len(json.loads((sweep / "sweep.json").read_text()).get("settings", []))
+    finished = len(list((sweep / "runs").glob("*/metrics.json")))
     summary = [
+        f"- finished: {finished} of the sweep's {planned} settings (method x order x "
+        "partition); the same sweep command, run again, goes on with the rest.",
         f"- cells with HOC and ER: {len(both)} (orders x partitions), "
         f"{len(ac)} HOC runs and {len(gap_a)} seed pairs.",
         f"- HOC's AC over all runs: median {np.median(ac):.2f}, range {ac.min():.2f} to "
@@ -352,7 +356,9 @@ def _commands(sweep: Path, variants: dict[str, Path]) -> list[str]:
             words = shlex.split(inv["command"])
             if "--out" in words:  # the folder as a user would name it, not this machine's
                 words[words.index("--out") + 1] = f"runs/{d.name}"
-            out.append(shlex.join(words))
+            line = shlex.join(words)
+            if line not in out:  # a resumed sweep records the same command again
+                out.append(line)
     return out
 
 
