@@ -333,7 +333,9 @@ def _plot(cells, both, var_cells, path: Path) -> None:
     ax1.set_ylim(-0.05, 1.05)
     ax1.legend(fontsize=8)
     hoc_ac = [r["AC"] for k in both for r in cells[("hoc", *k)]]
-    ax2.hist(hoc_ac, bins=np.linspace(0, 1, 11), color="#1f77b4", edgecolor="white")
+    # AC moves in steps of 0.1 (10 pairs): one bar per value, centred on it
+    ax2.hist(np.round(hoc_ac, 1), bins=np.arange(-0.05, 1.1, 0.1), color="#1f77b4",
+             edgecolor="white")  # fmt: skip
     ax2.set_xlabel("HOC's AC per run")
     ax2.set_ylabel("runs")
     gaps = []
@@ -344,6 +346,8 @@ def _plot(cells, both, var_cells, path: Path) -> None:
     ax3.axvline(0, color="black", lw=0.8)
     ax3.set_xlabel("AM gap, HOC minus ER (pp, per seed pair)")
     ax3.set_ylabel("seed pairs")
+    for ax in (ax2, ax3):
+        ax.yaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     save(fig, path)
 
