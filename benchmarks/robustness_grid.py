@@ -319,7 +319,7 @@ def _plot(cells, both, var_cells, path: Path) -> None:
         lo = [min(r["AC"] for r in cells[(method, *k)]) for k in both]
         hi = [max(r["AC"] for r in cells[(method, *k)]) for k in both]
         ax1.errorbar(
-            x + off, means, yerr=[np.subtract(means, lo), np.subtract(hi, means)],
+            x + off, means, yerr=np.clip([np.subtract(means, lo), np.subtract(hi, means)], 0, None),
             fmt="o", color=colour, label=method.upper(), capsize=2,
         )  # fmt: skip
     for name, vc in var_cells.items():
