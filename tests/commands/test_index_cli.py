@@ -215,6 +215,23 @@ def _gallery_state(uri: str) -> tuple[list[str], bytes]:
         return g.column("version"), g.vectors(np.arange(g.count)).tobytes()
 
 
+def _kill_after(args: list[str], fake_fashion: Path, line: str) -> None:
+    """Run ``compatkit ARGS``, sleeping after each committed chunk, and SIGKILL it once it
+    printed ``line``."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "compatkit", *args],
+        env=_env(fake_fashion, **{PAUSE_ENV: "600"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _read_until(p, line)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert p.returncode == -signal.SIGKILL
+
+
 @pytest.mark.slow
 def test_backfill_killed_mid_way_resumes_to_the_uninterrupted_result(
     idx, models, tmp_path, fake_fashion
@@ -222,18 +239,7 @@ def test_backfill_killed_mid_way_resumes_to_the_uninterrupted_result(
     reference = str(shutil.copytree(idx, tmp_path / ("ref" + Path(idx).suffix)))
     args = ["index", "backfill", idx, "--model", str(models["v2"]), "--fraction", "0.5"]
     args += ["--policy", "uncertainty", "--chunk", "8"]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "compatkit", *args],
-        env=_env(fake_fashion, **{PAUSE_ENV: "600"}),  # sleeps after each chunk: killed there
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _read_until(p, "chunk 1/5 committed")
-    finally:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    assert p.returncode == -signal.SIGKILL
+    _kill_after(args, fake_fashion, "chunk 1/5 committed")
     # Killed: one chunk is in, the plan is pending, the gallery opens and is searched.
     info = json.loads(run_cli(["index", "info", idx, "--json"], fake_fashion).stdout)
     assert info["pending_backfill"]["done"] == 8 and info["pending_backfill"]["planned"] == 36
@@ -373,3 +379,67 @@ def test_damaged_galleries_refuse_before_anything_runs(idx, models, tiny, fake_f
     _one_line_error(run_cli(bf, fake_fashion, check=False), "record 'plan'")
     with Gallery.open(idx) as g:  # nothing written because of it
         assert len(g.versions) == 1 and list(g.counts.values()) == [72]
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _lance_gallery(models, tiny, base: Path, fake_fashion) -> str:
+    uri = gallery_uri(base, "lancedb")
+    run_cli(["index", "build", str(models["v1"]), str(tiny["gallery"]), "--out", uri], fake_fashion)
+    return uri
+
+
+@pytest.mark.slow
+def test_workers_at_once_end_in_the_one_process_gallery(
+    models, tiny, tmp_path, fake_fashion
+) -> None:
+    idx = _lance_gallery(models, tiny, tmp_path / "w", fake_fashion)
+    reference = str(shutil.copytree(idx, tmp_path / "ref"))
+    args = ["index", "backfill", idx, "--model", str(models["v2"]), "--fraction", "0.75"]
+    r = run_cli([*args, "--policy", "class", "--chunk", "4", "--workers", "3"], fake_fashion)
+    assert "3 workers embedded 54 items in 14 chunks; 75.0% of 72 items" in r.stdout
+    for i in (1, 2, 3):  # every worker committed its own chunks, at the same time as the others
+        assert re.search(rf"^\[{i}/3\] chunk \d+/14 committed by worker {i}/3", r.stderr, re.M)
+    backfill(reference, models["v2"], 0.75, policy="class", chunk=4)
+    assert _gallery_state(idx) == _gallery_state(reference)
+    with Gallery.open(idx) as g:
+        assert g.store.get_record("plan") is None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_reruns_its_share_to_the_one_process_gallery(
+    models, tiny, tmp_path, fake_fashion
+) -> None:
+    idx = _lance_gallery(models, tiny, tmp_path / "w", fake_fashion)
+    reference = str(shutil.copytree(idx, tmp_path / "ref"))
+    args = ["index", "backfill", idx, "--model", str(models["v2"]), "--fraction", "0.5"]
+    args += ["--chunk", "8", "--seed", "5"]
+    r = run_cli([*args, "--plan-only"], fake_fashion)
+    assert "backfill plan recorded: 36 items in 5 chunks of 8" in r.stdout
+    _kill_after([*args, "--worker", "1/2"], fake_fashion, "chunk 1/5 committed by worker 1/2")
+    r = run_cli([*args, "--worker", "2/2"], fake_fashion)
+    assert "worker 2/2 (2 of 5 chunks): 16 items embedded" in r.stdout
+    assert "other workers' chunks are still out" in r.stdout
+    info = json.loads(run_cli(["index", "info", idx, "--json"], fake_fashion).stdout)
+    assert (info["pending_backfill"]["done"], info["pending_backfill"]["planned"]) == (24, 36)
+    r = run_cli([*args, "--worker", "1/2"], fake_fashion)  # the killed worker's own command
+    assert "worker 1/2 (3 of 5 chunks): 12 items embedded, 1 chunk(s) already done" in r.stdout
+    assert "50.0% of 72 items" in r.stdout and "still out" not in r.stdout
+    backfill(reference, models["v2"], 0.5, chunk=8, seed=5)
+    assert _gallery_state(idx) == _gallery_state(reference)
+
+
+def test_worker_options_are_refused_in_one_line(models, tmp_path, built, fake_fashion) -> None:
+    args = ["index", "backfill", built, "--model", str(models["v2"]), "--fraction", "0.5"]
+    r = run_cli([*args, "--worker", "3/2"], fake_fashion, check=False)
+    _one_line_error(r, "--worker '3/2': write I/N")
+    r = run_cli([*args, "--devices", "0"], fake_fashion, check=False)
+    _one_line_error(r, "--devices spreads the processes of --workers N")
+    r = run_cli([*args, "--worker", "1/2"], fake_fashion, check=False)
+    if built.endswith(".db"):
+        _one_line_error(r, "Milvus Lite", "serves one process at a time")
+        r = run_cli([*args, "--workers", "2"], fake_fashion, check=False)
+        _one_line_error(r, "--workers 2: Milvus Lite")
+    else:
+        _one_line_error(r, "no backfill plan for these arguments", "--plan-only")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compatkit.errors import DataError, IncompatibleModels, InputError
-from compatkit.upgrade.backfill import backfill
+from compatkit.upgrade.backfill import MAX_WORKERS, backfill, parse_worker
 from compatkit.upgrade.build import build_index
 from compatkit.upgrade.data import load_user_data
 from compatkit.upgrade.embed import load_embedder
@@ -201,3 +201,60 @@ def test_other_feature_sizes_and_bad_arguments_are_refused(models, tiny, tmp_pat
     ):
         with pytest.raises(InputError, match=msg):
             backfill(index, models["v2"], **kw)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def test_parse_worker_reads_i_of_n_and_refuses_the_rest() -> None:
+    assert parse_worker("1/1") == (1, 1) and parse_worker("3/4") == (3, 4)
+    for bad in ("0/4", "5/4", "2", "a/b", "1/0", "-1/3", f"1/{MAX_WORKERS + 1}", "1/4/5"):
+        with pytest.raises(InputError, match="--worker"):
+            parse_worker(bad)
+
+
+def test_workers_share_a_plan_and_end_in_the_one_process_gallery(models, tiny, tmp_path) -> None:
+    """Three workers, run one after the other here (the CLI tests run them at once): each
+    embeds only its own chunks, the plan stays until the last share is in, and the gallery
+    equals the one a single process makes, vector for vector."""
+    one, shared = (gallery_uri(tmp_path / k, "lancedb") for k in ("one", "shared"))
+    for uri in (one, shared):
+        build_index(models["v1"], str(tiny["gallery"]), uri)
+    kw = {"policy": "uncertainty", "chunk": 5}
+    backfill(one, models["v2"], 0.5, **kw)
+    with pytest.raises(InputError, match="no backfill plan for these arguments"):
+        backfill(shared, models["v2"], 0.5, worker=(1, 3), **kw)
+    planned = backfill(shared, models["v2"], 0.5, plan_only=True, **kw)
+    assert (planned.embedded, planned.chunks, planned.plan["items"]) == (0, 8, 36)
+    with Gallery.open(shared) as g:
+        order = g.store.get_record("plan")["order"]
+    chunks = [sorted(order[a : a + 5]) for a in range(0, 36, 5)]
+    v2 = load_embedder(models["v2"]).fingerprint
+    for i in (2, 3, 1):
+        rep = backfill(shared, models["v2"], 0.5, worker=(i, 3), **kw)
+        mine = [p for c in chunks[i - 1 :: 3] for p in c]
+        versions, _ = _state(shared)
+        assert rep.embedded == len(mine) and rep.own_chunks == len(chunks[i - 1 :: 3])
+        assert all(versions[p] == v2 for p in mine)
+        with Gallery.open(shared) as g:
+            assert (g.store.get_record("plan") is None) == (i == 1) == rep.finished
+    versions, vectors = _state(shared)
+    assert (versions, vectors.tobytes()) == (_state(one)[0], _state(one)[1].tobytes())
+    # A worker started again after the end has nothing to do.
+    assert backfill(shared, models["v2"], 0.5, worker=(2, 3), **kw).embedded == 0
+
+
+def test_worker_refusals(models, tiny, tmp_path: Path) -> None:
+    lance = gallery_uri(tmp_path, "lancedb")
+    build_index(models["v1"], str(tiny["gallery"]), lance)
+    with pytest.raises(InputError, match=r"plan .* first, once, without --worker"):
+        backfill(lance, models["v2"], 0.5, worker=(1, 2), replan=True)
+    backfill(lance, models["v2"], 0.5, plan_only=True, seed=3)
+    with pytest.raises(InputError, match=r"unfinished backfill .* seed 3"):
+        backfill(lance, models["v2"], 0.5, worker=(1, 2), seed=4)
+    lite = gallery_uri(tmp_path, "milvus-lite")
+    build_index(models["v1"], str(tiny["gallery"]), lite)
+    with pytest.raises(InputError, match=r"Milvus Lite .* serves one process at a time"):
+        backfill(lite, models["v2"], 0.5, worker=(1, 2))
+    backfill(lite, models["v2"], 0.5, plan_only=True)  # one worker of one is the plain run
+    assert backfill(lite, models["v2"], 0.5, worker=(1, 1)).embedded == 36

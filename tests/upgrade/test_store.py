@@ -280,3 +280,27 @@ def test_vectors_that_are_not_finite_are_refused_not_served(engine: str, tmp_pat
             s.search(nan, 3)
     finally:
         s.close()
+
+
+def test_check_tree_passes_over_a_file_that_vanishes_while_it_is_checked(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Another process committing to the gallery renames its temporary files while the tree
+    is walked: a name listed but gone by its check is passed over, anything else still
+    refused."""
+    from compatkit.upgrade.store import local
+
+    root = tmp_path / "g"
+    root.mkdir()
+    (root / "data").write_bytes(b"x")
+    real = os.walk
+
+    def walk(top):
+        for folder, dirs, files in real(top):
+            yield folder, dirs, [*files, ".tmp-renamed-meanwhile"]
+
+    monkeypatch.setattr(local.os, "walk", walk)
+    local.check_tree(root, "LanceDB database")
+    os.mkfifo(root / "fifo")
+    with pytest.raises(DataError, match="fifo is not a regular file"):
+        local.check_tree(root, "LanceDB database")

@@ -11,7 +11,8 @@ default; a path ending in ``.db`` is a Milvus Lite file; ``http://HOST:19530`` w
   the compatibility gate (refused, unless ``--force``, when M's contract differs from the
   gallery's versions or no recorded ``compatkit check`` found M compatible with them);
 - ``backfill IDX --model NEW --fraction F --policy random|class|uncertainty``: re-embed
-  items with NEW until a fraction F of the gallery is NEW's; atomic per chunk, resumable;
+  items with NEW until a fraction F of the gallery is NEW's; atomic per chunk, resumable,
+  spread over workers with ``--plan-only`` then ``--worker I/N`` (or ``--workers N`` here);
 - ``curve IDX --old OLD --new NEW QUERY``: retrieval accuracy against the backfilled
   fraction for each policy, without touching the gallery;
 - ``info IDX``: versions, counts, vector index, pending backfill, recorded checks
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from .backfill import add_backfill_parser
 
 HELP = "build, search, backfill and plan a versioned gallery (index) of embeddings"
 
@@ -127,38 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _common(s)
 
-    f = sub.add_parser("backfill", help="re-embed part of the gallery with a new model, in place")
-    f.add_argument("index", metavar="IDX", help="the gallery (written by index build)")
-    f.add_argument("--model", required=True, metavar="NEW", help="checkpoint of the new model")
-    f.add_argument(
-        "--fraction",
-        type=float,
-        required=True,
-        metavar="F",
-        help="target: afterwards F (0..1) of the gallery holds NEW's vectors",
-    )
-    f.add_argument(
-        "--policy",
-        default="random",
-        choices=("random", "class", "uncertainty"),
-        help="which items first: a seeded random order (default), whole classes that moved "
-        "most, or items least confidently placed by their stored vectors",
-    )
-    f.add_argument("--seed", type=int, default=0, help="seed of the random choices (default 0)")
-    f.add_argument(
-        "--chunk",
-        type=int,
-        default=4096,
-        help="items embedded and committed per atomic step (default 4096)",
-    )
-    f.add_argument("--data", help="the gallery's images, if they moved since the build")
-    f.add_argument(
-        "--replan",
-        action="store_true",
-        help="discard an unfinished backfill planned with other arguments",
-    )
-    f.add_argument("--json", action="store_true", help="print the report as JSON")
-    _common(f)
+    add_backfill_parser(sub, _common)
 
     c = sub.add_parser("curve", help="accuracy against the backfilled fraction, per policy")
     c.add_argument("index", metavar="IDX", help="the gallery (written by index build)")
@@ -315,43 +287,9 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from ..upgrade.backfill import backfill
+    from .backfill import run_backfill
 
-    rep = backfill(
-        args.index,
-        args.model,
-        args.fraction,
-        policy=args.policy,
-        seed=args.seed,
-        chunk=args.chunk,
-        data=args.data,
-        replan=args.replan,
-        batch_size=args.batch_size,
-        device=args.device,
-        log=_log,
-        **_where(args),
-    )
-    _warn(
-        [
-            f"{p}: searches of this index stay refused until a check is recorded"
-            for p in rep.warnings
-        ]
-        if 0 < rep.new_fraction < 1
-        else []
-    )
-    if args.json:
-        print(json.dumps(rep.to_dict(), indent=1))
-        return 0
-    resumed = (
-        f", {rep.resumed_chunks} chunk(s) already done by an interrupted run"
-        if rep.resumed_chunks
-        else ""
-    )
-    print(
-        f"backfill {rep.policy}: {rep.embedded} items embedded{resumed}; "
-        f"{100 * rep.new_fraction:.1f}% of {rep.count} items now by {rep.fingerprint[:12]}"
-    )
-    return 0
+    return run_backfill(args, _log, _warn)
 
 
 def _curve(args: argparse.Namespace) -> int:

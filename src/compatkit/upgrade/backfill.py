@@ -21,6 +21,15 @@ the same command again reads the plan, skips the chunks whose items all carry
 the new version, and embeds the others in exactly the same batches, so the
 result is the one an uninterrupted run gives, vector for vector. One backfill
 at a time per gallery.
+
+Several workers share one backfill (a large gallery on many GPUs or machines): the plan is
+recorded first (``plan_only``), then each worker ``i`` of ``n`` embeds the plan's chunks
+``i - 1, i - 1 + n, i - 1 + 2n, ...``. The shares are disjoint, so the workers never write
+the same item, and interleaved, so the gallery fills in the plan's priority order whatever
+the number of workers; each chunk is still one commit (LanceDB resolves concurrent commits
+to different rows by itself), a killed worker is restarted with its own command and skips
+what it committed, and whichever worker finds every chunk in drops the plan. A run without
+``worker`` is the whole share (1 of 1) and finishes whatever the workers left.
 """
 
 from __future__ import annotations
@@ -56,12 +65,14 @@ from .store import DEFAULT_TIMEOUT, Rows
 
 __all__ = [
     "CLASS_SAMPLE",
+    "MAX_WORKERS",
     "PAUSE_ENV",
     "POLICIES",
     "BackfillReport",
     "backfill",
     "class_drift",
     "margins",
+    "parse_worker",
     "priority",
     "source_images",
     "stored_vectors",
@@ -70,6 +81,9 @@ __all__ = [
 DEFAULT_CHUNK = 4096
 """Items embedded and committed per step: what a kill can lose, and the commit overhead
 (one table version on LanceDB) amortised over as many vectors."""
+MAX_WORKERS = 65536
+"""Most workers one backfill is spread over (a bound on hostile input, far above any cluster
+that shares one gallery)."""
 PAUSE_ENV = "COMPATKIT_TEST_BACKFILL_PAUSE"
 """Seconds to sleep after each committed chunk: lets the tests kill a backfill mid-way."""
 
@@ -90,6 +104,13 @@ class BackfillReport:
     resumed_chunks: int = 0
     """Chunks found already committed by an earlier, interrupted run."""
     chunks: int = 0
+    """Chunks of the whole plan."""
+    worker: str = "1/1"
+    """This call's share of the plan: worker ``i/n``."""
+    own_chunks: int = 0
+    """Chunks of this worker's share."""
+    finished: bool = True
+    """False while other workers' chunks are still out (the plan stays recorded)."""
     new_fraction: float = 0.0
     warnings: list[str] = field(default_factory=list)
     plan: dict = field(default_factory=dict)
@@ -140,6 +161,21 @@ def source_images(g: Gallery, emb, data: str | None = None):
     return images
 
 
+def parse_worker(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)``: worker I (counted from 1) of N."""
+    a, sep, b = str(text).partition("/")
+    try:
+        i, n = int(a), int(b)
+    except ValueError:
+        i = n = 0
+    if not sep or not 1 <= n <= MAX_WORKERS or not 1 <= i <= n:
+        raise InputError(
+            f"--worker {text!r}: write I/N, this worker's number I (1..N) of N workers, "
+            f"N at most {MAX_WORKERS} (e.g. --worker 2/4)"
+        )
+    return i, n
+
+
 def _check_args(fraction: float, policy: str, chunk: int) -> None:
     if policy not in POLICIES:
         raise InputError(f"--policy {policy!r}: use one of {list(POLICIES)}")
@@ -174,16 +210,23 @@ def _new_plan(g: Gallery, emb, embed, want: dict, need: int) -> dict:
     }
 
 
-def _run_plan(g: Gallery, emb, embed, plan: dict, rep: BackfillReport, say) -> None:
-    """Embed and upsert the plan's chunks that are not done yet, then drop the plan."""
+def _run_plan(
+    g: Gallery, emb, embed, plan: dict, rep: BackfillReport, say, share: tuple[int, int]
+) -> None:
+    """Embed and upsert the chunks of this worker's share that are not done yet; drop the
+    plan when every chunk of it is in."""
     order = np.asarray(plan["order"], dtype=np.int64)
     chunk = plan["chunk"]
     chunks = [np.sort(order[a : a + chunk]) for a in range(0, order.size, chunk)]
-    rep.chunks = len(chunks)
+    me, n = share
+    mine = range(me - 1, len(chunks), n)
+    rep.chunks, rep.own_chunks = len(chunks), len(mine)
+    who = f" by worker {me}/{n}" if n > 1 else ""
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     fp = emb.fingerprint
-    done = plan["had"]
-    for i, pos in enumerate(chunks):
+    done = plan["had"] if n == 1 else 0
+    for i in mine:
+        pos = chunks[i]
         have = g.store.fetch(pos, ("item_id", "label", "class_name", "version"))
         if all(v == fp for v in have.versions):
             rep.resumed_chunks += 1
@@ -193,16 +236,28 @@ def _run_plan(g: Gallery, emb, embed, plan: dict, rep: BackfillReport, say) -> N
         g.store.upsert(Rows(pos, vec, have.ids, have.labels, have.classes, [fp] * pos.size))
         rep.embedded += pos.size
         done += pos.size
-        say(
-            f"chunk {i + 1}/{len(chunks)} committed: {done}/{g.count} items "
-            f"({100.0 * done / g.count:.1f}%) embedded by {short(fp)}"
-        )
+        if n == 1:
+            at = f"{done}/{g.count} items ({100.0 * done / g.count:.1f}%)"
+        else:
+            at = f"{done}/{sum(chunks[j].size for j in mine)} items of this worker's share"
+        say(f"chunk {i + 1}/{len(chunks)} committed{who}: {at} embedded by {short(fp)}")
         if pause:
             time.sleep(pause)
+    # Each plan item was not NEW's when planned and nothing but this backfill writes NEW's
+    # vectors, so the plan is complete exactly when NEW counts ``had`` + the plan's items.
+    if n > 1 and g.store.count([fp]) < plan["had"] + order.size:
+        rep.finished = False
+        say(f"worker {me}/{n} done; the plan stays recorded until every worker's chunks are in")
+        return
     g.store.put_records({"plan": None})
     if g.store.index_info() is not None:
         say("updating the vector index")
-        g.store.optimize()
+        try:
+            g.store.optimize()
+        except (RuntimeError, OSError, ValueError) as e:  # another worker's commit raced it
+            rep.warnings.append(
+                f"the vector index was not updated ({e}); run: compatkit index optimize {g.uri}"
+            )
 
 
 def backfill(
@@ -219,20 +274,35 @@ def backfill(
     collection: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     log: Callable[[str], None] | None = None,
+    plan_only: bool = False,
+    worker: tuple[int, int] | None = None,
 ) -> BackfillReport:
     """Bring the fraction of the gallery embedded by ``model`` up to ``fraction``.
 
     See the module docstring. ``replan`` replaces an unfinished plan made with other
     arguments (the vectors it committed stay: every committed chunk is a valid gallery).
+    ``plan_only`` records the plan and embeds nothing; ``worker=(i, n)`` embeds worker
+    ``i``'s share of a plan recorded before with the same arguments.
     """
     from .embed import load_embedder
 
     t0 = time.perf_counter()
     say = progress(log)
     _check_args(fraction, policy, chunk)
+    share = (1, 1) if worker is None else parse_worker(f"{worker[0]}/{worker[1]}")
+    if worker is not None and (replan or plan_only):
+        raise InputError(
+            "--worker runs a share of a recorded plan: plan (or --replan) first, once, "
+            "without --worker"
+        )
     emb = load_embedder(model)
     with Gallery.open(index, collection, timeout) as g:
         require_dim(g, emb.feat_dim, f"model {model}", " (build a new gallery instead)")
+        if share[1] > 1 and getattr(g.store, "lite", False):
+            raise InputError(
+                f"--worker {share[0]}/{share[1]}: Milvus Lite ({index}) serves one process at "
+                "a time; spread a backfill over workers on LanceDB or a Milvus server"
+            )
         fp = emb.fingerprint
         want = {
             "format": PLAN_FORMAT,
@@ -244,6 +314,7 @@ def backfill(
         }
         target = plan_target(fraction, g.count)
         rep = BackfillReport(str(index), str(model), fp, policy, float(fraction), target, g.count)
+        rep.worker = f"{share[0]}/{share[1]}"
         rep.warnings = gate_problems(g, fp, emb.contract, read_checks(g.store))
         plan = read_plan(g.store, g.doc, g.versions)
         if plan is not None and any(plan.get(k) != v for k, v in want.items()):
@@ -266,6 +337,11 @@ def backfill(
             say(f"nothing to do: {have}/{g.count} items already embedded by this model")
             if read_plan(g.store, g.doc, g.versions) is not None:
                 g.store.put_records({"plan": None})
+        elif plan is None and worker is not None:
+            raise InputError(
+                f"index {index} has no backfill plan for these arguments: record it once with "
+                "the same command and --plan-only, then start the workers"
+            )
         elif plan is None:
             plan = _new_plan(g, emb, embed, want, target - have)
             records: dict = {"plan": plan}
@@ -274,7 +350,12 @@ def backfill(
             g.store.put_records(records)
         if plan is not None:
             rep.plan = {k: v for k, v in plan.items() if k != "order"}
-            _run_plan(g, emb, embed, plan, rep, say)
+            rep.plan["items"] = len(plan["order"])
+            if plan_only:
+                rep.chunks = -(-len(plan["order"]) // plan["chunk"])
+                rep.finished = False
+            else:
+                _run_plan(g, emb, embed, plan, rep, say, share)
         rep.new_fraction = g.store.count([fp]) / g.count
     rep.seconds = time.perf_counter() - t0
     return rep

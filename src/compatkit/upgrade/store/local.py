@@ -3,7 +3,9 @@
 An embedded engine trusts its files. compatkit writes only folders and regular files, so
 anything else inside a gallery's folder (a symbolic link, which could point at another
 valid file; a FIFO, which would hang a reader; a device) was put there by someone else and
-is refused, naming it, before any engine opens the folder.
+is refused, naming it, before any engine opens the folder. The folder may change while it
+is checked (another process committing a backfill chunk): a file that vanishes between the
+listing and its check was a writer's temporary file and is passed over.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ def check_tree(root: Path, what: str) -> None:
     for folder, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
             p = Path(folder) / name
-            mode = os.lstat(p).st_mode
+            try:
+                mode = os.lstat(p).st_mode
+            except FileNotFoundError:  # a writer in another process renamed its temporary file
+                continue
             if stat.S_ISLNK(mode):
                 raise DataError(
                     f"index {root}: {p.relative_to(root)} is a symbolic link; compatkit never "
