@@ -99,7 +99,9 @@ def _disk(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def _measure(job: dict, engines: list[str], milvus_max: int) -> list[dict]:
+def _measure(
+    job: dict, engines: list[str], milvus_max: int, only: list[str] | None = None
+) -> list[dict]:
     """Every engine's rows at one size and dimension (the data is drawn first)."""
     folder = Path(job["dir"])
     _child({**job, "phase": "data"})
@@ -135,6 +137,8 @@ def _measure(job: dict, engines: list[str], milvus_max: int) -> list[dict]:
         indexes = LANCE_INDEXES if engine == "lancedb" else MILVUS_INDEXES
         if job["quick"]:  # one index of each kind, one setting: checks that it runs
             indexes = {t: v[:1] for t, v in indexes.items() if t in ("IVF_HNSW_SQ", "HNSW")}
+        elif only is not None:
+            indexes = {t: v for t, v in indexes.items() if t in only}
         elif job["n"] > LARGE and engine == "lancedb":
             indexes = dict(list(indexes.items())[:1])
         for index, settings in indexes.items():
@@ -185,6 +189,20 @@ def main(argv: list[str] | None = None) -> dict:
         default=100_000,
         help="largest gallery given to Milvus Lite (default 100000: see the results' notes)",
     )
+    p.add_argument(
+        "--indexes",
+        nargs="*",
+        default=None,
+        metavar="TYPE",
+        help="approximate indexes to build (default: each engine's all, LanceDB's IVF_FLAT "
+        "only above 200k items); none: exact search only",
+    )
+    p.add_argument(
+        "--section",
+        default=NAME,
+        help=f"section of the results file to write (default {NAME}; e.g. {NAME}_1m for a run "
+        "at other sizes that should not replace it)",
+    )
     p.add_argument("--data", default="simplex", choices=("simplex", "random"))
     p.add_argument("--tmp", default=None, help="folder for the temporary data (default: system)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -213,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
             job = {"n": n, "dim": d, "dir": str(folder), "threads": threads, "k": K}
             job |= {"nq": max(counts), "counts": counts, "data": args.data}
             job["quick"] = args.quick
-            rows = _measure(job, args.engines, args.milvus_max)
+            rows = _measure(job, args.engines, args.milvus_max, args.indexes)
             figures["runs"].append({"n": n, "dim": d, "rows": rows})
             shutil.rmtree(folder)
             if len(figures["runs"]) < len(pairs):  # what is measured so far, in case of a stop
@@ -231,7 +249,8 @@ def _write(args, argv, figures: dict, threads: int, counts: list[int], t0: float
     body = _body(figures, threads, counts, args)
     if partial:
         body += "\n\n(Partial: the run goes on with the next gallery; rerun to complete.)"
-    finish(NAME, TITLE, __file__, shown, body, "cpu", results=args.results)
+    title = TITLE if args.section == NAME else f"{TITLE} ({args.section})"
+    finish(args.section, title, __file__, shown, body, "cpu", results=args.results)
 
 
 def _without_tmp(argv: list[str]) -> list[str]:
