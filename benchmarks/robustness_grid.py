@@ -106,6 +106,45 @@ def _boot(values: np.ndarray, fn, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank (as Spearman's coefficient takes them)."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tie = x == v
+        r[tie] = r[tie].mean()
+    return r
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation: Pearson's of the tie-averaged ranks (nan if one is flat)."""
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def tradeoff(runs: list[dict[str, Any]], cell_ac: np.ndarray, cell_local: np.ndarray) -> str:
+    """How HOC's AC goes with its final local accuracy over the grid (runs and cells)."""
+    ac = np.asarray([r["AC"] for r in runs])
+    loc = np.asarray([r["local_final"] for r in runs])
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(2000):
+        i = rng.integers(0, len(ac), len(ac))
+        boot.append(spearman(ac[i], loc[i]))
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5])
+    both = (ac >= 0.6) & (loc >= 50)
+    return (
+        f"- HOC's AC against its final local accuracy: Spearman {spearman(ac, loc):+.2f} over "
+        f"{len(ac)} runs (95 % bootstrap interval {lo:+.2f} to {hi:+.2f}), "
+        f"{spearman(cell_ac, cell_local):+.2f} over the {len(cell_ac)} cells' means; runs with "
+        f"AC >= 0.6 and final local accuracy >= 50 %: {int(both.sum())} of {len(ac)}."
+    )
+
+
 def _order_text(order: tuple[int, ...], tasks: list[list[int]]) -> str:
     return " / ".join(",".join(map(str, t)) for t in tasks) if tasks else str(list(order))
 
@@ -119,7 +158,7 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
     both = [k for k in keys if ("hoc", *k) in cells and ("er", *k) in cells]
     var_cells = {name: read_grid(d) for name, d in variants.items()}
     rows = []
-    hoc_ac_cells, gaps, hoc_ac_runs = [], [], []
+    hoc_ac_cells, gaps, hoc_ac_runs, hoc_local_cells, hoc_runs = [], [], [], [], []
     for order, part in both:
         hoc, er = cells[("hoc", order, part)], cells[("er", order, part)]
         by_seed = {r["seed"]: r for r in er}
@@ -127,6 +166,8 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
         gaps += gap
         hoc_ac_cells.append(float(np.mean([r["AC"] for r in hoc])))
         hoc_ac_runs += [r["AC"] for r in hoc]
+        hoc_local_cells.append(float(np.mean([r["local_final"] for r in hoc])))
+        hoc_runs += hoc
         row = [
             _order_text(order, hoc[0]["tasks"]), part, len(hoc),
             _stat([r["AC"] for r in hoc]), _stat([r["AM"] for r in hoc]),
@@ -172,6 +213,7 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
         f"{len(gap_a)} pairs.",
         f"- ER's AC over all runs: max "
         f"{max(r['AC'] for k in both for r in cells[('er', *k)]):.2f}.",
+        tradeoff(hoc_runs, cell_ac, np.asarray(hoc_local_cells)),
     ]
     for name in variants:
         v = [r for k in both for r in var_cells[name].get(("hoc", *k), [])]

@@ -391,3 +391,20 @@ def test_bench_stream_train_quick(tmp_path: Path) -> None:
         assert mem["images"] == st["images"] == mem["size"]
     assert all(r["rate"] > 0 and r["rss_main_mib"] > 10 for r in rows)
     _check_provenance(_section(res, "bench_stream_train"), "bench_stream_train.py", tmp_path)
+
+
+def test_robustness_spearman_against_the_textbook_formula_and_by_hand() -> None:
+    rg = _bench("robustness_grid")
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # no ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1))
+        a, b = rng.permutation(9).astype(float), rng.permutation(9).astype(float)
+        d2 = float(((a - b) ** 2).sum())
+        assert rg.spearman(a, b) == pytest.approx(1 - 6 * d2 / (9 * 80))
+    # Ties share their mean rank: [0.4, 0.4, 0.1, 0.7] -> ranks [2.5, 2.5, 1, 4].
+    np.testing.assert_array_equal(rg.ranks(np.array([0.4, 0.4, 0.1, 0.7])), [2.5, 2.5, 1, 4])
+    assert rg.spearman(np.array([1.0, 2, 3]), np.array([30.0, 20, 10])) == pytest.approx(-1)
+    assert np.isnan(rg.spearman(np.array([0.5, 0.5, 0.5]), np.array([1.0, 2, 3])))
+    runs = [{"AC": a, "local_final": loc} for a, loc in ((0.7, 55), (0.6, 40), (0.2, 60))]
+    line = rg.tradeoff(runs, np.array([0.5, 0.3]), np.array([50.0, 60.0]))
+    assert "Spearman -0.50 over 3 runs" in line and "-1.00 over the 2 cells" in line
+    assert "AC >= 0.6 and final local accuracy >= 50 %: 1 of 3" in line
