@@ -78,17 +78,59 @@ def sweep_command(
 
 
 def read_grid(sweep: Path) -> dict[tuple[str, tuple[int, ...], int], list[dict[str, Any]]]:
-    """``{(method, order, data_seed): [per-seed run dicts]}`` of every finished setting."""
+    """``{(method, order, data_seed): [per-seed run dicts]}`` of every setting with a result.
+
+    A finished setting gives its ``metrics.json`` runs (matrices included). A setting some of
+    whose seeds have no result (a training that diverged under ``sweep --keep-going``) gives
+    the seeds that finished from their ``done.json`` (AC, AM, final local accuracy; no
+    matrix), each marked ``partial``; :func:`missing_runs` names the others.
+    """
     cells: dict[tuple[str, tuple[int, ...], int], list[dict[str, Any]]] = {}
-    for metrics in sorted((sweep / "runs").glob("*/metrics.json")):
+    partial = []
+    for folder in sorted(p for p in (sweep / "runs").iterdir() if p.is_dir()):
+        cfg = load_config(folder / "config.yaml")
+        metrics = folder / "metrics.json"
+        if not metrics.is_file():
+            partial.append((folder, cfg))
+            continue
         m = json.loads(metrics.read_text())
-        cfg = load_config(metrics.parent / "config.yaml")
         order = tuple(cfg.local.data.classes or m["_meta"]["class_order"])
         for method in m["_meta"]["methods"]:
             reps = [t for t in m["_meta"]["replacement_tasks"] if t > 0]
             runs = [dict(r, tasks=m["_meta"]["tasks"], reps=reps) for r in m[method]["runs"]]
             cells[(method, order, cfg.data_seed)] = runs
+    for folder, cfg in partial:
+        order = tuple(cfg.local.data.classes)
+        for method in cfg.methods:
+            done = sorted((folder / method).glob("seed_*/done.json"))
+            runs = [dict(json.loads(d.read_text()), partial=True) for d in done]
+            if runs:
+                cells[(method, order, cfg.data_seed)] = runs
     return cells
+
+
+def missing_runs(sweep: Path) -> list[str]:
+    """The seeds without a result in settings where other seeds finished, each with the
+    error its job recorded (``job.json``), for the report."""
+    out = []
+    for folder in sorted(p for p in (sweep / "runs").iterdir() if p.is_dir()):
+        if (folder / "metrics.json").is_file():
+            continue
+        cfg = load_config(folder / "config.yaml")
+        for method in cfg.methods:
+            if not any((folder / method).glob("seed_*/done.json")):
+                continue  # not started, or running: nothing to say yet
+            for seed in cfg.seeds:
+                d = folder / method / f"seed_{seed}"
+                if (d / "done.json").is_file():
+                    continue
+                job = json.loads((d / "job.json").read_text()) if (d / "job.json").is_file() else {}
+                why = job.get("failed") or "not finished"
+                out.append(
+                    f"{method.upper()}, classes {list(cfg.local.data.classes)}, data_seed "
+                    f"{cfg.data_seed}, seed {seed}: {why}"
+                )
+    return out
 
 
 def _stat(values: list[float]) -> str:
@@ -155,7 +197,13 @@ def _order_text(order: tuple[int, ...], tasks: list[list[int]]) -> str:
 def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str:
     cells = read_grid(sweep)
     keys = sorted({(o, p) for (_, o, p) in cells}, key=lambda k: (k[1], k[0] != _first(cells), k))
-    both = [k for k in keys if ("hoc", *k) in cells and ("er", *k) in cells]
+    both = [
+        k
+        for k in keys
+        if ("hoc", *k) in cells
+        and ("er", *k) in cells
+        and not any(r.get("partial") for r in cells[("hoc", *k)])  # HOC's needs matrices
+    ]
     var_cells = {name: read_grid(d) for name, d in variants.items()}
     rows = []
     hoc_ac_cells, gaps, hoc_ac_runs, hoc_local_cells, hoc_runs = [], [], [], [], []
@@ -169,7 +217,8 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
         hoc_local_cells.append(float(np.mean([r["local_final"] for r in hoc])))
         hoc_runs += hoc
         row = [
-            _order_text(order, hoc[0]["tasks"]), part, len(hoc),
+            _order_text(order, hoc[0]["tasks"]), part,
+            len(hoc) if len(er) == len(hoc) else f"{len(hoc)} (ER {len(er)})",
             _stat([r["AC"] for r in hoc]), _stat([r["AM"] for r in hoc]),
             _stat([r["local_final"] for r in hoc]),
             _stat([r["AC"] for r in er]), _stat([r["AM"] for r in er]),
@@ -215,6 +264,7 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
         f"{max(r['AC'] for k in both for r in cells[('er', *k)]):.2f}.",
         tradeoff(hoc_runs, cell_ac, np.asarray(hoc_local_cells)),
     ]
+    summary += [f"- no result: {m}" for m in missing_runs(sweep)]
     for name in variants:
         v = [r for k in both for r in var_cells[name].get(("hoc", *k), [])]
         if v:

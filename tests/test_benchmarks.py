@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -408,3 +409,35 @@ def test_robustness_spearman_against_the_textbook_formula_and_by_hand() -> None:
     line = rg.tradeoff(runs, np.array([0.5, 0.3]), np.array([50.0, 60.0]))
     assert "Spearman -0.50 over 3 runs" in line and "-1.00 over the 2 cells" in line
     assert "AC >= 0.6 and final local accuracy >= 50 %: 1 of 3" in line
+
+
+def test_robustness_reads_a_partial_setting_and_names_its_missing_seed(tmp_path) -> None:
+    """A setting whose seed 43 diverged (its job record keeps the error) counts with the two
+    seeds that finished, from their done.json; the missing one is named with the error."""
+    import yaml
+
+    from compatkit.config import load_config, to_dict
+
+    rg = _bench("robustness_grid")
+    cfg = to_dict(load_config(Path(__file__).parents[1] / "configs" / "fashion.yaml"))
+    cfg.update(methods=["er"], seeds=[42, 43, 44], data_seed=1)
+    cfg["local"]["data"]["classes"] = [5, 8, 3, 4, 6, 1]
+    run = tmp_path / "runs" / "er-x"
+    (run / "er" / "seed_43").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for seed, ac in ((42, 0.1), (44, 0.0)):
+        (run / "er" / f"seed_{seed}").mkdir()
+        done = {"seed": seed, "AC": ac, "AM": 40.0 + seed, "local_final": 50.0}
+        (run / "er" / f"seed_{seed}" / "done.json").write_text(json.dumps(done))
+    failed = {"seed": 43, "failed": "er seed 43 task 3/5: the training loss became non-finite"}
+    (run / "er" / "seed_43" / "job.json").write_text(json.dumps(failed))
+    cells = rg.read_grid(tmp_path)
+    runs = cells[("er", (5, 8, 3, 4, 6, 1), 1)]
+    assert [(r["seed"], r["AM"], r["partial"]) for r in runs] == [
+        (42, 82.0, True),
+        (44, 84.0, True),
+    ]
+    assert rg.missing_runs(tmp_path) == [
+        "ER, classes [5, 8, 3, 4, 6, 1], data_seed 1, seed 43: er seed 43 task 3/5: the training "
+        "loss became non-finite"
+    ]

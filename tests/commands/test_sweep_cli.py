@@ -334,3 +334,26 @@ def test_settings_that_differ_by_a_set_value_get_their_own_column(tmp_path):
     header = next(ln for ln in md.splitlines() if ln.startswith("| method |"))
     assert header.startswith("| method | hoc.lam | hoc.form | seeds |"), header
     assert "providers" not in header and "name" not in header
+
+
+@pytest.mark.slow
+def test_keep_going_runs_the_rest_of_a_grid_past_a_diverging_job(tmp_path, fake_fashion):
+    """A learning rate of 1e6 makes the loss non-finite: without --keep-going that job's
+    error is the sweep's (exit 2); with it the other setting finishes, the failure is listed
+    (exit 3) and recorded in the job's record, and the grid's summary covers what finished."""
+    args = ["sweep", str(TINY), "--set", "methods=[hoc]", "--set", "seeds=[7]",
+            "--vary", "train.lr=1e6,0.01", "--threads", "1"]  # fmt: skip
+    r = _cli([*args, "--out", str(tmp_path / "stop")], fake_fashion, check=False)
+    assert r.returncode == 2 and "non-finite" in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "go"
+    r = _cli([*args, "--out", str(out), "--keep-going"], fake_fashion, check=False)
+    assert r.returncode == 3, r.stderr
+    assert "1 of 2 jobs did not finish" in r.stderr and "non-finite" in r.stderr
+    settings = json.loads((out / "sweep.json").read_text())["settings"].values()
+    names = {e["values"]["train.lr"]: e["name"] for e in settings}
+    bad, good = out / "runs" / names["1e6"], out / "runs" / names["0.01"]
+    assert (good / "metrics.json").is_file() and not (bad / "metrics.json").exists()
+    job = json.loads((bad / "hoc" / "seed_7" / "job.json").read_text())
+    assert "non-finite" in job["failed"] and job["seed"] == 7
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["dir"] for row in summary["rows"]] == [f"runs/{names['0.01']}"]

@@ -64,6 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "available cores divided by --jobs; on SLURM, --cpus-per-job)",
     )
     p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="when a job fails (a training that diverges), run the other jobs and list the "
+        "failures at the end (exit 3) instead of stopping the sweep (a cluster sweep always "
+        "goes on)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the grid, the jobs left to run and the providers to train; write nothing",
@@ -148,7 +155,9 @@ def _launcher(args, sweep, settings, say):
     jobs_n = args.jobs or (len(devices) if devices and devices != ["cpu"] else 1)
     threads = args.threads or settings[0].config.get("num_workers_threads") or None
     if args.launcher == "local":
-        return LocalLauncher(jobs_n, threads or default_threads(jobs_n), devices)
+        return LocalLauncher(
+            jobs_n, threads or default_threads(jobs_n), devices, keep_going=args.keep_going
+        )
     from ..sweep.cluster import SubmititLauncher
     from ..sweep.cluster_options import cluster_options
 

@@ -132,6 +132,11 @@ def run_job(
             results = run_experiment(
                 cfg, dirs.root, log=log, methods=[job.method], records=False, write=False
             )
+        except Exception as e:  # recorded for `sweep` summaries and reports, then raised
+            ended = time.strftime("%Y-%m-%d %H:%M:%S")
+            failed = {**record, "started": started, "ended": ended, "failed": str(e)}
+            atomic_write_json(dirs.job(job.method, job.seed), failed)
+            raise
         finally:
             log.close()
         res = results[job.method]

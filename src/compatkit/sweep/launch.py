@@ -22,6 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from typing import Any
 
+from ..runtime.layout import RunDir
 from .devices import slots
 from .execute import run_job, train_providers
 from .index import Job
@@ -101,15 +102,21 @@ class LocalLauncher(Launcher):
 
     Each slot is one worker process with one device (:func:`~compatkit.sweep.devices.slots`);
     a job is handed a free slot, so with as many jobs as devices no two jobs share a GPU. A
-    failed job stops the sweep (nothing more is started) and its error is the sweep's.
+    failed job stops the sweep (nothing more is started) and its error is the sweep's, unless
+    ``keep_going``: then the failure is collected, the other jobs run, and the failures are
+    returned (a training that diverges for one seed is a result of the grid, not a reason to
+    leave the rest of it unrun).
     """
 
     name = "local"
 
-    def __init__(self, jobs_n: int, threads: int, devices: list[str]) -> None:
+    def __init__(
+        self, jobs_n: int, threads: int, devices: list[str], keep_going: bool = False
+    ) -> None:
         self.jobs_n = jobs_n
         self.threads = threads
         self.slots = slots(jobs_n, devices)
+        self.keep_going = keep_going
 
     def describe(self) -> str:
         where = ", ".join(d for d in dict.fromkeys(self.slots) if d) or "the config's device"
@@ -121,11 +128,22 @@ class LocalLauncher(Launcher):
         configs, dirs = provider_work(jobs)
         train_providers(configs, dirs, self.slots[0], self.threads)
 
+    def _failed(self, job: Job, e: Exception, failures: list[Failure]) -> None:
+        if not self.keep_going:
+            raise e
+        failures.append(Failure(job, "failed", str(e), str(RunDir(job.dir).log)))
+
     def run(self, jobs: list[Job], on_done: OnDone) -> list[Failure]:
+        failures: list[Failure] = []
         if self.jobs_n <= 1 or len(jobs) <= 1:
             for job in jobs:
-                on_done(job, run_job(job, self.threads, self.slots[0]))
-            return []
+                try:
+                    done = run_job(job, self.threads, self.slots[0])
+                except Exception as e:
+                    self._failed(job, e, failures)
+                    continue
+                on_done(job, done)
+            return failures
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
@@ -150,9 +168,14 @@ class LocalLauncher(Launcher):
                     for f in finished:
                         job, slot = running.pop(f)
                         free.append(slot)
-                        on_done(job, f.result())
+                        try:
+                            done = f.result()
+                        except Exception as e:
+                            self._failed(job, e, failures)
+                            continue
+                        on_done(job, done)
             except BaseException:
                 for f in running:  # a failed job stops the sweep: start nothing more
                     f.cancel()
                 raise
-        return []
+        return failures
