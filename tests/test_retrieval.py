@@ -422,3 +422,17 @@ def test_top_k_against_a_loop_with_ties(backend) -> None:
     assert all_idx.shape == (9, 40)
     with pytest.raises(ValueError, match="k must be >= 1"):
         retrieval.top_k(queries, gallery, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stable_topk_against_a_sort_with_many_ties(seed: int) -> None:
+    """Scores drawn from 4 values, so most cuts fall inside a tie group: every k from 1 to n
+    gives the first k of a stable sort (score descending, index ascending)."""
+    from compatkit.retrieval.neighbours import stable_topk
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 4, (7, 13), generator=g).float()
+    for k in range(1, 14):
+        want = [sorted(range(13), key=lambda j, r=r: (-float(r[j]), j))[:k] for r in scores]
+        assert stable_topk(scores, k).tolist() == want, k
+    assert stable_topk(scores, 0).shape == (7, 0)

@@ -177,10 +177,19 @@ def faiss_neighbours(flat: FlatIndex, q: torch.Tensor, k: int) -> torch.Tensor:
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     """``(rows, k)`` column indices of each row's k best scores, in the one order (score
     descending, index ascending): among scores equal at the cut, the lower indices."""
-    vals, idx = torch.topk(scores, k, dim=1)
+    n = scores.shape[1]
+    if k <= 0 or n == 0:
+        return torch.zeros((scores.shape[0], 0), dtype=torch.long, device=scores.device)
     # torch.topk picks arbitrarily among values tied at the cut: rows with such a tie are
     # ranked by a full stable sort (rare with real features, so the fast path stays fast).
-    ambiguous = (scores >= vals[:, -1:]).sum(dim=1) > k
+    # More than k scores reach the k-th best exactly when the (k+1)-th best equals it, so one
+    # topk of k + 1 finds those rows without a second pass over the scores.
+    vals, idx = torch.topk(scores, min(k + 1, n), dim=1)
+    if k < n:
+        ambiguous = vals[:, k] == vals[:, k - 1]
+        vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
+    else:
+        ambiguous = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
     if bool(ambiguous.any()):
         rows = ambiguous.nonzero().squeeze(1)
         idx[rows] = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices[:, :k]
