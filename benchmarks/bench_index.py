@@ -254,15 +254,16 @@ def _write(args, argv, figures: dict, threads: int, counts: list[int], t0: float
 
 
 def _without_tmp(argv: list[str]) -> list[str]:
-    """The arguments without ``--tmp DIR``: where the scratch data went is not part of what
-    was measured, and it would put a path of this machine into the results."""
+    """The arguments without ``--tmp DIR`` and ``--results FILE``: where the scratch data and
+    the results went is not part of what was measured, and it would put a path of this
+    machine into the results."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--tmp":
+        elif a in ("--tmp", "--results"):
             skip = True
-        elif not a.startswith("--tmp="):
+        elif not a.startswith(("--tmp=", "--results=")):
             out.append(a)
     return out
 

@@ -441,3 +441,10 @@ def test_robustness_reads_a_partial_setting_and_names_its_missing_seed(tmp_path)
         "ER, classes [5, 8, 3, 4, 6, 1], data_seed 1, seed 43: er seed 43 task 3/5: the training "
         "loss became non-finite"
     ]
+
+
+def test_bench_index_command_line_leaves_out_scratch_and_results_paths() -> None:
+    bi = _bench("bench_index")
+    argv = ["--pairs", "1000000x1023", "--tmp", "/scratch", "--results=/r/R.md", "--threads", "1"]
+    assert bi._without_tmp(argv) == ["--pairs", "1000000x1023", "--threads", "1"]
+    assert bi._without_tmp(["--results", "R.md", "--quick"]) == ["--quick"]
