@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GEN_ROWS", "make_data", "queries", "save_ids", "timed_searches", "unit_rows"]
+__all__ = ["GEN_ROWS", "SINGLES", "make_data", "queries", "save_ids", "timed_searches", "unit_rows"]
 
 GEN_ROWS = 65536
 """Vectors drawn, or read and written, per step (a float32 block of 256 MiB at d = 1023)."""
@@ -80,9 +80,14 @@ def save_ids(job: dict, name: str, ids: np.ndarray) -> None:
     np.save(Path(job["dir"]) / f"ids-{name}.npy", np.asarray(ids, dtype=np.int64))
 
 
+SINGLES = 8
+"""Queries searched one at a time for the latency column (an online service's pattern)."""
+
+
 def timed_searches(job: dict, name: str, search) -> dict:
     """``search(q) -> (nq, k) ids``: a warm-up of 8 queries, then each query count of
-    ``job["counts"]`` once, timed; the ids of the largest search are saved."""
+    ``job["counts"]`` once, timed; the ids of the largest search are saved. Then
+    :data:`SINGLES` queries one at a time: ``one_s`` is their mean latency."""
     q = queries(job)
     search(q[:8])
     out = {}
@@ -91,6 +96,10 @@ def timed_searches(job: dict, name: str, search) -> dict:
         ids = search(q[:c])
         out[f"search_{c}_s"] = time.perf_counter() - t0
     save_ids(job, name, ids)
+    t0 = time.perf_counter()
+    for i in range(SINGLES):
+        search(q[i : i + 1])
+    out["one_s"] = (time.perf_counter() - t0) / SINGLES
     return out
 
 
