@@ -69,7 +69,7 @@ def sweep_command(
         "--set", "methods=[hoc,er]",
         "--vary", f"local.data.classes={vary_orders}",
         "--vary", "data_seed=" + ",".join(str(p) for p in range(partitions)),
-        "--out", out, "--jobs", str(jobs),
+        "--out", out, "--jobs", str(jobs), "--keep-going",
     ]  # fmt: skip
     return shlex.join(words)
 
@@ -247,9 +247,17 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
     lo_gap, hi_gap = _boot(gap_a, np.median)
     planned = len(json.loads((sweep / "sweep.json").read_text()).get("settings", []))
     finished = len(list((sweep / "runs").glob("*/metrics.json")))
+    missing = missing_runs(sweep)
     summary = [
         f"- finished: {finished} of the sweep's {planned} settings (method x order x "
-        "partition); the same sweep command, run again, goes on with the rest.",
+        "partition)"
+        + (
+            "; the same sweep command, run again, goes on with the rest."
+            if finished + len({m.split(", seed ")[0] for m in missing}) < planned
+            else "; the rest have a seed without a result (below)."
+            if missing
+            else "."
+        ),
         f"- cells with HOC and ER: {len(both)} (orders x partitions), "
         f"{len(ac)} HOC runs and {len(gap_a)} seed pairs.",
         f"- HOC's AC over all runs: median {np.median(ac):.2f}, range {ac.min():.2f} to "
@@ -264,7 +272,7 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
         f"{max(r['AC'] for k in both for r in cells[('er', *k)]):.2f}.",
         tradeoff(hoc_runs, cell_ac, np.asarray(hoc_local_cells)),
     ]
-    summary += [f"- no result: {m}" for m in missing_runs(sweep)]
+    summary += [f"- no result: {m}" for m in missing]
     for name in variants:
         v = [r for k in both for r in var_cells[name].get(("hoc", *k), [])]
         if v:
@@ -278,6 +286,11 @@ def report(sweep: Path, variants: dict[str, Path], figure: Path = FIGURE) -> str
     fails = _failing_pairs(cells, both)
     _plot(cells, both, var_cells, figure)
     parts = ["Commands:", "", "```bash", *_commands(sweep, variants), "```", ""]
+    parts += [
+        "`python benchmarks/robustness_grid.py command` prints the sweep with `--keep-going`, "
+        "so that a job whose training diverges (below) does not stop the rest of the grid.",
+        "",
+    ]
     parts += [
         "Each cell: one class order of the six local classes (the tasks, in order, with the "
         "classes each teaches) and one image partition (`data_seed`), HOC and ER at the "
