@@ -225,6 +225,7 @@ def _run_plan(
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     fp = emb.fingerprint
     done = plan["had"] if n == 1 else 0
+    share_items = sum(chunks[j].size for j in mine)
     for i in mine:
         pos = chunks[i]
         have = g.store.fetch(pos, ("item_id", "label", "class_name", "version"))
@@ -239,7 +240,7 @@ def _run_plan(
         if n == 1:
             at = f"{done}/{g.count} items ({100.0 * done / g.count:.1f}%)"
         else:
-            at = f"{done}/{sum(chunks[j].size for j in mine)} items of this worker's share"
+            at = f"{done}/{share_items} items of this worker's share"
         say(f"chunk {i + 1}/{len(chunks)} committed{who}: {at} embedded by {short(fp)}")
         if pause:
             time.sleep(pause)
