@@ -81,6 +81,14 @@ def add_backfill_parser(sub, common) -> None:
     common(f)
 
 
+def _arguments(args: argparse.Namespace) -> dict:
+    """What one backfill call takes from the command line (the plan's arguments, the
+    gallery's address, how to embed)."""
+    keys = ("index", "model", "fraction", "policy", "seed", "chunk", "data", "replan")
+    keys += ("batch_size", "device", "collection", "timeout")
+    return {k: getattr(args, k) for k in keys}
+
+
 def run_backfill(args: argparse.Namespace, log, warn) -> int:
     from ..errors import InputError
     from ..upgrade.backfill import backfill, parse_worker
@@ -89,23 +97,8 @@ def run_backfill(args: argparse.Namespace, log, warn) -> int:
         raise InputError("--devices spreads the processes of --workers N over GPUs; add --workers")
     if args.workers is not None:
         return _launch(args, log)
-    rep = backfill(
-        args.index,
-        args.model,
-        args.fraction,
-        policy=args.policy,
-        seed=args.seed,
-        chunk=args.chunk,
-        data=args.data,
-        replan=args.replan,
-        batch_size=args.batch_size,
-        device=args.device,
-        log=log,
-        collection=args.collection,
-        timeout=args.timeout,
-        plan_only=args.plan_only,
-        worker=parse_worker(args.worker) if args.worker else None,
-    )
+    worker = parse_worker(args.worker) if args.worker else None
+    rep = backfill(**_arguments(args), log=log, plan_only=args.plan_only, worker=worker)
     warn(
         [
             f"{p}: searches of this index stay refused until a check is recorded"
@@ -179,20 +172,7 @@ def _launch(args: argparse.Namespace, log) -> int:
         )
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     devices = slots(n, parse_devices(args.devices, cuda) if args.devices else [])
-    where = {"collection": args.collection, "timeout": args.timeout}
-    common = {"policy": args.policy, "seed": args.seed, "chunk": args.chunk, "data": args.data}
-    rep = backfill(
-        args.index,
-        args.model,
-        args.fraction,
-        replan=args.replan,
-        batch_size=args.batch_size,
-        device=args.device,
-        log=log,
-        plan_only=True,
-        **common,
-        **where,
-    )
+    rep = backfill(**_arguments(args), log=log, plan_only=True)
     if not rep.plan:
         print(f"backfill {rep.policy}: nothing to do; {100 * rep.new_fraction:.1f}% already by NEW")
         return 0
