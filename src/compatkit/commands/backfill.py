@@ -157,19 +157,14 @@ def _launch(args: argparse.Namespace, log) -> int:
     from ..errors import InputError
     from ..sweep.devices import parse_devices, slots
     from ..sweep.execute import default_threads
-    from ..upgrade.backfill import MAX_WORKERS, backfill
-    from ..upgrade.store import engine_of
+    from ..upgrade.backfill import MAX_WORKERS, backfill, refuse_lite_workers
 
     n = args.workers
     if not 1 <= n <= MAX_WORKERS:
         raise InputError(f"--workers {n}: must be a number of processes in 1..{MAX_WORKERS}")
     if args.json:
         raise InputError("--json reports one process; with --workers, read `index info --json`")
-    if n > 1 and engine_of(str(args.index)) == "milvus-lite":
-        raise InputError(
-            f"--workers {n}: Milvus Lite ({args.index}) serves one process at a time; spread a "
-            "backfill over workers on LanceDB or a Milvus server"
-        )
+    refuse_lite_workers(args.index, n, f"--workers {n}")
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     devices = slots(n, parse_devices(args.devices, cuda) if args.devices else [])
     rep = backfill(**_arguments(args), log=log, plan_only=True)

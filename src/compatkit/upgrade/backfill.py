@@ -61,7 +61,7 @@ from .ledger import (
     version_record,
 )
 from .policies import CLASS_SAMPLE, POLICIES, VectorSource, class_drift, margins, priority
-from .store import DEFAULT_TIMEOUT, Rows
+from .store import DEFAULT_TIMEOUT, Rows, engine_of
 
 __all__ = [
     "CLASS_SAMPLE",
@@ -74,6 +74,7 @@ __all__ = [
     "margins",
     "parse_worker",
     "priority",
+    "refuse_lite_workers",
     "source_images",
     "stored_vectors",
 ]
@@ -174,6 +175,15 @@ def parse_worker(text: str) -> tuple[int, int]:
             f"N at most {MAX_WORKERS} (e.g. --worker 2/4)"
         )
     return i, n
+
+
+def refuse_lite_workers(index: str | os.PathLike, n: int, option: str) -> None:
+    """Refuse ``n`` > 1 workers on a Milvus Lite file, which serves one process at a time."""
+    if n > 1 and engine_of(str(index)) == "milvus-lite":
+        raise InputError(
+            f"{option}: Milvus Lite ({index}) serves one process at a time; spread a "
+            "backfill over workers on LanceDB or a Milvus server"
+        )
 
 
 def _check_args(fraction: float, policy: str, chunk: int) -> None:
@@ -296,14 +306,10 @@ def backfill(
             "--worker runs a share of a recorded plan: plan (or --replan) first, once, "
             "without --worker"
         )
+    refuse_lite_workers(index, share[1], f"--worker {share[0]}/{share[1]}")
     emb = load_embedder(model)
     with Gallery.open(index, collection, timeout) as g:
         require_dim(g, emb.feat_dim, f"model {model}", " (build a new gallery instead)")
-        if share[1] > 1 and getattr(g.store, "lite", False):
-            raise InputError(
-                f"--worker {share[0]}/{share[1]}: Milvus Lite ({index}) serves one process at "
-                "a time; spread a backfill over workers on LanceDB or a Milvus server"
-            )
         fp = emb.fingerprint
         want = {
             "format": PLAN_FORMAT,
